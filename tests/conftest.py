@@ -1,0 +1,11 @@
+"""Suite-wide fixtures: every async test runs on asyncio through anyio's pytest plugin."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """tcia-fetch runs on asyncio (aiohttp needs it); anyio's plugin runs the async tests."""
+    return "asyncio"
