@@ -1,0 +1,12 @@
+"""tcia-fetch: verified, resumable, high-throughput bulk downloads from TCIA's NBIA REST API."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("tcia-fetch")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+source"
+
+__all__ = ["__version__"]

@@ -1,0 +1,213 @@
+"""Fault injection for the fake server: which request misbehaves, how, and how many times.
+
+A :class:`FaultPlan` holds explicit :class:`FaultRule` s plus an optional random component. Rules are
+consulted in order; the first rule whose kind applies to the request, whose ``series_uid`` matches (None
+matches any series) and which has firings left, fires and its counter goes down. ``times=None`` means
+"every matching request". After its ``times`` firings a series behaves normally again, so a retrying
+client must survive every retryable fault.
+
+Download faults (getImage, getImageWithMD5Hash) are decided per request; WRONG_SIZE and SLOW_QUERY apply
+to query endpoints (getSeriesSize, getSeries, getUpdatedSeries, getSeriesMetadata, ...). The random
+component draws, per download request, ``rng.random() < random_rate`` and then a kind uniformly from
+``random_kinds`` (seeded: the same request sequence meets the same faults). Random faults use each
+kind's default parameters and target the requested series.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["DOWNLOAD_FAULTS", "QUERY_FAULTS", "FaultKind", "FaultPlan", "FaultRule", "FaultState"]
+
+
+class FaultKind(enum.Enum):
+    """What a fault does (see each member's comment for its parameters and defaults)."""
+
+    RATE_LIMIT = "RATE_LIMIT"  # 429 + Retry-After; retry_after: seconds (str/int/float) or HTTP-date ("1")
+    SERVER_ERROR = "SERVER_ERROR"  # 500 "Server was not able to process your request\nnull"
+    UNAVAILABLE = "UNAVAILABLE"  # 503; retry_after optional (None = no header)
+    CUT = "CUT"  # connection closed after after_bytes body bytes (default 1000), chunked body unterminated
+    STALL = "STALL"  # after_bytes (default 1000) sent, then silence for stall_s (default 30.0), then the rest
+    SHORT_ZIP = "SHORT_ZIP"  # well-formed zip without the last `missing` (default 1) instances
+    WRONG_MD5 = "WRONG_MD5"  # md5hashes.csv lists a wrong hash for one file
+    FLIP_BYTE = "FLIP_BYTE"  # one byte flipped inside the first DICOM member's data: its CRC fails
+    HTML_200 = "HTML_200"  # 200 text/html maintenance page
+    EMPTY_200 = "EMPTY_200"  # 200 with an empty body
+    WRONG_SIZE = "WRONG_SIZE"  # queries report size + delta_bytes (default 1000), count + delta_count (0)
+    SLOW_QUERY = "SLOW_QUERY"  # query endpoints wait delay_s (default 2.0) before answering
+    ZIP_SLIP = "ZIP_SLIP"  # one DICOM member renamed to `name` (default "../evil.dcm")
+    REQUEST_REJECTED = "REQUEST_REJECTED"  # 400 "not been granted the access" text for a public series
+
+
+QUERY_FAULTS = frozenset({FaultKind.WRONG_SIZE, FaultKind.SLOW_QUERY})
+DOWNLOAD_FAULTS = frozenset(set(FaultKind) - QUERY_FAULTS)
+
+_DEFAULTS: Mapping[FaultKind, Mapping[str, object]] = {
+    FaultKind.RATE_LIMIT: {"retry_after": "1"},
+    FaultKind.SERVER_ERROR: {},
+    FaultKind.UNAVAILABLE: {"retry_after": None},
+    FaultKind.CUT: {"after_bytes": 1000},
+    FaultKind.STALL: {"after_bytes": 1000, "stall_s": 30.0},
+    FaultKind.SHORT_ZIP: {"missing": 1},
+    FaultKind.WRONG_MD5: {},
+    FaultKind.FLIP_BYTE: {},
+    FaultKind.HTML_200: {},
+    FaultKind.EMPTY_200: {},
+    FaultKind.WRONG_SIZE: {"delta_bytes": 1000, "delta_count": 0},
+    FaultKind.SLOW_QUERY: {"delay_s": 2.0},
+    FaultKind.ZIP_SLIP: {"name": "../evil.dcm"},
+    FaultKind.REQUEST_REJECTED: {},
+}
+
+DEFAULT_RANDOM_KINDS = (
+    FaultKind.RATE_LIMIT,
+    FaultKind.SERVER_ERROR,
+    FaultKind.UNAVAILABLE,
+    FaultKind.CUT,
+    FaultKind.SHORT_ZIP,
+    FaultKind.FLIP_BYTE,
+    FaultKind.EMPTY_200,
+    FaultKind.HTML_200,
+)
+
+
+class FaultRule:
+    """One fault: ``FaultRule(kind=FaultKind.CUT, series_uid=None, times=1, after_bytes=5000)``.
+
+    Unknown parameter names for the kind raise ``ValueError`` at construction, so a typo in a test or
+    a ``--fault`` option is caught before the server starts.
+    """
+
+    __slots__ = ("kind", "params", "series_uid", "times")
+
+    def __init__(
+        self, kind: FaultKind, series_uid: str | None = None, times: int | None = 1, **params: object
+    ) -> None:
+        unknown = set(params) - set(_DEFAULTS[kind])
+        if unknown:
+            raise ValueError(
+                f"{kind.name} takes no parameter(s) {sorted(unknown)}; known: {sorted(_DEFAULTS[kind])}"
+            )
+        if times is not None and times < 0:
+            raise ValueError("times must be >= 0 or None")
+        self.kind = kind
+        self.series_uid = series_uid
+        self.times = times
+        self.params: dict[str, object] = {**_DEFAULTS[kind], **params}
+
+    def __repr__(self) -> str:
+        return (
+            f"FaultRule({self.kind.name}, series_uid={self.series_uid!r}, times={self.times}, {self.params})"
+        )
+
+    def param_float(self, name: str) -> float:
+        """A numeric parameter as float."""
+        value = self.params[name]
+        if not isinstance(value, int | float | str):
+            raise TypeError(f"{name} must be a number")
+        return float(value)
+
+    def param_int(self, name: str) -> int:
+        """A numeric parameter as int."""
+        return int(self.param_float(name))
+
+    def param_text(self, name: str) -> str | None:
+        """A parameter as text (None stays None)."""
+        value = self.params[name]
+        return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """The faults a :class:`~tcia_fetch.testing.FakeNBIA` injects (immutable; the server keeps the counts)."""
+
+    rules: tuple[FaultRule, ...] | list[FaultRule] = ()
+    random_rate: float = 0.0
+    random_kinds: tuple[FaultKind, ...] = DEFAULT_RANDOM_KINDS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.random_rate <= 1.0:
+            raise ValueError("random_rate must be within [0, 1]")
+        if self.random_rate and not self.random_kinds:
+            raise ValueError("random_rate needs at least one random kind")
+        bad = [kind for kind in self.random_kinds if kind not in DOWNLOAD_FAULTS]
+        if bad:
+            raise ValueError(f"random faults must be download faults, not {bad}")
+
+
+@dataclass
+class FaultState:
+    """The live counters of a plan: remaining firings per rule, the seeded RNG, fired counts."""
+
+    plan: FaultPlan
+    remaining: list[int | None] = field(init=False)
+    fired: dict[str, int] = field(default_factory=dict)
+    _rng: random.Random = field(init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.remaining = [rule.times for rule in self.plan.rules]
+        self._rng = random.Random(self.plan.seed)
+
+    def _take(self, kinds: frozenset[FaultKind], series_uids: Iterable[str]) -> list[FaultRule]:
+        wanted = set(series_uids)
+        taken: list[FaultRule] = []
+        for index, rule in enumerate(self.plan.rules):
+            if rule.kind not in kinds:
+                continue
+            if rule.series_uid is not None and rule.series_uid not in wanted:
+                continue
+            left = self.remaining[index]
+            if left is not None and left <= 0:
+                continue
+            if left is not None:
+                self.remaining[index] = left - 1
+            self.fired[rule.kind.name] = self.fired.get(rule.kind.name, 0) + 1
+            taken.append(rule)
+        return taken
+
+    def download_fault(self, series_uid: str) -> FaultRule | None:
+        """The fault (if any) for one download request; consumes one firing."""
+        with self._lock:
+            taken = self._take_first(series_uid)
+            if taken is not None:
+                return taken
+            if self.plan.random_rate and self._rng.random() < self.plan.random_rate:
+                kind = self._rng.choice(self.plan.random_kinds)
+                self.fired[kind.name] = self.fired.get(kind.name, 0) + 1
+                return FaultRule(kind, series_uid=series_uid)
+            return None
+
+    def _take_first(self, series_uid: str) -> FaultRule | None:
+        for index, rule in enumerate(self.plan.rules):
+            if rule.kind not in DOWNLOAD_FAULTS:
+                continue
+            if rule.series_uid is not None and rule.series_uid != series_uid:
+                continue
+            left = self.remaining[index]
+            if left is not None and left <= 0:
+                continue
+            if left is not None:
+                self.remaining[index] = left - 1
+            self.fired[rule.kind.name] = self.fired.get(rule.kind.name, 0) + 1
+            return rule
+        return None
+
+    def query_faults(self, series_uids: Iterable[str]) -> list[FaultRule]:
+        """Every query fault with firings left for a query request that names or returns these series.
+
+        A rule without ``series_uid`` applies to every query request; a rule naming a series applies
+        when the request names that series or its answer contains it. Consumes one firing per rule.
+        """
+        with self._lock:
+            return self._take(QUERY_FAULTS, series_uids)
+
+    def fired_counts(self) -> dict[str, int]:
+        """How many times each kind fired so far."""
+        with self._lock:
+            return dict(self.fired)
