@@ -12,7 +12,8 @@ batch log is enough to act on.
     ├── InputError (ValueError)         bad job file, manifest, CSV, option; before any I/O; exit 2
     ├── TransportError                  the request did not complete; retryable
     │   ├── ConnectError                connection refused / reset before a response
-    │   │   └── NameResolutionError     DNS lookup failed
+    │   │   ├── NameResolutionError     DNS lookup failed
+    │   │   └── ServerUnreachableError  the circuit breaker gave up after max outage; fatal
     │   ├── TLSError                    certificate verification failed; fatal, never retried
     │   ├── RequestTimeoutError         connect or first-byte deadline passed
     │   ├── StallError                  stream live but no bytes for stall_timeout_s
@@ -77,6 +78,7 @@ __all__ = [
     "SeriesFailedError",
     "SeriesUnavailableError",
     "ServerError",
+    "ServerUnreachableError",
     "SizeMismatchError",
     "StallError",
     "StorageError",
@@ -200,6 +202,15 @@ class NameResolutionError(ConnectError):
     """The server's host name could not be resolved."""
 
     reference = "dns-failed"
+
+
+class ServerUnreachableError(ConnectError):
+    """The server stayed unreachable longer than the run's outage limit. Ends the run."""
+
+    retryable = False
+    fatal = True
+    exit_code = EXIT_FATAL
+    reference = "server-unreachable"
 
 
 class TLSError(TransportError):

@@ -1,0 +1,310 @@
+"""Adaptive concurrency: AIMD traces for the §4.6 scenarios, and the limiter's hard guarantees."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from tcia_fetch.engine.clock import FakeClock
+from tcia_fetch.engine.concurrency import AdaptiveLimiter, AimdController
+
+pytestmark = pytest.mark.anyio
+
+
+# --- the pure controller ---------------------------------------------------------------------
+
+
+def test_starts_at_two_or_the_cap_or_the_given_initial() -> None:
+    assert AimdController(8).limit == 2
+    assert AimdController(1).limit == 1
+    assert AimdController(8, initial=5).limit == 5
+    assert AimdController(4, initial=10).limit == 4  # the user cap is a hard ceiling
+    with pytest.raises(ValueError):
+        AimdController(0)
+
+
+def test_grows_by_one_per_clean_used_epoch_up_to_the_cap() -> None:
+    aimd = AimdController(5, min_epoch_s=1.0)
+    now = 0.0
+    for _ in range(10):
+        aimd.observe_in_flight(aimd.limit, now)  # the limit is fully used
+        now += 1.0
+        aimd.on_success(now, duration_s=1.0)
+    assert aimd.limit == 5
+    assert [limit for _, limit in aimd.trace] == [2, 3, 4, 5]
+    assert aimd.statistics().increases == 3
+
+
+def test_app_limited_epochs_do_not_grow() -> None:
+    aimd = AimdController(8, min_epoch_s=1.0)
+    now = 0.0
+    for _ in range(50):
+        aimd.observe_in_flight(1, now)  # only one series ever in flight: the limit is not tested
+        now += 1.0
+        aimd.on_success(now, duration_s=1.0)
+        aimd.observe_in_flight(0, now)
+    assert aimd.limit == 2
+    assert aimd.statistics().increases == 0
+
+
+def test_a_burst_of_throttles_halves_once_per_epoch_then_freezes() -> None:
+    aimd = AimdController(8, initial=8, min_epoch_s=10.0, freeze_epochs=2)
+    aimd.observe_in_flight(8, 0.0)
+    cuts = [aimd.on_congestion(5.0 + i * 0.01, "throttle") for i in range(8)]
+    assert cuts == [True] + [False] * 7
+    assert aimd.limit == 4
+    # a new epoch starts at the cut; a second burst one epoch later cuts once more
+    assert not aimd.on_congestion(14.9, "throttle")
+    assert aimd.on_congestion(15.0, "throttle")
+    assert aimd.limit == 2
+    stats = aimd.statistics()
+    assert stats.decreases == 2
+    assert stats.congestion_signals == 10
+    # frozen: two clean, fully used epochs later the limit has still not grown
+    aimd.observe_in_flight(2, 15.0)
+    aimd.tick(35.0)
+    assert aimd.limit == 2
+    aimd.tick(45.0)
+    assert aimd.limit == 3
+
+
+def test_transient_and_timeout_cut_by_a_quarter_and_floor_at_one() -> None:
+    aimd = AimdController(16, initial=8, min_epoch_s=1.0)
+    aimd.on_congestion(0.0, "transient")
+    assert aimd.limit == 6
+    aimd.on_congestion(1.0, "timeout")
+    assert aimd.limit == 5  # 4.5 rounds half up
+    aimd.on_congestion(2.0, "throttle")
+    assert aimd.limit == 3  # 2.5 rounds half up
+    aimd.on_congestion(3.0, "transient")
+    assert aimd.limit == 2  # 2.25 would round to 2: a cut always removes at least one slot
+    for step in range(4, 10):
+        aimd.on_congestion(float(step), "throttle")
+    assert aimd.limit == 1
+
+
+def test_epoch_length_follows_the_median_series_time_within_bounds() -> None:
+    aimd = AimdController(8, min_epoch_s=2.0, max_epoch_s=60.0)
+    assert aimd.epoch_s() == 2.0
+    for duration in (10.0, 30.0, 20.0):
+        aimd.on_success(0.0, duration)
+    assert aimd.epoch_s() == 20.0
+    for _ in range(10):
+        aimd.on_success(0.0, 1000.0)
+    assert aimd.epoch_s() == 60.0
+
+
+def test_long_idle_gap_is_cheap_and_does_not_grow_an_unused_limit() -> None:
+    aimd = AimdController(8, min_epoch_s=1.0)
+    aimd.tick(10_000_000.0)
+    assert aimd.limit == 2
+
+
+def test_restart_after_an_outage_is_a_slow_start_from_one() -> None:
+    aimd = AimdController(8, initial=6, min_epoch_s=1.0)
+    aimd.restart(3.0)
+    assert aimd.limit == 1
+    assert aimd.trace[-1] == (3.0, 1)
+
+
+# --- the async limiter ------------------------------------------------------------------------
+
+
+async def test_never_more_in_flight_than_the_limit_and_lowering_cancels_nothing() -> None:
+    clock = FakeClock()
+    limiter = AdaptiveLimiter(4, initial=4, clock=clock, min_epoch_s=100.0)
+    in_flight = 0
+    peak_after_cut = 0
+    finished = 0
+    cut_done = False
+
+    async def download(seconds: float) -> None:
+        nonlocal in_flight, finished, peak_after_cut
+        async with limiter.slot():
+            in_flight += 1
+            assert in_flight <= limiter.max_limit
+            if cut_done:
+                peak_after_cut = max(peak_after_cut, in_flight)
+            await clock.sleep(seconds)
+            in_flight -= 1
+            finished += 1
+
+    async def cut() -> None:
+        nonlocal cut_done
+        await clock.sleep(1.0)
+        assert limiter.in_flight == 4
+        limiter.on_congestion("throttle")  # 4 -> 2 while four downloads are running
+        cut_done = True
+
+    async with anyio.create_task_group() as group:
+        for _ in range(12):
+            group.start_soon(download, 5.0)
+        group.start_soon(cut)
+    assert finished == 12  # nothing was cancelled by the cut
+    assert limiter.limit == 2
+    assert peak_after_cut <= 4
+    # the four running at the cut finished at t=5; after that never more than two at once
+    assert limiter.statistics().peak_in_flight == 4
+    assert clock.monotonic() == 5.0 + 4 * 5.0  # 8 remaining series, two at a time
+
+
+async def test_waiters_are_served_first_in_first_out() -> None:
+    clock = FakeClock()
+    limiter = AdaptiveLimiter(1, clock=clock)
+    order: list[int] = []
+
+    async def job(index: int) -> None:
+        async with limiter.slot():
+            order.append(index)
+            await clock.sleep(1.0)
+
+    async with anyio.create_task_group() as group:
+        for index in range(6):
+            group.start_soon(job, index)
+            await anyio.lowlevel.checkpoint()
+    assert order == list(range(6))
+
+
+async def test_cancelled_waiter_frees_its_place() -> None:
+    clock = FakeClock()
+    limiter = AdaptiveLimiter(1, clock=clock)
+    entered: list[str] = []
+
+    async def holder() -> None:
+        async with limiter.slot():
+            entered.append("holder")
+            await clock.sleep(10.0)
+
+    async def impatient(scopes: list[anyio.CancelScope]) -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            async with limiter.slot():
+                entered.append("impatient")
+
+    async def patient() -> None:
+        async with limiter.slot():
+            entered.append("patient")
+
+    scopes: list[anyio.CancelScope] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(holder)
+        await anyio.lowlevel.checkpoint()
+        group.start_soon(impatient, scopes)
+        await anyio.lowlevel.checkpoint()
+        group.start_soon(patient)
+        await anyio.lowlevel.checkpoint()
+        assert limiter.waiting == 2
+        scopes[0].cancel()
+    assert entered == ["holder", "patient"]
+    assert limiter.in_flight == 0
+    assert limiter.waiting == 0
+
+
+# --- simulated runs ---------------------------------------------------------------------------
+
+
+@dataclass
+class SimulatedServer:
+    """A server that serves up to ``capacity(now)`` series at once and answers 429 to the rest."""
+
+    clock: FakeClock
+    capacity: Callable[[float], int]
+    series_s: float = 1.0
+    active: int = 0
+    requests: list[tuple[float, bool]] = field(default_factory=list)
+
+    async def download(self) -> bool:
+        now = self.clock.monotonic()
+        if self.active >= self.capacity(now):
+            self.requests.append((now, False))
+            await self.clock.sleep(0.05)
+            return False
+        self.active += 1
+        self.requests.append((now, True))
+        try:
+            await self.clock.sleep(self.series_s)
+        finally:
+            self.active -= 1
+        return True
+
+    def throttle_share(self, start: float, end: float) -> float:
+        window = [ok for at, ok in self.requests if start <= at < end]
+        return window.count(False) / len(window) if window else 0.0
+
+
+async def _run_pool(limiter: AdaptiveLimiter, server: SimulatedServer, *, workers: int, until: float) -> None:
+    clock = server.clock
+
+    async def worker() -> None:
+        while clock.monotonic() < until:
+            async with limiter.slot():
+                started = clock.monotonic()
+                ok = await server.download()
+                if ok:
+                    limiter.on_success(clock.monotonic() - started, 1000)
+                else:
+                    limiter.on_congestion("throttle")
+            if not ok:
+                await clock.sleep(0.5)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(workers):
+            group.start_soon(worker)
+
+
+def _limit_at(trace: tuple[tuple[float, int], ...], moment: float) -> int:
+    current = trace[0][1]
+    for at, limit in trace:
+        if at > moment:
+            break
+        current = limit
+    return current
+
+
+async def test_clean_run_grows_to_the_user_cap_and_stays() -> None:
+    clock = FakeClock()
+    limiter = AdaptiveLimiter(8, clock=clock, min_epoch_s=1.0)
+    server = SimulatedServer(clock, capacity=lambda now: 100)
+    await _run_pool(limiter, server, workers=12, until=30.0)
+    assert limiter.limit == 8
+    assert max(limit for _, limit in limiter.trace) == 8
+    stats = limiter.statistics()
+    assert stats.peak_in_flight == 8
+    assert stats.bytes_completed == 1000 * stats.successes
+    assert _limit_at(limiter.trace, 8.0) == 8  # +1 per one-second epoch from 2
+    assert server.throttle_share(0.0, 30.0) == 0.0
+
+
+async def test_app_limited_run_does_not_inflate_the_limit() -> None:
+    clock = FakeClock()
+    limiter = AdaptiveLimiter(8, clock=clock, min_epoch_s=1.0)
+    server = SimulatedServer(clock, capacity=lambda now: 100)
+    await _run_pool(limiter, server, workers=1, until=60.0)
+    assert limiter.limit == 2
+    assert limiter.statistics().increases == 0
+
+
+async def test_capacity_drop_from_ten_to_two_converges_and_throttling_fades() -> None:
+    """Row F6: accepted concurrency falls 10 -> 2 at t=60; excess requests get 429."""
+    clock = FakeClock()
+    limiter = AdaptiveLimiter(10, clock=clock, min_epoch_s=1.0)
+    server = SimulatedServer(clock, capacity=lambda now: 10 if now < 60.0 else 2)
+    await _run_pool(limiter, server, workers=16, until=600.0)
+    trace = limiter.trace
+    assert _limit_at(trace, 59.0) == 10
+    # within three one-second epochs of the drop the limit is at the new capacity or below
+    assert _limit_at(trace, 63.5) <= 2
+    # after that it never again climbs far above the capacity
+    assert max(limit for at, limit in trace if at >= 64.0) <= 3
+    # and the 429 share keeps falling: probing the old level becomes exponentially rarer
+    early = server.throttle_share(60.0, 160.0)
+    late = server.throttle_share(300.0, 600.0)
+    assert late < early
+    assert late < 0.01
+    # goodput after convergence is near the capacity (two series per second)
+    good = [at for at, ok in server.requests if ok and 300.0 <= at < 600.0]
+    assert len(good) >= 0.8 * 2 * 300
