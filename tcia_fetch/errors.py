@@ -38,6 +38,7 @@ batch log is enough to act on.
     ├── StorageError (OSError)          the local destination; fatal
     │   ├── DiskFullError               ENOSPC / EDQUOT
     │   ├── DestinationError            missing, read-only or otherwise unusable destination
+    │   │   └── FinalPathExistsError    a series' final path is taken by something else; per series
     │   └── DestinationBusyError        another live run owns the destination
     ├── JournalError                    the run journal cannot be read or written; fatal
     └── SeriesFailedError               a series given up on; recorded in the report, not raised out
@@ -62,6 +63,7 @@ __all__ = [
     "DestinationBusyError",
     "DestinationError",
     "DiskFullError",
+    "FinalPathExistsError",
     "HTTPStatusError",
     "InputError",
     "IntegrityError",
@@ -395,6 +397,18 @@ class DestinationError(StorageError):
     """The destination is missing, read-only, or not a directory we may write."""
 
     reference = "destination-unusable"
+
+
+class FinalPathExistsError(DestinationError):
+    """A series' final directory already exists; it is never overwritten or merged into.
+
+    Not fatal for the run: the engine reports that series (another tool or run put something
+    there) and goes on. Retrying cannot help.
+    """
+
+    fatal = False
+    exit_code = EXIT_SOME_FAILED
+    reference = "final-path-exists"
 
 
 class DestinationBusyError(StorageError):

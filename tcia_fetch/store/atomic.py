@@ -1,0 +1,83 @@
+"""Atomic small-file writes: a reader sees the old content or the new one, never a torn mix.
+
+The protocol is the usual one (pip, aria2): write a uniquely named temporary file *beside* the
+target (same directory, so the same filesystem and an atomic ``rename``), flush and fsync it,
+rename it over the target, then fsync the directory so the rename itself survives a power loss.
+If anything fails the temporary file is removed and the target is untouched.
+
+The async variants are for run reports and plan JSON written from the event loop; they go through
+aiofiles (this is the only module that imports it), so no blocking call runs on the loop. The sync
+twins serve code that already runs in a worker thread (the journal snapshot, metadata.csv).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+import aiofiles
+import aiofiles.os
+
+from tcia_fetch.store._fs import fsync_directory, storage_error
+
+__all__ = ["write_bytes_atomic", "write_bytes_atomic_sync", "write_text_atomic", "write_text_atomic_sync"]
+
+
+def _temporary_sibling(path: Path) -> Path:
+    # Leading dot: hidden from casual listings; pid + random nonce: unique across processes and hosts.
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+
+
+def write_bytes_atomic_sync(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably. Raises DiskFullError/DestinationError."""
+    temporary = _temporary_sibling(path)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+        fsync_directory(path.parent)
+    except OSError as exc:
+        _remove_quietly(temporary)
+        raise storage_error(exc, action="write", path=path) from exc
+
+
+def write_text_atomic_sync(path: Path, text: str) -> None:
+    """UTF-8 twin of :func:`write_bytes_atomic_sync`. Newlines are written exactly as given."""
+    write_bytes_atomic_sync(path, text.encode("utf-8"))
+
+
+async def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Async :func:`write_bytes_atomic_sync`: every file operation runs in aiofiles' thread pool."""
+    temporary = _temporary_sibling(path)
+    fsync = aiofiles.os.wrap(os.fsync)
+    sync_directory = aiofiles.os.wrap(fsync_directory)
+    try:
+        async with aiofiles.open(temporary, "xb") as stream:
+            await stream.write(data)
+            await stream.flush()
+            await fsync(stream.fileno())
+        await aiofiles.os.replace(temporary, path)
+        await sync_directory(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            await aiofiles.os.unlink(temporary)
+        raise storage_error(exc, action="write", path=path) from exc
+
+
+async def write_text_atomic(path: Path, text: str) -> None:
+    """UTF-8 twin of :func:`write_bytes_atomic`."""
+    await write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
