@@ -1,0 +1,410 @@
+"""``tcia-fetch query``: everyday look-ups against the NBIA API.
+
+Each subcommand builds :class:`~tcia_fetch.config.ClientSettings` (``--base-url``,
+``--config``, ``TCIA_FETCH_BASE_URL``), runs one :class:`~tcia_fetch.api.NBIAClient` call
+through ``anyio.run`` and renders the server's rows (:mod:`tcia_fetch.cli.render`). Errors
+print one line to stderr and exit with the error's ``exit_code``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from tcia_fetch.api.client import NBIAClient
+from tcia_fetch.api.models import PatientRow, SeriesRow, ServerRow, StudyRow, ValueCount, ValueList
+from tcia_fetch.api.where import parse_where
+from tcia_fetch.cli.render import OutputFormat, parse_columns, render_rows
+from tcia_fetch.config import load_client_settings
+from tcia_fetch.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, TciaFetchError
+
+__all__ = ["query"]
+
+_T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+_SERIES_COLUMNS = (
+    "SeriesInstanceUID",
+    "Collection",
+    "PatientID",
+    "Modality",
+    "BodyPartExamined",
+    "SeriesDescription",
+    "SeriesDate",
+    "ImageCount",
+    "FileSize",
+)
+_PATIENT_COLUMNS = ("PatientId", "PatientName", "PatientSex", "Collection", "SpeciesDescription")
+_STUDY_COLUMNS = (
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyDescription",
+    "PatientID",
+    "Collection",
+    "SeriesCount",
+)
+
+
+def _aliases(model: type[ServerRow]) -> list[str]:
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _common_options(command: _F) -> _F:
+    """Options every subcommand takes: where the server is and how to print."""
+    options = (
+        click.option(
+            "--base-url",
+            metavar="URL",
+            help="API root, e.g. https://nbia.cancerimagingarchive.net/nbia-api/services/v4/ "
+            "(default: config file, then $TCIA_FETCH_BASE_URL).",
+        ),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="Config file (TOML, [server] table). Default: $XDG_CONFIG_HOME/tcia-fetch/config.toml.",
+        ),
+        click.option(
+            "--format",
+            "output_format",
+            type=click.Choice(["table", "json", "jsonl", "csv"]),
+            default="table",
+            show_default=True,
+            help="Output format; json keeps the server's rows and key names.",
+        ),
+        click.option("--columns", metavar="A,B", help="Columns to show, named as the server names them."),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _run(base_url: str | None, config_file: Path | None, action: Callable[[NBIAClient], Awaitable[_T]]) -> _T:
+    settings = load_client_settings(base_url=base_url, config_file=config_file)
+
+    async def main() -> _T:
+        async with NBIAClient(settings) as client:
+            return await action(client)
+
+    return anyio.run(main, backend="asyncio")
+
+
+def _reports_errors(command: _F) -> _F:
+    """Turn tcia-fetch errors into one stderr line and the error's exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except TciaFetchError as exc:
+            click.echo("error: " + " ".join(str(exc).split()), err=True)
+            raise SystemExit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            raise SystemExit(EXIT_INTERRUPTED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _emit(
+    rows: Sequence[dict[str, object]],
+    *,
+    output_format: str,
+    columns: str | None,
+    default_columns: Sequence[str],
+    known_columns: Sequence[str] = (),
+    title: str | None = None,
+) -> None:
+    fmt: OutputFormat = "table"
+    if output_format in ("json", "jsonl", "csv"):
+        fmt = "json" if output_format == "json" else "jsonl" if output_format == "jsonl" else "csv"
+    render_rows(
+        rows,
+        output_format=fmt,
+        columns=parse_columns(columns),
+        default_columns=default_columns,
+        known_columns=known_columns,
+        title=title,
+    )
+
+
+@click.group()
+def query() -> None:
+    """Everyday look-ups against the NBIA API (collections, patients, studies, series)."""
+
+
+def _value_command(name: str, counts_key: str, help_text: str) -> Callable[[_F], _F]:
+    """Shared body of the value-list commands (``--counts`` switches to *ValuesAndCounts)."""
+
+    def decorate(function: _F) -> _F:
+        function = click.option(
+            "--counts", is_flag=True, help=f"Also show counts (get{counts_key}ValuesAndCounts; v4 only)."
+        )(function)
+        return query.command(name, help=help_text)(_common_options(_reports_errors(function)))  # type: ignore[return-value]
+
+    return decorate
+
+
+def _value_rows(result: ValueList | Sequence[ValueCount]) -> list[dict[str, object]]:
+    if isinstance(result, ValueList):
+        return [dict(row) for row in result.rows]
+    return [row.server_dict() for row in result]
+
+
+@_value_command("collections", "Collection", "List collections with public images.")
+def collections(
+    counts: bool, base_url: str | None, config_file: Path | None, output_format: str, columns: str | None
+) -> None:
+    async def action(client: NBIAClient) -> ValueList | list[ValueCount]:
+        return await client.collection_counts() if counts else await client.collections()
+
+    result = _run(base_url, config_file, action)
+    _emit(
+        _value_rows(result),
+        output_format=output_format,
+        columns=columns,
+        default_columns=("Collection", "Count"),
+        known_columns=("Collection", "Count", "Authorized"),
+    )
+
+
+@click.option("--body-part", help="BodyPartExamined filter (case-insensitive on the server).")
+@click.option("--collection", help="Collection filter.")
+@_value_command("modalities", "Modality", "List modalities, optionally filtered.")
+def modalities(
+    counts: bool,
+    base_url: str | None,
+    config_file: Path | None,
+    output_format: str,
+    columns: str | None,
+    collection: str | None,
+    body_part: str | None,
+) -> None:
+    async def action(client: NBIAClient) -> ValueList | list[ValueCount]:
+        if counts:
+            return await client.modality_counts(collection=collection, body_part=body_part)
+        return await client.modalities(collection=collection, body_part=body_part)
+
+    result = _run(base_url, config_file, action)
+    _emit(
+        _value_rows(result),
+        output_format=output_format,
+        columns=columns,
+        default_columns=("Modality", "Count"),
+        known_columns=("Modality", "Count", "Authorized"),
+    )
+
+
+@click.option("--modality", help="Modality filter.")
+@click.option("--collection", help="Collection filter.")
+@_value_command("body-parts", "BodyPart", "List body parts examined, optionally filtered.")
+def body_parts(
+    counts: bool,
+    base_url: str | None,
+    config_file: Path | None,
+    output_format: str,
+    columns: str | None,
+    collection: str | None,
+    modality: str | None,
+) -> None:
+    async def action(client: NBIAClient) -> ValueList | list[ValueCount]:
+        if counts:
+            return await client.body_part_counts(collection=collection, modality=modality)
+        return await client.body_parts(collection=collection, modality=modality)
+
+    result = _run(base_url, config_file, action)
+    _emit(
+        _value_rows(result),
+        output_format=output_format,
+        columns=columns,
+        default_columns=("BodyPartExamined", "BodyPart", "Count"),
+        known_columns=("BodyPartExamined", "BodyPart", "Count", "Authorized"),
+    )
+
+
+@click.option("--body-part", help="BodyPartExamined filter.")
+@click.option("--modality", help="Modality filter.")
+@click.option("--collection", help="Collection filter.")
+@_value_command("manufacturers", "Manufacturer", "List equipment manufacturers, optionally filtered.")
+def manufacturers(
+    counts: bool,
+    base_url: str | None,
+    config_file: Path | None,
+    output_format: str,
+    columns: str | None,
+    collection: str | None,
+    modality: str | None,
+    body_part: str | None,
+) -> None:
+    async def action(client: NBIAClient) -> ValueList | list[ValueCount]:
+        if counts:
+            return await client.manufacturer_counts(
+                collection=collection, modality=modality, body_part=body_part
+            )
+        return await client.manufacturers(collection=collection, modality=modality, body_part=body_part)
+
+    result = _run(base_url, config_file, action)
+    _emit(
+        _value_rows(result),
+        output_format=output_format,
+        columns=columns,
+        default_columns=("Manufacturer", "Count"),
+        known_columns=("Manufacturer", "Count", "Authorized"),
+    )
+
+
+@query.command("patients")
+@click.option("--collection", help="Collection filter.")
+@click.option("--patient-id", help="PatientId filter.")
+@_common_options
+@_reports_errors
+def patients(
+    collection: str | None,
+    patient_id: str | None,
+    base_url: str | None,
+    config_file: Path | None,
+    output_format: str,
+    columns: str | None,
+) -> None:
+    """List patients (getPatient)."""
+    rows: list[PatientRow] = _run(
+        base_url, config_file, lambda c: c.patients(collection=collection, patient_id=patient_id)
+    )
+    _emit(
+        [row.server_dict() for row in rows],
+        output_format=output_format,
+        columns=columns,
+        default_columns=_PATIENT_COLUMNS,
+        known_columns=_aliases(PatientRow),
+    )
+
+
+@query.command("studies")
+@click.option("--collection", help="Collection filter.")
+@click.option("--patient-id", help="PatientID filter.")
+@click.option("--study-uid", help="StudyInstanceUID filter.")
+@_common_options
+@_reports_errors
+def studies(
+    collection: str | None,
+    patient_id: str | None,
+    study_uid: str | None,
+    base_url: str | None,
+    config_file: Path | None,
+    output_format: str,
+    columns: str | None,
+) -> None:
+    """List studies (getPatientStudy)."""
+    rows: list[StudyRow] = _run(
+        base_url,
+        config_file,
+        lambda c: c.studies(collection=collection, patient_id=patient_id, study_uid=study_uid),
+    )
+    _emit(
+        [row.server_dict() for row in rows],
+        output_format=output_format,
+        columns=columns,
+        default_columns=_STUDY_COLUMNS,
+        known_columns=_aliases(StudyRow),
+    )
+
+
+@query.command("series")
+@click.option("--collection", help="Collection filter.")
+@click.option("--patient-id", help="PatientID filter.")
+@click.option("--study-uid", help="StudyInstanceUID filter.")
+@click.option("--modality", help="Modality filter.")
+@click.option("--body-part", help="BodyPartExamined filter.")
+@click.option("--manufacturer", help="Manufacturer filter.")
+@click.option("--model", "manufacturer_model", help="ManufacturerModelName filter.")
+@click.option("--series-uid", help="SeriesInstanceUID filter.")
+@click.option(
+    "--where",
+    "where_text",
+    metavar="EXPR",
+    help='Client-side filter over server column names, e.g. "ImageCount>50 and Modality=CT" '
+    "(= != < <= > >= ~ contains, and/or/not, parentheses).",
+)
+@_common_options
+@_reports_errors
+def series(
+    collection: str | None,
+    patient_id: str | None,
+    study_uid: str | None,
+    modality: str | None,
+    body_part: str | None,
+    manufacturer: str | None,
+    manufacturer_model: str | None,
+    series_uid: str | None,
+    where_text: str | None,
+    base_url: str | None,
+    config_file: Path | None,
+    output_format: str,
+    columns: str | None,
+) -> None:
+    """List series (getSeries), optionally filtered further with --where."""
+    known = [*_aliases(SeriesRow), "CollectionURI", "TimeStamp"]
+    if where_text is not None:
+        parse_where(where_text, known_keys=None)  # syntax errors before any request
+    rows: list[SeriesRow] = _run(
+        base_url,
+        config_file,
+        lambda c: c.series(
+            collection=collection,
+            patient_id=patient_id,
+            study_uid=study_uid,
+            modality=modality,
+            body_part=body_part,
+            manufacturer=manufacturer,
+            manufacturer_model=manufacturer_model,
+            series_uid=series_uid,
+        ),
+    )
+    server_rows = [row.server_dict() for row in rows]
+    if where_text is not None:
+        keys = set(known)
+        for row in server_rows:
+            keys.update(row)
+        predicate = parse_where(where_text, known_keys=keys)
+        server_rows = [row for row in server_rows if predicate.matches(row)]
+    _emit(
+        server_rows,
+        output_format=output_format,
+        columns=columns,
+        default_columns=_SERIES_COLUMNS,
+        known_columns=known,
+    )
+
+
+@query.command("series-size")
+@click.argument("series_uid", metavar="SERIES_UID")
+@click.option("--collection", help="Collection of the series (routes NLST to its own server).")
+@_common_options
+@_reports_errors
+def series_size(
+    series_uid: str,
+    collection: str | None,
+    base_url: str | None,
+    config_file: Path | None,
+    output_format: str,
+    columns: str | None,
+) -> None:
+    """Show a series' total DICOM bytes and instance count (getSeriesSize)."""
+    size = _run(base_url, config_file, lambda c: c.series_size(series_uid, collection=collection))
+    if size is None:
+        click.echo(
+            f"error: series {series_uid}: unknown or not public (the server returned no size)", err=True
+        )
+        raise SystemExit(EXIT_SOME_FAILED)
+    _emit(
+        [size.server_dict()],
+        output_format=output_format,
+        columns=columns,
+        default_columns=("TotalSizeInBytes", "ObjectCount"),
+        known_columns=("TotalSizeInBytes", "ObjectCount"),
+    )

@@ -1,0 +1,422 @@
+"""The aiohttp transport against tiny in-test servers: statuses, timeouts, cuts, DNS, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import anyio
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tcia_fetch.errors import (
+    ConnectError,
+    HTTPStatusError,
+    InvalidParameterError,
+    NameResolutionError,
+    RateLimitedError,
+    RemoteProtocolError,
+    RequestRejectedError,
+    RequestTimeoutError,
+    SeriesUnavailableError,
+    ServerError,
+    StallError,
+    TciaFetchError,
+    TLSError,
+    UnauthorizedError,
+)
+from tcia_fetch.transport import MIN_CHUNK_SIZE_BYTES, Transport
+
+pytestmark = pytest.mark.anyio
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def _json(request: web.Request) -> web.StreamResponse:
+    return web.json_response(
+        [{"Collection": "A"}], headers={"X-Seen-Accept": request.headers.get("Accept", "")}
+    )
+
+
+async def _echo_headers(request: web.Request) -> web.StreamResponse:
+    return web.json_response(
+        {"ua": request.headers.get("User-Agent"), "auth": request.headers.get("Authorization")}
+    )
+
+
+async def _form(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    return web.json_response({key: str(value) for key, value in form.items()})
+
+
+def _status(status: int, body: str = "", headers: dict[str, str] | None = None) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, text=body, headers=headers)
+
+    return handler
+
+
+async def _big(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    await response.prepare(request)
+    block = bytes(range(256)) * 256  # 64 KiB
+    for _ in range(48):  # 3 MiB
+        await response.write(block)
+    await response.write_eof()
+    return response
+
+
+async def _slow_but_alive(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    await response.prepare(request)
+    for _ in range(8):
+        await response.write(b"x" * 100)
+        await asyncio.sleep(0.05)
+    await response.write_eof()
+    return response
+
+
+async def _stall(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    await response.prepare(request)
+    await response.write(b"x" * 1000)
+    await asyncio.sleep(5)
+    return response
+
+
+async def _cut(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    await response.prepare(request)
+    await response.write(b"PK" * 5000)
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
+async def _short_content_length(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Length": "100000"})
+    await response.prepare(request)
+    await response.write(b"x" * 100)
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
+async def _slow_headers(request: web.Request) -> web.StreamResponse:
+    await asyncio.sleep(5)
+    return web.Response(text="late")
+
+
+ROUTES: dict[str, Handler] = {
+    "/json": _json,
+    "/headers": _echo_headers,
+    "/form": _form,
+    "/429": _status(429, "slow down", {"Retry-After": "2"}),
+    "/503": _status(
+        503, "busy", {"Retry-After": "Thu, 01 Jan 2026 12:00:30 GMT", "Date": "Thu, 01 Jan 2026 12:00:00 GMT"}
+    ),
+    "/500": _status(500, "Server was not able to process your request\nnull"),
+    "/401": _status(401),
+    "/400-access": _status(
+        400,
+        "The user has not been granted the access to image with given SeriesInstanceUID,1.2.3. "
+        "Please contact System Admin to resolve this issue.",
+    ),
+    "/400-param": _status(
+        400, "Invalid query parameter: 'format'. Allowed parameters are: [SeriesInstanceUID]"
+    ),
+    "/404": _status(404, "nope"),
+    "/big": _big,
+    "/slow": _slow_but_alive,
+    "/stall": _stall,
+    "/cut": _cut,
+    "/short": _short_content_length,
+    "/slow-headers": _slow_headers,
+}
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[TestServer]:
+    app = web.Application()
+    for path, handler in ROUTES.items():
+        app.router.add_route("*", path, handler)
+    test_server = TestServer(app, host="127.0.0.1")
+    async with test_server:
+        yield test_server
+
+
+def _transport(**overrides: float) -> Transport:
+    settings: dict[str, float] = {
+        "connect_timeout_s": 2.0,
+        "first_byte_timeout_s": 1.0,
+        "stall_timeout_s": 0.5,
+        "query_timeout_s": 3.0,
+        **overrides,
+    }
+    return Transport(
+        max_connections=4,
+        connect_timeout_s=settings["connect_timeout_s"],
+        first_byte_timeout_s=settings["first_byte_timeout_s"],
+        stall_timeout_s=settings["stall_timeout_s"],
+        query_timeout_s=settings["query_timeout_s"],
+    )
+
+
+async def test_query_reads_json_and_sends_default_headers(server: TestServer) -> None:
+    async with _transport() as transport:
+        response = await transport.request("GET", str(server.make_url("/json")), params={"a": "b"})
+        echoed = await transport.request("GET", str(server.make_url("/headers")))
+    assert response.status == 200
+    assert response.body == b'[{"Collection": "A"}]'
+    assert response.content_type is not None and response.content_type.startswith("application/json")
+    assert response.headers["X-Seen-Accept"] == "*/*"
+    assert response.url.endswith("/json?a=b")
+    assert b'"ua": "tcia-fetch/' in echoed.body
+    assert b'"auth": null' in echoed.body
+
+
+async def test_form_post(server: TestServer) -> None:
+    async with _transport() as transport:
+        response = await transport.request("POST", str(server.make_url("/form")), form={"list": "1.2,1.3"})
+    assert response.body == b'{"list": "1.2,1.3"}'
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/429", RateLimitedError),
+        ("/503", RateLimitedError),
+        ("/500", ServerError),
+        ("/401", UnauthorizedError),
+        ("/400-access", SeriesUnavailableError),
+        ("/400-param", InvalidParameterError),
+        ("/404", RequestRejectedError),
+    ],
+)
+async def test_error_statuses_map_to_classes(
+    server: TestServer, path: str, kind: type[HTTPStatusError]
+) -> None:
+    url = str(server.make_url(path)).replace("http://", "http://user:pw@")
+    async with _transport() as transport:
+        with pytest.raises(kind) as caught:
+            await transport.request("GET", url, params={"access_token": "sekrit"}, series_uid="1.2.3")
+        with pytest.raises(kind):
+            async with transport.stream("GET", url, series_uid="1.2.3"):
+                pass
+    error = caught.value
+    assert type(error) is kind
+    assert error.series_uid == "1.2.3"
+    assert "pw" not in str(error) and "sekrit" not in str(error)
+    assert error.url is not None and path in error.url
+
+
+async def test_retry_after_seconds_and_http_date(server: TestServer) -> None:
+    async with _transport() as transport:
+        with pytest.raises(RateLimitedError) as seconds:
+            await transport.request("GET", str(server.make_url("/429")))
+        with pytest.raises(RateLimitedError) as http_date:
+            await transport.request("GET", str(server.make_url("/503")))
+    assert seconds.value.retry_after_s == 2.0
+    assert seconds.value.body_excerpt == "slow down"
+    assert http_date.value.retry_after_s == 30.0  # measured against the response's Date header
+
+
+async def test_stream_reads_big_body_in_large_chunks(server: TestServer) -> None:
+    async with _transport() as transport, transport.stream("GET", str(server.make_url("/big"))) as response:
+        chunks = [chunk async for chunk in response]
+        assert response.finished
+    assert sum(len(chunk) for chunk in chunks) == 3 * 1024 * 1024
+    assert max(len(chunk) for chunk in chunks) <= 1024 * 1024
+    assert MIN_CHUNK_SIZE_BYTES == 256 * 1024
+
+
+async def test_slow_live_stream_is_not_a_stall(server: TestServer) -> None:
+    async with (
+        _transport(stall_timeout_s=0.5) as transport,
+        transport.stream("GET", str(server.make_url("/slow"))) as response,
+    ):
+        body = b"".join([chunk async for chunk in response])
+    assert body == b"x" * 800
+
+
+async def test_no_bytes_for_stall_timeout_is_stall_error(server: TestServer) -> None:
+    async with _transport(stall_timeout_s=0.3) as transport:
+        with pytest.raises(StallError):
+            async with transport.stream("GET", str(server.make_url("/stall")), series_uid="1.2") as response:
+                async for _ in response:
+                    pass
+
+
+@pytest.mark.parametrize("path", ["/cut", "/short"])
+async def test_cut_body_is_remote_protocol_error(server: TestServer, path: str) -> None:
+    async with _transport() as transport:
+        with pytest.raises(RemoteProtocolError):
+            async with transport.stream("GET", str(server.make_url(path))) as response:
+                async for _ in response:
+                    pass
+
+
+async def test_slow_headers_is_request_timeout(server: TestServer) -> None:
+    async with _transport(first_byte_timeout_s=0.3, connect_timeout_s=0.2) as transport:
+        with pytest.raises(RequestTimeoutError):
+            await transport.request("GET", str(server.make_url("/slow-headers")))
+        with pytest.raises(RequestTimeoutError):
+            async with transport.stream("GET", str(server.make_url("/slow-headers"))):
+                pass
+
+
+async def test_query_timeout_bounds_a_whole_query(server: TestServer) -> None:
+    async with _transport(first_byte_timeout_s=10, query_timeout_s=0.3) as transport:
+        with pytest.raises(RequestTimeoutError):
+            await transport.request("GET", str(server.make_url("/slow-headers")))
+
+
+async def test_download_has_no_total_timeout(server: TestServer) -> None:
+    # The slow stream takes ~0.4 s; a query deadline shorter than that must not apply to streams.
+    async with (
+        _transport(query_timeout_s=0.1, stall_timeout_s=1.0) as transport,
+        transport.stream("GET", str(server.make_url("/slow"))) as response,
+    ):
+        body = b"".join([chunk async for chunk in response])
+    assert len(body) == 800
+
+
+async def test_connection_refused_is_connect_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with _transport() as transport:
+        with pytest.raises(ConnectError) as caught:
+            await transport.request("GET", f"http://127.0.0.1:{port}/x")
+    assert not isinstance(caught.value, NameResolutionError)
+
+
+async def test_unresolvable_host_is_name_resolution_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    async with _transport(connect_timeout_s=5) as transport:
+        with pytest.raises(NameResolutionError):
+            await transport.request("GET", "http://tcia-fetch-test.invalid/x")
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> ssl.SSLContext:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl not available to make a test certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def test_untrusted_certificate_is_tls_error(self_signed: ssl.SSLContext) -> None:
+    app = web.Application()
+    app.router.add_get("/json", _json)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self_signed)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        async with _transport() as transport:
+            with pytest.raises(TLSError) as caught:
+                await transport.request("GET", f"https://127.0.0.1:{port}/json")
+        assert caught.value.fatal and not caught.value.retryable
+    finally:
+        await runner.cleanup()
+
+
+async def test_no_aiohttp_exception_ever_escapes(server: TestServer) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    urls = [str(server.make_url(path)) for path in ROUTES] + [
+        f"http://127.0.0.1:{closed_port}/",
+        "http://[::1",
+    ]
+    async with _transport(stall_timeout_s=0.2, first_byte_timeout_s=0.3, query_timeout_s=0.5) as transport:
+        for url in urls:
+            for mode in ("request", "stream"):
+                try:
+                    if mode == "request":
+                        await transport.request("GET", url)
+                    else:
+                        async with transport.stream("GET", url) as response:
+                            async for _ in response:
+                                pass
+                except TciaFetchError as exc:
+                    assert not isinstance(exc, aiohttp.ClientError)
+                    chain = exc.__cause__
+                    assert chain is None or not isinstance(chain, TciaFetchError) or chain is exc
+                except Exception as exc:  # pragma: no cover - the assertion below explains
+                    pytest.fail(f"{url} ({mode}) leaked {type(exc).__module__}.{type(exc).__name__}: {exc}")
+
+
+async def test_cancellation_closes_the_stream(server: TestServer) -> None:
+    async with _transport(stall_timeout_s=10) as transport:
+        with anyio.move_on_after(0.3) as scope:
+            async with transport.stream("GET", str(server.make_url("/stall"))) as response:
+                async for _ in response:
+                    pass
+        assert scope.cancelled_caught
+        # the pool is usable again afterwards
+        response2 = await transport.request("GET", str(server.make_url("/json")))
+    assert response2.status == 200
+
+
+async def test_connection_limit_caps_requests_in_flight() -> None:
+    in_flight = 0
+    peak = 0
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.1)
+            return web.Response(body=b"ok")
+        finally:
+            in_flight -= 1
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    test_server = TestServer(app, host="127.0.0.1")
+    async with (
+        test_server,
+        Transport(max_connections=2, connect_timeout_s=0.05, first_byte_timeout_s=0.15) as transport,
+    ):
+        url = str(test_server.make_url("/slow"))
+        async with anyio.create_task_group() as group:
+            for _ in range(6):
+                group.start_soon(transport.request, "GET", url)
+    # the last requests queue ~0.2 s for a slot, longer than the 0.2 s header deadline: queueing
+    # for a connection must not count as a slow server
+    assert peak == 2
