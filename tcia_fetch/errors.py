@@ -100,7 +100,9 @@ EXIT_BAD_INPUT = 2
 EXIT_FATAL = 3
 EXIT_INTERRUPTED = 130
 
-_SECRET_QUERY_KEYS = frozenset({"password", "access_token", "refresh_token", "token", "client_secret", "api_key"})
+_SECRET_QUERY_KEYS = frozenset(
+    {"password", "access_token", "refresh_token", "token", "client_secret", "api_key"}
+)
 
 
 def redact_url(url: str) -> str:

@@ -1,0 +1,254 @@
+"""``tcia-fetch run`` and ``tcia-fetch plan``: the batch job, and its dry run.
+
+Contract (other tooling depends on it): ``tcia-fetch run JOB --out DIR [--base-url URL]
+[--concurrency N] [--report FILE]``; JOB is a job file, a ``.tcia`` manifest or a CSV/TSV;
+``--base-url`` beats the job file and ``TCIA_FETCH_BASE_URL``; the exit code is 0 only when
+every planned series is verified on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Literal
+
+import anyio
+import click
+from rich.console import Console
+from rich.table import Table
+
+from tcia_fetch.cli.common import CommandInterruptedError, exit_interrupted, run_command
+from tcia_fetch.cli.progress import ProgressReporter, format_bytes
+from tcia_fetch.engine.report import RunReport, RunStats
+from tcia_fetch.engine.run import RunOptions, fetch, plan
+from tcia_fetch.errors import InputError
+from tcia_fetch.plan.model import PlannedSeries, PlanSummary
+
+__all__ = ["parse_size", "plan_command", "print_report", "run_command_cli"]
+
+_SIZE_RE = re.compile(r"(?i)^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?(?:/s)?\s*$")
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "ki": 2**10,
+    "kib": 2**10,
+    "mi": 2**20,
+    "mib": 2**20,
+    "gi": 2**30,
+    "gib": 2**30,
+    "ti": 2**40,
+    "tib": 2**40,
+}
+
+
+def parse_size(text: str, *, option: str) -> float:
+    """Parse ``50MB``, ``2.5GiB/s``, ``1000000`` into bytes; a clear InputError otherwise."""
+    match = _SIZE_RE.match(text)
+    unit = (match.group(2) or "").lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise InputError(f"cannot read {text!r} as a size (examples: 50MB, 2GiB, 1000000)", source=option)
+    return float(match.group(1)) * _UNITS[unit]
+
+
+def _options(**kwargs: object) -> RunOptions:
+    return RunOptions(**kwargs)  # type: ignore[arg-type]
+
+
+@click.command("run")
+@click.argument("job", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--out", "-o", type=click.Path(path_type=Path, file_okay=False), help="Destination directory.")
+@click.option("--base-url", help="API root, e.g. https://nbia.cancerimagingarchive.net/nbia-api/services/v4/")
+@click.option(
+    "--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="Config file (TOML)."
+)
+@click.option("--concurrency", "-j", type=click.IntRange(1, 64), help="Most downloads in flight at once.")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the JSON report here.",
+)
+@click.option("--retry-failed", is_flag=True, help="Only retry the series that failed in earlier runs.")
+@click.option(
+    "--max-rate",
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Most download requests started per second.",
+)
+@click.option("--max-bandwidth", help="Bandwidth cap over all downloads, e.g. 50MB (per second).")
+@click.option(
+    "--layout",
+    help="Directory layout: classic, descriptive, flat, or a template like {Collection}/{SeriesInstanceUID}.",
+)
+@click.option(
+    "--keep", type=click.Choice(["dicom", "zip"]), help="Keep extracted DICOM (default) or the verified zip."
+)
+@click.option("--md5/--no-md5", default=None, help="Check every file's MD5 (default: on).")
+@click.option("--fsync/--no-fsync", default=True, show_default=True, help="fsync files before publishing.")
+@click.option(
+    "--skip-invalid", is_flag=True, help="Report manifest/CSV lines that are not UIDs instead of refusing."
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress; only the final summary and errors.")
+@click.option(
+    "--log-interval",
+    type=click.FloatRange(min=1.0),
+    default=30.0,
+    show_default=True,
+    help="Seconds between progress lines when output is not a terminal.",
+)
+def run_command_cli(
+    job: Path,
+    out: Path | None,
+    base_url: str | None,
+    config_file: Path | None,
+    concurrency: int | None,
+    report_path: Path | None,
+    retry_failed: bool,
+    max_rate: float | None,
+    max_bandwidth: str | None,
+    layout: str | None,
+    keep: Literal["dicom", "zip"] | None,
+    md5: bool | None,
+    fsync: bool,
+    skip_invalid: bool,
+    quiet: bool,
+    log_interval: float,
+) -> None:
+    """Download every series a JOB names, verified, into --out; resumes when rerun.
+
+    JOB is a job file (.toml), a .tcia manifest, or a CSV/TSV with a SeriesInstanceUID column.
+    Exit codes: 0 all verified, 1 some series failed, 2 bad input, 3 fatal, 130 interrupted.
+    """
+    options = RunOptions(
+        out=out,
+        base_url=base_url,
+        config_file=config_file,
+        concurrency=concurrency,
+        report_path=report_path,
+        retry_failed=retry_failed,
+        max_requests_per_s=max_rate,
+        max_bytes_per_s=parse_size(max_bandwidth, option="--max-bandwidth") if max_bandwidth else None,
+        layout=layout,
+        keep=keep,
+        verify_md5=md5,
+        fsync=fsync,
+        skip_invalid=skip_invalid,
+    )
+    stats = RunStats()
+    reporter = ProgressReporter(stats, mode=ProgressReporter.pick_mode(quiet=quiet), interval_s=log_interval)
+
+    async def main() -> RunReport:
+        stop = anyio.Event()
+        outcome: list[RunReport] = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(reporter.run, stop)
+            try:
+                outcome.append(await fetch(job, options, stats=stats, on_event=reporter.on_event))
+            finally:
+                stop.set()
+        return outcome[0]
+
+    try:
+        report = run_command(main)
+    except CommandInterruptedError as interrupted:
+        exit_interrupted(interrupted.signum)
+    print_report(report, quiet=quiet)
+    sys.exit(report.exit_code)
+
+
+def print_report(report: RunReport, *, quiet: bool = False, console: Console | None = None) -> None:
+    """The end-of-run summary: counts, volume, speed, and every failure with its reason."""
+    console = console or Console(highlight=False)
+    rate = report.dicom_bytes / report.duration_s if report.duration_s > 0 else 0.0
+    table = Table(title="tcia-fetch run", show_header=False, box=None)
+    table.add_row("planned", str(report.planned))
+    table.add_row("done", str(report.done))
+    table.add_row("skipped (already on disk)", str(report.skipped))
+    table.add_row("failed", f"[red]{report.failed}[/red]" if report.failed else "0")
+    table.add_row(
+        "data",
+        f"{format_bytes(report.dicom_bytes)} DICOM in {report.duration_s:.1f}s ({format_bytes(rate)}/s)",
+    )
+    table.add_row("retries / throttled", f"{report.retries} / {report.throttled}")
+    table.add_row("destination", report.destination)
+    console.print(table)
+    if report.failures:
+        failures = Table(title="failed series", show_lines=False)
+        failures.add_column("SeriesInstanceUID", overflow="fold")
+        failures.add_column("reason")
+        for failure in report.failures:
+            failures.add_row(failure.series_uid, f"{failure.reference}: {failure.reason}")
+        console.print(failures)
+    for error in report.plan_errors:
+        console.print(f"[red]query failed[/red]: {error}")
+    if not quiet and report.input_problems:
+        console.print(
+            f"{len(report.input_problems)} input line(s) were not UIDs; see the report's input_problems"
+        )
+    status = "all series verified" if report.ok else f"exit code {report.exit_code}"
+    console.print(f"{status}; report: {Path(report.destination) / '.tcia-fetch' / 'last-report.json'}")
+
+
+@click.command("plan")
+@click.argument("job", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--base-url", help="API root, e.g. https://nbia.cancerimagingarchive.net/nbia-api/services/v4/")
+@click.option(
+    "--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="Config file (TOML)."
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the plan (every series with its expected size) as JSON here.",
+)
+@click.option(
+    "--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+def plan_command(
+    job: Path, base_url: str | None, config_file: Path | None, json_path: Path | None, output_format: str
+) -> None:
+    """Show what a JOB would download (series, instances, bytes per collection) without downloading."""
+    options = RunOptions(base_url=base_url, config_file=config_file)
+    try:
+        items, summary = run_command(lambda: plan(job, options))
+    except CommandInterruptedError as interrupted:
+        exit_interrupted(interrupted.signum)
+    document = {"summary": summary.as_dict(), "series": [item.as_dict() for item in items]}
+    if json_path is not None:
+        json_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    if output_format == "json":
+        click.echo(json.dumps(document, indent=2))
+    else:
+        _print_plan(items, summary)
+    sys.exit(1 if summary.problems or summary.query_errors else 0)
+
+
+def _print_plan(items: list[PlannedSeries], summary: PlanSummary) -> None:
+    console = Console(highlight=False)
+    table = Table(
+        title=f"plan: {summary.series} series, {summary.instances} instances, "
+        f"{format_bytes(summary.total_bytes)}"
+    )
+    table.add_column("Collection")
+    table.add_column("series", justify="right")
+    table.add_column("instances", justify="right")
+    table.add_column("size", justify="right")
+    for name, totals in sorted(summary.collections.items()):
+        table.add_row(name, str(totals.series), str(totals.instances), format_bytes(totals.total_bytes))
+    console.print(table)
+    if summary.duplicates:
+        console.print(f"{summary.duplicates} duplicate UID(s) ignored")
+    for problem in summary.problems:
+        console.print(f"[red]cannot plan[/red] {problem.series_uid} ({problem.origin}): {problem.reason}")
+    for error in summary.query_errors:
+        console.print(f"[red]query failed[/red]: {error}")
+    del items

@@ -1,0 +1,354 @@
+"""One series end to end: stream the archive, verify it inline, publish it atomically, record it.
+
+Order of a successful attempt, and why each step is where it is:
+
+1. wait for the circuit breaker, an adaptive-concurrency slot and the shared pacer, so a
+   struggling server sees fewer requests, not more;
+2. stream ``getImage`` into a private staging directory on the destination's filesystem, the
+   extractor checking names, CRCs, caps, counts, sizes and MD5s as bytes arrive (in a worker
+   thread: inflating and hashing must not stall other downloads);
+3. record ``verified`` in the journal, rename the staging directory into place, record
+   ``done``. A crash between any two steps is repaired by startup reconciliation: nothing
+   unverified is ever at a final path, and a published series is never re-downloaded.
+
+Failures of one series are retried under its :class:`RetryState` and finally recorded as
+``failed`` with the reason; only fatal errors (disk full, destination unusable, auth) leave
+this module and stop the run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Literal, Protocol
+
+import anyio
+import anyio.to_thread
+
+from tcia_fetch.engine.breaker import CircuitBreaker
+from tcia_fetch.engine.clock import Clock
+from tcia_fetch.engine.concurrency import AdaptiveLimiter
+from tcia_fetch.engine.pacer import ByteRateLimiter, Pacer
+from tcia_fetch.engine.report import RunEvent, RunStats, SeriesFailure
+from tcia_fetch.engine.retry import RetryPolicy, RetryState
+from tcia_fetch.errors import (
+    CountMismatchError,
+    IntegrityError,
+    RateLimitedError,
+    RequestTimeoutError,
+    SeriesFailedError,
+    SizeMismatchError,
+    StallError,
+    TciaFetchError,
+)
+from tcia_fetch.plan.model import PlannedSeries
+from tcia_fetch.series.expectation import SeriesExpectation
+from tcia_fetch.series.extract import SeriesExtractor, VerifiedSeries
+from tcia_fetch.store.destination import Destination
+from tcia_fetch.store.journal import FileEntry, Journal, SeriesRecord
+from tcia_fetch.store.layout import render_series_path
+
+__all__ = ["FEED_BATCH_BYTES", "ImageSource", "SeriesJob", "SeriesWorker"]
+
+#: Network chunks are gathered into batches of about this size before one hop to a thread:
+#: large enough that thread hand-offs cost nothing next to inflating and hashing.
+FEED_BATCH_BYTES = 1 << 20
+
+
+class _Stream(Protocol):
+    def __aiter__(self) -> _Stream: ...
+
+    async def __anext__(self) -> bytes: ...
+
+
+class _StreamContext(Protocol):
+    async def __aenter__(self) -> _Stream: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> bool | None: ...
+
+
+class _SizeRow(Protocol):
+    @property
+    def total_size_bytes(self) -> int: ...
+
+    @property
+    def object_count(self) -> int: ...
+
+
+class ImageSource(Protocol):
+    """The part of ``NBIAClient`` a worker uses."""
+
+    def stream_image(
+        self,
+        series_uid: str,
+        *,
+        new_file_names: bool = False,
+        include_md5: bool = True,
+        collection: str | None = None,
+    ) -> _StreamContext: ...
+
+    async def series_size(self, series_uid: str) -> _SizeRow | None: ...
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What one attempt delivered before it ended (read by the retry decision)."""
+
+    dicom_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesJob:
+    """How every series of a run is fetched and stored."""
+
+    layout: str
+    keep: Literal["dicom", "zip"]
+    verify_md5: bool
+    new_file_names: bool
+    fsync: bool = True
+
+
+@dataclass(slots=True)
+class SeriesWorker:
+    """Shared machinery of a run; ``fetch`` handles one planned series to its end."""
+
+    source: ImageSource
+    destination: Destination
+    journal: Journal
+    job: SeriesJob
+    run_id: str
+    retry_policy: RetryPolicy
+    clock: Clock
+    pacer: Pacer
+    limiter: AdaptiveLimiter
+    breaker: CircuitBreaker
+    bandwidth: ByteRateLimiter | None
+    stats: RunStats
+    on_event: Callable[[RunEvent], None] | None = None
+    damaged: frozenset[str] = frozenset()
+    failures: list[SeriesFailure] = field(default_factory=list)
+    journal_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    rng: random.Random = field(default_factory=random.Random)
+
+    async def fetch(self, item: PlannedSeries) -> bool:
+        """Fetch one series until it is verified on disk or its budget is spent. True when done."""
+        state = RetryState(self.retry_policy, self.rng, clock=self.clock)
+        expectation = item.expectation
+        refreshed = False
+        while True:
+            progress = _Progress()
+            try:
+                await self._attempt(item, expectation, progress)
+                return True
+            except TciaFetchError as exc:
+                if exc.fatal:
+                    raise
+                self._feedback(item.series_uid, exc)
+                if progress.dicom_bytes and not isinstance(exc, IntegrityError):
+                    # A transfer that broke after real progress says little about the server.
+                    state.note_progress()
+                if isinstance(exc, (CountMismatchError, SizeMismatchError)) and not refreshed:
+                    # The server's figures may have changed since planning: ask once more.
+                    refreshed = True
+                    expectation = await self._refresh_expectation(item, expectation)
+                delay = state.next_delay(exc)
+                if delay is None:
+                    await self._record_failure(item, exc, state.attempts_made)
+                    return False
+                self.stats.retries += 1
+                self._emit(RunEvent("retry", item.series_uid, exc.describe(), delay))
+                await self.clock.sleep(delay)
+
+    # -- one attempt ---------------------------------------------------------------------------
+
+    async def _attempt(
+        self, item: PlannedSeries, expectation: SeriesExpectation, progress: _Progress
+    ) -> None:
+        await self.breaker.wait_closed()
+        async with self.limiter.slot():
+            await self.pacer.wait_turn()
+            started = self.clock.monotonic()
+            self.stats.in_flight += 1
+            try:
+                verified, staging = await self._download(item, expectation, progress)
+            finally:
+                self.stats.in_flight -= 1
+            try:
+                await self._publish(item, verified, staging)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self.destination.discard, staging)
+                raise
+            self.limiter.on_success(self.clock.monotonic() - started, verified.archive_bytes)
+            self.pacer.on_success()
+
+    async def _download(
+        self, item: PlannedSeries, expectation: SeriesExpectation, progress: _Progress
+    ) -> tuple[VerifiedSeries, Path]:
+        staging = await anyio.to_thread.run_sync(self.destination.new_staging, item.series_uid)
+        extractor = SeriesExtractor(
+            expectation, staging, keep=self.job.keep, require_md5=self.job.verify_md5, fsync=self.job.fsync
+        )
+        counted = 0
+        try:
+            stream_cm = self.source.stream_image(
+                item.series_uid,
+                new_file_names=self.job.new_file_names,
+                include_md5=self.job.verify_md5,
+                collection=item.collection,
+            )
+            async with stream_cm as stream:
+                self.breaker.on_success()  # response headers arrived: the server is alive
+                batch: list[bytes] = []
+                batch_size = 0
+                async for chunk in stream:
+                    if self.bandwidth is not None:
+                        await self.bandwidth.consume(len(chunk))
+                    batch.append(chunk)
+                    batch_size += len(chunk)
+                    if batch_size >= FEED_BATCH_BYTES:
+                        await anyio.to_thread.run_sync(extractor.feed, b"".join(batch))
+                        batch.clear()
+                        batch_size = 0
+                        counted = self._count_progress(extractor, counted)
+                        progress.dicom_bytes = counted
+                if batch:
+                    await anyio.to_thread.run_sync(extractor.feed, b"".join(batch))
+            verified = await anyio.to_thread.run_sync(extractor.finish)
+            self._count_progress(extractor, counted)
+            return verified, staging
+        except BaseException:
+            self.stats.dicom_bytes -= counted
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(extractor.close)
+                await anyio.to_thread.run_sync(self.destination.discard, staging)
+            raise
+        finally:
+            extractor.close()
+
+    def _count_progress(self, extractor: SeriesExtractor, counted: int) -> int:
+        self.stats.dicom_bytes += extractor.dicom_bytes - counted
+        return extractor.dicom_bytes
+
+    async def _publish(self, item: PlannedSeries, verified: VerifiedSeries, staging: Path) -> None:
+        relative = render_series_path(self.job.layout, item.metadata)
+        files = tuple(FileEntry(f.name, f.size, f.md5) for f in verified.files)
+        metadata = json_safe_row(item.metadata)
+
+        def record(status: Literal["verified", "done"]) -> SeriesRecord:
+            return SeriesRecord(
+                series_uid=item.series_uid,
+                status=status,
+                at=self.clock.time(),
+                run_id=self.run_id,
+                path=relative.as_posix(),
+                files=files,
+                instance_count=verified.instance_count,
+                dicom_bytes=verified.dicom_bytes,
+                sop_class_uid=verified.sop_class_uid,
+                reason=None,
+                reference=None,
+                attempts=None,
+                metadata=metadata,
+            )
+
+        await self._append(record("verified"))
+        publish = self.destination.replace if item.series_uid in self.damaged else self.destination.publish
+        await anyio.to_thread.run_sync(publish, staging, PurePosixPath(relative))
+        # From here the series is on disk: the done record must be written even if we are cancelled.
+        with anyio.CancelScope(shield=True):
+            await self._append(record("done"))
+        self.stats.done_series += 1
+        self.stats.done_bytes += verified.dicom_bytes
+        self.stats.archive_bytes += verified.archive_bytes
+        self._emit(RunEvent("done", item.series_uid, relative.as_posix()))
+
+    # -- failure handling ------------------------------------------------------------------------
+
+    def _feedback(self, series_uid: str, exc: TciaFetchError) -> None:
+        """Tell the shared controls what this failure says about the server."""
+        if isinstance(exc, RateLimitedError):
+            self.stats.throttled += 1
+            self.pacer.on_throttle(exc.retry_after_s)
+            self.limiter.on_congestion("throttle")
+        elif isinstance(exc, (StallError, RequestTimeoutError)):
+            self.limiter.on_congestion("timeout")
+        elif exc.retryable and not isinstance(exc, IntegrityError):
+            self.limiter.on_congestion("transient")
+        self.breaker.on_failure(series_uid, exc)
+
+    async def _refresh_expectation(
+        self, item: PlannedSeries, current: SeriesExpectation
+    ) -> SeriesExpectation:
+        try:
+            sized = await self.source.series_size(item.series_uid)
+        except TciaFetchError as exc:
+            if exc.fatal:
+                raise
+            return current
+        if sized is None or sized.object_count <= 0:
+            return current
+        return SeriesExpectation(item.series_uid, sized.object_count, sized.total_size_bytes)
+
+    async def _record_failure(self, item: PlannedSeries, exc: TciaFetchError, attempts: int) -> None:
+        failure = SeriesFailedError(
+            f"gave up after {attempts} attempt(s): {exc.describe()}",
+            series_uid=item.series_uid,
+            attempts=attempts,
+            cause=exc,
+        )
+        record = SeriesRecord(
+            series_uid=item.series_uid,
+            status="failed",
+            at=self.clock.time(),
+            run_id=self.run_id,
+            path=None,
+            files=(),
+            instance_count=None,
+            dicom_bytes=None,
+            sop_class_uid=None,
+            reason=exc.message,
+            reference=exc.reference,
+            attempts=attempts,
+            metadata=json_safe_row(item.metadata),
+        )
+        with anyio.CancelScope(shield=True):
+            await self._append(record)
+        self.failures.append(
+            SeriesFailure(item.series_uid, str(exc.message), exc.reference, attempts, item.origin)
+        )
+        self.stats.failed_series += 1
+        self._emit(RunEvent("failed", item.series_uid, failure.message))
+
+    async def _append(self, record: SeriesRecord) -> None:
+        async with self.journal_lock:
+            await anyio.to_thread.run_sync(self.journal.append, record)
+
+    def _emit(self, event: RunEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+
+def json_safe_row(row: Mapping[str, object]) -> dict[str, object]:
+    """A server row with dates in the server's own ``MM-DD-YYYY`` form, ready for JSON."""
+    safe: dict[str, object] = {}
+    for key, value in row.items():
+        if isinstance(value, datetime):
+            safe[key] = value.isoformat()
+        elif isinstance(value, date):
+            safe[key] = value.strftime("%m-%d-%Y")
+        elif value is None or isinstance(value, (str, int, float, bool)):
+            safe[key] = value
+        else:
+            safe[key] = str(value)
+    return safe

@@ -1,0 +1,275 @@
+"""Expand a job into planned series, learning every series' expected size in bulk.
+
+Queries (``getSeries`` per filter combination) and explicit UID lists (manifests, CSV, job
+file) are expanded concurrently under one limit, de-duplicated in first-seen order, and each
+series' expected instance count and byte total come from the rows themselves or, for bare
+UIDs, from ``getSeriesMetadata`` in chunks; ``getSeriesSize`` is asked only where a row lacks
+the figures. Each series is handed to ``emit`` as soon as it is known, so downloads start
+before planning ends; ``emit`` blocks when the download pool is busy (backpressure).
+
+A series that cannot be planned (not on the server, not public, no size) becomes a
+``PlanProblem``: reported, never dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Protocol, TypeVar
+
+import anyio
+
+from tcia_fetch.engine.clock import Clock
+from tcia_fetch.engine.retry import RetryPolicy, retry_call
+from tcia_fetch.errors import MetadataError, TciaFetchError
+from tcia_fetch.job.jobfile import JobSpec, SeriesQuery
+from tcia_fetch.plan.model import PlannedSeries, PlanProblem, PlanSummary, frozen_row
+from tcia_fetch.series.expectation import SeriesExpectation
+
+__all__ = ["Planner", "PlannerOptions", "SeriesSource"]
+
+_T = TypeVar("_T")
+
+
+class _Row(Protocol):
+    """What the planner reads from a getSeries or getSeriesMetadata row."""
+
+    @property
+    def series_uid(self) -> str: ...
+
+    @property
+    def image_count(self) -> int | None: ...
+
+    @property
+    def file_size(self) -> int | None: ...
+
+    @property
+    def series_date(self) -> date | None: ...
+
+    @property
+    def series_description(self) -> str | None: ...
+
+    def server_dict(self) -> dict[str, object]: ...
+
+
+class _SizeRow(Protocol):
+    @property
+    def total_size_bytes(self) -> int: ...
+
+    @property
+    def object_count(self) -> int: ...
+
+
+class SeriesSource(Protocol):
+    """The part of ``NBIAClient`` the planner uses (a seam for tests and other sources)."""
+
+    async def series(
+        self,
+        *,
+        collection: str | None = None,
+        patient_id: str | None = None,
+        study_uid: str | None = None,
+        modality: str | None = None,
+        body_part: str | None = None,
+        manufacturer: str | None = None,
+        manufacturer_model: str | None = None,
+        series_uid: str | None = None,
+    ) -> Sequence[_Row]: ...
+
+    async def series_metadata(self, series_uids: Sequence[str]) -> Sequence[_Row]: ...
+
+    async def series_size(self, series_uid: str) -> _SizeRow | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerOptions:
+    """How hard the planner may push the server.
+
+    ``metadata_chunk`` UIDs go in one ``getSeriesMetadata`` POST: small enough that the first
+    downloads start quickly, large enough that a 2,524-series manifest needs a handful of calls.
+    """
+
+    query_concurrency: int = 4
+    metadata_chunk: int = 500
+    full_metadata: bool = False
+
+
+Emit = Callable[[PlannedSeries], Awaitable[None]]
+OnSkip = Callable[[str], Awaitable[None]]
+
+
+class Planner:
+    """Turns a :class:`JobSpec` into a stream of :class:`PlannedSeries`."""
+
+    def __init__(
+        self,
+        source: SeriesSource,
+        job: JobSpec,
+        *,
+        retry_policy: RetryPolicy,
+        clock: Clock,
+        skip_uids: frozenset[str] = frozenset(),
+        only_uids: frozenset[str] | None = None,
+        options: PlannerOptions | None = None,
+    ) -> None:
+        self._source = source
+        self._job = job
+        self._retry_policy = retry_policy
+        self._clock = clock
+        self._skip_uids = skip_uids
+        self._only_uids = only_uids
+        self._options = options or PlannerOptions()
+        self._seen: set[str] = set()
+        self.summary = PlanSummary(duplicates=job.duplicates)
+        self.skipped: list[str] = []
+        #: Every unique series this run is responsible for (planned, skipped or unplannable).
+        self.named: list[str] = []
+
+    async def run(self, emit: Emit) -> PlanSummary:
+        """Plan the whole job, handing each series to ``emit`` as soon as it is known."""
+        limiter = anyio.CapacityLimiter(max(1, self._options.query_concurrency))
+        async with anyio.create_task_group() as tg:
+            chunk: list[tuple[str, str]] = []
+            for origin in self._job.explicit_uids:
+                if self._claim(origin.uid):
+                    chunk.append((origin.uid, origin.origin))
+                if len(chunk) >= self._options.metadata_chunk:
+                    tg.start_soon(self._plan_uids, chunk, emit, limiter)
+                    chunk = []
+            if chunk:
+                tg.start_soon(self._plan_uids, chunk, emit, limiter)
+            for index, query in enumerate(self._job.queries):
+                for filters in query.server_filter_sets():
+                    tg.start_soon(self._plan_query, index, query, filters, emit, limiter)
+        return self.summary
+
+    # -- claiming: de-duplication and skip/only filters (no await between check and add) --------
+
+    def _claim(self, uid: str) -> bool:
+        if uid in self._seen:
+            self.summary.duplicates += 1
+            return False
+        self._seen.add(uid)
+        if self._only_uids is not None and uid not in self._only_uids:
+            return False
+        self.named.append(uid)
+        if uid in self._skip_uids:
+            self.skipped.append(uid)
+            return False
+        return True
+
+    # -- explicit UIDs -------------------------------------------------------------------------
+
+    async def _plan_uids(
+        self, chunk: list[tuple[str, str]], emit: Emit, limiter: anyio.CapacityLimiter
+    ) -> None:
+        uids = [uid for uid, _ in chunk]
+        try:
+            async with limiter:
+                rows = await self._call(lambda: self._source.series_metadata(uids))
+        except TciaFetchError as exc:
+            if exc.fatal:
+                raise
+            for uid, origin in chunk:
+                self._problem(uid, f"metadata lookup failed: {exc.describe()}", exc.reference, origin)
+            return
+        by_uid = {row.series_uid: row for row in rows}
+        for uid, origin in chunk:
+            row = by_uid.get(uid)
+            if row is None:
+                self._problem(
+                    uid,
+                    "not found on the server, or not public (getSeriesMetadata has no row)",
+                    "series-unavailable",
+                    origin,
+                )
+                continue
+            await self._plan_row(row, origin, emit, limiter)
+
+    # -- queries -------------------------------------------------------------------------------
+
+    async def _plan_query(
+        self,
+        index: int,
+        query: SeriesQuery,
+        filters: Mapping[str, str],
+        emit: Emit,
+        limiter: anyio.CapacityLimiter,
+    ) -> None:
+        origin = f"query[{index}]"
+        try:
+            async with limiter:
+                rows = await self._call(lambda: self._source.series(**filters))  # keys: SeriesQuery filters
+        except TciaFetchError as exc:
+            if exc.fatal:
+                raise
+            self.summary.query_errors.append(f"{origin} {query.describe()} {filters}: {exc.describe()}")
+            return
+        accepted = [
+            row for row in rows if query.accepts(row.image_count, row.series_date, row.series_description)
+        ]
+        claimed = [row for row in accepted if self._claim(row.series_uid)]
+        if self._options.full_metadata:
+            for start in range(0, len(claimed), self._options.metadata_chunk):
+                part = claimed[start : start + self._options.metadata_chunk]
+                await self._plan_uids([(row.series_uid, origin) for row in part], emit, limiter)
+            return
+        for row in claimed:
+            await self._plan_row(row, origin, emit, limiter)
+
+    # -- one row -> one planned series ----------------------------------------------------------
+
+    async def _plan_row(self, row: _Row, origin: str, emit: Emit, limiter: anyio.CapacityLimiter) -> None:
+        count, size = row.image_count, row.file_size
+        if count is None or size is None:
+            # The row lacks the figures: ask getSeriesSize, the slow but authoritative endpoint.
+            try:
+                async with limiter:
+                    sized = await self._call(lambda: self._source.series_size(row.series_uid))
+            except TciaFetchError as exc:
+                if exc.fatal:
+                    raise
+                self._problem(row.series_uid, f"size lookup failed: {exc.describe()}", exc.reference, origin)
+                return
+            if sized is None:
+                self._problem(
+                    row.series_uid,
+                    "the server reports no size for this series (getSeriesSize is empty)",
+                    "metadata",
+                    origin,
+                )
+                return
+            count, size = sized.object_count, sized.total_size_bytes
+        if count <= 0 or size <= 0:
+            self._problem(
+                row.series_uid,
+                f"the server reports an empty series ({count} instances, {size} bytes)",
+                "metadata",
+                origin,
+            )
+            return
+        item = PlannedSeries(
+            series_uid=row.series_uid,
+            expectation=SeriesExpectation(row.series_uid, count, size),
+            metadata=frozen_row(row.server_dict()),
+            origin=origin,
+        )
+        self.summary.add(item)
+        await emit(item)
+
+    def _problem(self, uid: str, reason: str, reference: str, origin: str) -> None:
+        self.summary.problems.append(PlanProblem(uid, reason, reference, origin))
+
+    async def _call(self, fn: Callable[[], Awaitable[_T]]) -> _T:
+        try:
+            return await retry_call(fn, policy=self._retry_policy, clock=self._clock)
+        except TciaFetchError:
+            raise
+        except (ValueError, TypeError) as exc:  # a row the models could not read
+            raise MetadataError(f"unreadable series metadata: {exc}") from exc
+
+
+def unique_uids(items: Iterable[PlannedSeries]) -> list[str]:
+    """UIDs of planned series in plan order (for reports and ``--json``)."""
+    return [item.series_uid for item in items]
