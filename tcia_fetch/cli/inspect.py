@@ -4,13 +4,17 @@ Both read the destination's journal; neither talks to the server. ``status`` cou
 failed and pending series (pending = planned by the last run and not yet done or failed).
 ``verify`` re-checks every published file against the journal's record of what was verified
 (names, sizes and, by default, MD5s) and reports damage; its exit code is 1 when anything is
-damaged, so it can gate a pipeline.
+damaged, so it can gate a pipeline. Damage is also recorded in the journal (reference
+``damaged-on-disk``), so the next ``run`` of the job fetches those series again and swaps them in.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -22,7 +26,8 @@ from tcia_fetch.cli.progress import format_bytes
 from tcia_fetch.errors import EXIT_OK, EXIT_SOME_FAILED, DestinationError, TciaFetchError
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.journal import Journal
-from tcia_fetch.store.reconcile import recheck, summarize
+from tcia_fetch.store.lock import acquire_destination
+from tcia_fetch.store.reconcile import DAMAGED_ON_DISK, Damage, recheck, summarize
 
 __all__ = ["status", "verify"]
 
@@ -88,6 +93,29 @@ def status(dest: Path, output_format: str) -> None:
     sys.exit(EXIT_OK)
 
 
+def _record_damage(destination: Destination, damage: list[Damage]) -> None:
+    """Mark damaged series in the journal so the next run re-fetches them (under the run lock)."""
+    run_id = f"verify-{int(time.time())}-{os.getpid()}"
+    with acquire_destination(destination.state_dir, run_id=run_id):
+        writer = Journal.open(destination.state_dir, run_id=run_id)
+        latest = writer.latest()
+        for item in damage:
+            record = latest.get(item.series_uid)
+            if record is None:
+                continue
+            writer.append(
+                replace(
+                    record,
+                    status="failed",
+                    at=time.time(),
+                    run_id=run_id,
+                    reason=f"damaged on disk: {item.reason}",
+                    reference=DAMAGED_ON_DISK,
+                )
+            )
+        writer.close()
+
+
 @click.command("verify")
 @click.argument("dest", type=click.Path(path_type=Path, file_okay=False))
 @click.option(
@@ -101,6 +129,8 @@ def verify(dest: Path, md5: bool, output_format: str) -> None:
     try:
         destination, journal = _open(dest)
         damage = recheck(destination, journal, check_md5=md5)
+        if damage:
+            _record_damage(destination, damage)
     except TciaFetchError as exc:
         die(exc)
     done = sum(1 for record in journal.latest().values() if record.status == "done")

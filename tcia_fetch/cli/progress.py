@@ -92,9 +92,10 @@ class ProgressReporter:
         if self._mode == "quiet":
             return
         if event.kind == "failed":
-            self._console.print(f"[red]failed[/red] {event.series_uid}: {event.message}")
+            self._console.print(f"[red]failed[/red] {event.series_uid}: {event.message}", soft_wrap=True)
         elif event.kind == "retry" and self._mode == "lines":
-            self._console.print(f"retry {event.series_uid} in {event.delay_s:.1f}s: {event.message}")
+            message = f"retry {event.series_uid} in {event.delay_s:.1f}s: {event.message}"
+            self._console.print(message, soft_wrap=True, markup=False)
 
     async def run(self, stop: anyio.Event) -> None:
         """Refresh the display until ``stop`` is set (then draw the final state once)."""
@@ -109,7 +110,9 @@ class ProgressReporter:
         while not stop.is_set():
             with anyio.move_on_after(self._interval_s):
                 await stop.wait()
-            self._console.print(progress_line(self._stats, time.monotonic() - self._started))
+            if self._stats.planned_series or self._stats.skipped_series or not stop.is_set():
+                line = progress_line(self._stats, time.monotonic() - self._started)
+                self._console.print(line, soft_wrap=True, markup=False)
 
     async def _run_live(self, stop: anyio.Event) -> None:
         progress = Progress(

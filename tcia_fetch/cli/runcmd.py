@@ -181,21 +181,21 @@ def print_report(report: RunReport, *, quiet: bool = False, console: Console | N
     table.add_row("retries / throttled", f"{report.retries} / {report.throttled}")
     table.add_row("destination", report.destination)
     console.print(table)
-    if report.failures:
-        failures = Table(title="failed series", show_lines=False)
-        failures.add_column("SeriesInstanceUID", overflow="fold")
-        failures.add_column("reason")
-        for failure in report.failures:
-            failures.add_row(failure.series_uid, f"{failure.reference}: {failure.reason}")
-        console.print(failures)
+    # One plain line per failure, never wrapped: batch logs are grepped for UIDs.
+    for failure in report.failures:
+        console.print(
+            f"[red]failed[/red] {failure.series_uid}: {failure.reference}: {failure.reason}",
+            soft_wrap=True,
+        )
     for error in report.plan_errors:
-        console.print(f"[red]query failed[/red]: {error}")
+        console.print(f"[red]query failed[/red]: {error}", soft_wrap=True)
     if not quiet and report.input_problems:
         console.print(
             f"{len(report.input_problems)} input line(s) were not UIDs; see the report's input_problems"
         )
     status = "all series verified" if report.ok else f"exit code {report.exit_code}"
-    console.print(f"{status}; report: {Path(report.destination) / '.tcia-fetch' / 'last-report.json'}")
+    report_file = Path(report.destination) / ".tcia-fetch" / "last-report.json"
+    console.print(f"{status}; report: {report_file}", soft_wrap=True)
 
 
 @click.command("plan")

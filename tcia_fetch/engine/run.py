@@ -47,7 +47,7 @@ from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.lock import acquire_destination
 from tcia_fetch.store.metadata_csv import metadata_csv_row, write_metadata_csv
-from tcia_fetch.store.reconcile import reconcile
+from tcia_fetch.store.reconcile import DAMAGED_ON_DISK, reconcile
 
 __all__ = ["RunOptions", "fetch", "plan", "run"]
 
@@ -202,8 +202,10 @@ async def fetch(
     try:
         journal = await anyio.to_thread.run_sync(lambda: Journal.open(destination.state_dir, run_id=run_id))
         reconciliation = await anyio.to_thread.run_sync(reconcile, destination, journal)
-        damaged = frozenset(item.series_uid for item in reconciliation.damaged)
         latest = journal.latest()
+        damaged = frozenset(item.series_uid for item in reconciliation.damaged) | frozenset(
+            uid for uid, rec in latest.items() if rec.status == "failed" and rec.reference == DAMAGED_ON_DISK
+        )
         done_uids = frozenset(uid for uid, rec in latest.items() if rec.status == "done") - damaged
         only = (
             frozenset(uid for uid, rec in latest.items() if rec.status == "failed") | damaged

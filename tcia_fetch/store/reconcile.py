@@ -33,6 +33,7 @@ from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.records import SeriesRecord
 
 __all__ = [
+    "DAMAGED_ON_DISK",
     "Damage",
     "DestinationStatus",
     "Reconciliation",
@@ -43,6 +44,9 @@ __all__ = [
 ]
 
 _HASH_CHUNK_BYTES: Final = 1 << 20
+#: The reference of a ``failed`` record written by ``tcia-fetch verify`` for a published series
+#: whose files no longer match: the next run fetches it again and swaps it in with ``replace``.
+DAMAGED_ON_DISK: Final = "damaged-on-disk"
 _MAX_PROBLEMS_LISTED: Final = 5
 
 
