@@ -1,0 +1,76 @@
+"""Peak memory does not grow with the size of a series: the archive is streamed, never held.
+
+The CLI's peak RSS (``wait4``'s ``ru_maxrss``) is measured for a ~2 MB series and for a series
+150 times larger; the difference must stay within a small allowance for buffers, far below the
+size of the larger series.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tcia_fetch.testing import Catalog
+
+from .fixtures import cli, fake_server_process
+
+pytestmark = pytest.mark.e2e
+
+LARGE_INSTANCES = int(os.environ.get("TCIA_FETCH_MEMORY_TEST_INSTANCES", "60"))
+
+
+def peak_rss_mb(tmp_path: Path, instances: int, instance_bytes: int) -> float:
+    sizing = [
+        "--seed",
+        "3",
+        "--collections",
+        "1",
+        "--patients-per-collection",
+        "1",
+        "--series-per-study",
+        "1",
+        "--instances-per-series",
+        f"{instances},{instances}",
+        "--instance-bytes",
+        f"{instance_bytes},{instance_bytes}",
+    ]
+    catalog = Catalog.generate(
+        seed=3,
+        collections=1,
+        patients_per_collection=1,
+        series_per_study=1,
+        instances_per_series=(instances, instances),
+        instance_bytes=(instance_bytes, instance_bytes),
+    )
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    job = tmp_path / f"job-{instances}.tcia"
+    job.write_text("ListOfSeriesToDownload=\n" + catalog.series[0].uid + "\n")
+    with fake_server_process(tmp_path, sizing) as base_url:
+        proc = cli(
+            "run",
+            str(job),
+            "--out",
+            str(tmp_path / f"out-{instances}"),
+            "--base-url",
+            base_url,
+            "--quiet",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0
+    return usage.ru_maxrss / 1024  # kilobytes on Linux
+
+
+def test_peak_memory_is_flat_in_series_size(tmp_path: Path) -> None:
+    small = peak_rss_mb(tmp_path / "small", 2, 1_000_000)
+    large = peak_rss_mb(tmp_path / "large", LARGE_INSTANCES, 5_000_000)
+    large_series_mb = LARGE_INSTANCES * 5
+    assert large - small < 40, (
+        f"peak RSS grew from {small:.0f} MB to {large:.0f} MB for a {large_series_mb} MB series"
+    )
+    assert large < 150
