@@ -13,15 +13,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio
 import click
 
 from tcia_fetch.api.client import NBIAClient
 from tcia_fetch.api.models import PatientRow, SeriesRow, ServerRow, StudyRow, ValueCount, ValueList
 from tcia_fetch.api.where import parse_where
+from tcia_fetch.cli.common import CommandInterruptedError, die, exit_interrupted, run_command
 from tcia_fetch.cli.render import OutputFormat, parse_columns, render_rows
 from tcia_fetch.config import load_client_settings
-from tcia_fetch.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, TciaFetchError
+from tcia_fetch.engine.clock import SystemClock
+from tcia_fetch.engine.retry import RetryPolicy, retry_call
+from tcia_fetch.errors import EXIT_SOME_FAILED, TciaFetchError
 
 __all__ = ["query"]
 
@@ -84,14 +86,22 @@ def _common_options(command: _F) -> _F:
     return command
 
 
+#: Everyday look-ups retry what the server says is temporary (429 with Retry-After, 5xx, a cut
+#: connection) a few times; a rejected query (400) fails at once.
+_QUERY_RETRY = RetryPolicy(attempts=4, base_s=0.5, cap_s=10.0)
+
+
 def _run(base_url: str | None, config_file: Path | None, action: Callable[[NBIAClient], Awaitable[_T]]) -> _T:
     settings = load_client_settings(base_url=base_url, config_file=config_file)
 
     async def main() -> _T:
         async with NBIAClient(settings) as client:
-            return await action(client)
+            return await retry_call(lambda: action(client), policy=_QUERY_RETRY, clock=SystemClock())
 
-    return anyio.run(main, backend="asyncio")
+    try:
+        return run_command(main)
+    except CommandInterruptedError as interrupted:
+        exit_interrupted(interrupted.signum)
 
 
 def _reports_errors(command: _F) -> _F:
@@ -102,11 +112,7 @@ def _reports_errors(command: _F) -> _F:
         try:
             return command(*args, **kwargs)
         except TciaFetchError as exc:
-            click.echo("error: " + " ".join(str(exc).split()), err=True)
-            raise SystemExit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            raise SystemExit(EXIT_INTERRUPTED) from None
+            die(exc)
 
     return wrapper  # type: ignore[return-value]
 

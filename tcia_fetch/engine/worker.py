@@ -36,6 +36,7 @@ from tcia_fetch.engine.pacer import ByteRateLimiter, Pacer
 from tcia_fetch.engine.report import RunEvent, RunStats, SeriesFailure
 from tcia_fetch.engine.retry import RetryPolicy, RetryState
 from tcia_fetch.errors import (
+    ArchiveTooLargeError,
     CountMismatchError,
     IntegrityError,
     RateLimitedError,
@@ -57,6 +58,10 @@ __all__ = ["FEED_BATCH_BYTES", "ImageSource", "SeriesJob", "SeriesWorker"]
 #: Network chunks are gathered into batches of about this size before one hop to a thread:
 #: large enough that thread hand-offs cost nothing next to inflating and hashing.
 FEED_BATCH_BYTES = 1 << 20
+
+#: Verification failures that may mean the series changed on the server after planning: the
+#: worker asks ``getSeriesSize`` once more before spending its integrity budget on them.
+_FIGURES_DISAGREE = (CountMismatchError, SizeMismatchError, ArchiveTooLargeError)
 
 
 class _Stream(Protocol):
@@ -157,7 +162,10 @@ class SeriesWorker:
                 if progress.dicom_bytes and not isinstance(exc, IntegrityError):
                     # A transfer that broke after real progress says little about the server.
                     state.note_progress()
-                if isinstance(exc, (CountMismatchError, SizeMismatchError)) and not refreshed:
+                if (
+                    isinstance(exc, (CountMismatchError, SizeMismatchError, ArchiveTooLargeError))
+                    and not refreshed
+                ):
                     # The server's figures may have changed since planning: ask once more.
                     refreshed = True
                     expectation = await self._refresh_expectation(item, expectation)

@@ -190,5 +190,5 @@ def test_unreachable_server_is_one_line_error(run) -> None:
         port = probe.getsockname()[1]
     result = run("collections", base_url=f"http://127.0.0.1:{port}/nbia-api/services/v4/")
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: cannot connect")
+    assert result.stderr.startswith("tcia-fetch: error: cannot connect")
     assert len(result.stderr.strip().splitlines()) == 1
