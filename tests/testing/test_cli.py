@@ -18,7 +18,7 @@ from tcia_fetch.testing import FaultKind
 from tcia_fetch.testing.__main__ import manifest_series_uids, parse_faults
 
 _REPO_ROOT = Path(tcia_fetch.testing.__file__).resolve().parents[2]
-_MANIFESTS = Path("/work/shared/manifests")
+_MANIFESTS = _REPO_ROOT / "tests" / "job" / "manifests"
 
 
 def _wait_for(path: Path, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> str:
