@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from tcia_fetch.api.client import NBIAClient
-from tcia_fetch.config import ClientSettings, load_client_settings
+from tcia_fetch.config import DEFAULT_BASE_URL, ClientSettings, load_client_settings
 from tcia_fetch.engine.breaker import CircuitBreaker
 from tcia_fetch.engine.clock import Clock, SystemClock
 from tcia_fetch.engine.concurrency import AdaptiveLimiter
@@ -136,10 +137,18 @@ async def plan(
             spec,
             retry_policy=_retry_policy(spec),
             clock=clock,
-            options=PlannerOptions(full_metadata=(options.layout or spec.output.layout) == "descriptive"),
+            options=PlannerOptions(
+                full_metadata=(options.layout or spec.output.layout) == "descriptive",
+                nlst_fallback=_is_production(settings),
+            ),
         )
         summary = await planner.run(collect)
     return items, summary
+
+
+def _is_production(settings: ClientSettings) -> bool:
+    """True when the run talks to TCIA's own archive (where NLST has a host of its own)."""
+    return urlsplit(settings.base_url).hostname == urlsplit(DEFAULT_BASE_URL).hostname
 
 
 def _retry_policy(job: JobSpec) -> RetryPolicy:
@@ -223,7 +232,9 @@ async def fetch(
                 clock=clock,
                 skip_uids=done_uids,
                 only_uids=only,
-                options=PlannerOptions(full_metadata=layout == "descriptive"),
+                options=PlannerOptions(
+                    full_metadata=layout == "descriptive", nlst_fallback=_is_production(settings)
+                ),
             )
             worker = SeriesWorker(
                 source=client,

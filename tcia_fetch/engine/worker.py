@@ -39,6 +39,7 @@ from tcia_fetch.errors import (
     ArchiveTooLargeError,
     CountMismatchError,
     IntegrityError,
+    InvalidParameterError,
     RateLimitedError,
     RequestTimeoutError,
     SeriesFailedError,
@@ -102,6 +103,8 @@ class ImageSource(Protocol):
         collection: str | None = None,
     ) -> _StreamContext: ...
 
+    def stream_image_with_md5(self, series_uid: str, *, collection: str | None = None) -> _StreamContext: ...
+
     async def series_size(self, series_uid: str) -> _SizeRow | None: ...
 
 
@@ -143,6 +146,9 @@ class SeriesWorker:
     damaged: frozenset[str] = frozenset()
     failures: list[SeriesFailure] = field(default_factory=list)
     journal_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    #: Set for the rest of the run when the server refuses ``IncludeMD5`` on getImage (a
+    #: deployment older than 2025-11): MD5 lists then come from ``getImageWithMD5Hash``.
+    md5_via_legacy_endpoint: bool = False
     rng: random.Random = field(default_factory=random.Random)
 
     async def fetch(self, item: PlannedSeries) -> bool:
@@ -158,6 +164,8 @@ class SeriesWorker:
             except TciaFetchError as exc:
                 if exc.fatal:
                     raise
+                if self._fall_back_for_md5(exc):
+                    continue
                 self._feedback(item.series_uid, exc)
                 if progress.dicom_bytes and not isinstance(exc, IntegrityError):
                     # A transfer that broke after real progress says little about the server.
@@ -209,12 +217,15 @@ class SeriesWorker:
         )
         counted = 0
         try:
-            stream_cm = self.source.stream_image(
-                item.series_uid,
-                new_file_names=self.job.new_file_names,
-                include_md5=self.job.verify_md5,
-                collection=item.collection,
-            )
+            if self.md5_via_legacy_endpoint:
+                stream_cm = self.source.stream_image_with_md5(item.series_uid, collection=item.collection)
+            else:
+                stream_cm = self.source.stream_image(
+                    item.series_uid,
+                    new_file_names=self.job.new_file_names,
+                    include_md5=self.job.verify_md5,
+                    collection=item.collection,
+                )
             async with stream_cm as stream:
                 self.breaker.on_success()  # response headers arrived: the server is alive
                 batch: list[bytes] = []
@@ -282,6 +293,23 @@ class SeriesWorker:
         self._emit(RunEvent("done", item.series_uid, relative.as_posix()))
 
     # -- failure handling ------------------------------------------------------------------------
+
+    def _fall_back_for_md5(self, exc: TciaFetchError) -> bool:
+        """Switch the run to getImageWithMD5Hash when getImage refuses ``IncludeMD5``.
+
+        reference/nbia-api.md marks ``IncludeMD5`` UNCERTAIN in production; a server without it
+        answers 400 "Invalid query parameter". Without this switch every series would fail.
+        """
+        if (
+            isinstance(exc, InvalidParameterError)
+            and self.job.verify_md5
+            and not self.md5_via_legacy_endpoint
+            and "IncludeMD5" in exc.body_excerpt
+        ):
+            self.md5_via_legacy_endpoint = True
+            self._emit(RunEvent("retry", "", "server refuses IncludeMD5; using getImageWithMD5Hash"))
+            return True
+        return False
 
     def _feedback(self, series_uid: str, exc: TciaFetchError) -> None:
         """Tell the shared controls what this failure says about the server."""

@@ -77,7 +77,9 @@ class SeriesSource(Protocol):
         series_uid: str | None = None,
     ) -> Sequence[_Row]: ...
 
-    async def series_metadata(self, series_uids: Sequence[str]) -> Sequence[_Row]: ...
+    async def series_metadata(
+        self, series_uids: Sequence[str], *, collection: str | None = None
+    ) -> Sequence[_Row]: ...
 
     async def series_size(self, series_uid: str) -> _SizeRow | None: ...
 
@@ -93,6 +95,10 @@ class PlannerOptions:
     query_concurrency: int = 4
     metadata_chunk: int = 500
     full_metadata: bool = False
+    #: Ask the NLST host for UIDs the main host does not know (NLST lives on its own server,
+    #: and a bare manifest does not say which host a UID belongs to). Only sensible against
+    #: the production archive, so the run turns it on only there.
+    nlst_fallback: bool = False
 
 
 Emit = Callable[[PlannedSeries], Awaitable[None]]
@@ -175,6 +181,18 @@ class Planner:
                 self._problem(uid, f"metadata lookup failed: {exc.describe()}", exc.reference, origin)
             return
         by_uid = {row.series_uid: row for row in rows}
+        missing = [uid for uid, _ in chunk if uid not in by_uid]
+        if missing and self._options.nlst_fallback:
+            try:
+                async with limiter:
+                    nlst_rows = await self._call(
+                        lambda: self._source.series_metadata(missing, collection="NLST")
+                    )
+            except TciaFetchError as exc:
+                if exc.fatal:
+                    raise
+                nlst_rows = []
+            by_uid.update((row.series_uid, row) for row in nlst_rows)
         for uid, origin in chunk:
             row = by_uid.get(uid)
             if row is None:
