@@ -166,6 +166,10 @@ def demo(out: Path | None, quiet: bool) -> None:
                 finally:
                     stop.set()
             print_report(first, console=console)
+            console.print(
+                "(exit code 1 is the right answer here: the two series injected to fail cannot be fixed "
+                "by retrying, so they are reported, and nothing of them is in the destination)"
+            )
             console.rule("run 2: the same command again (resume: nothing left to fetch)")
             second = await fetch(job_path, options)
             print_report(second, console=console)

@@ -156,6 +156,19 @@ def _value_command(name: str, counts_key: str, help_text: str) -> Callable[[_F],
     return decorate
 
 
+def _emit_values(
+    result: ValueList | Sequence[ValueCount], keys: Sequence[str], *, output_format: str, columns: str | None
+) -> None:
+    """Print a value list (or its counts) with the value column(s) first."""
+    _emit(
+        _value_rows(result),
+        output_format=output_format,
+        columns=columns,
+        default_columns=(*keys, "Count"),
+        known_columns=(*keys, "Count", "Authorized"),
+    )
+
+
 def _value_rows(result: ValueList | Sequence[ValueCount]) -> list[dict[str, object]]:
     if isinstance(result, ValueList):
         return [dict(row) for row in result.rows]
@@ -170,13 +183,7 @@ def collections(
         return await client.collection_counts() if counts else await client.collections()
 
     result = _run(base_url, config_file, action)
-    _emit(
-        _value_rows(result),
-        output_format=output_format,
-        columns=columns,
-        default_columns=("Collection", "Count"),
-        known_columns=("Collection", "Count", "Authorized"),
-    )
+    _emit_values(result, ("Collection",), output_format=output_format, columns=columns)
 
 
 @click.option("--body-part", help="BodyPartExamined filter (case-insensitive on the server).")
@@ -197,13 +204,7 @@ def modalities(
         return await client.modalities(collection=collection, body_part=body_part)
 
     result = _run(base_url, config_file, action)
-    _emit(
-        _value_rows(result),
-        output_format=output_format,
-        columns=columns,
-        default_columns=("Modality", "Count"),
-        known_columns=("Modality", "Count", "Authorized"),
-    )
+    _emit_values(result, ("Modality",), output_format=output_format, columns=columns)
 
 
 @click.option("--modality", help="Modality filter.")
@@ -224,12 +225,14 @@ def body_parts(
         return await client.body_parts(collection=collection, modality=modality)
 
     result = _run(base_url, config_file, action)
-    _emit(
-        _value_rows(result),
+    _emit_values(
+        result,
+        (
+            "BodyPartExamined",
+            "BodyPart",
+        ),
         output_format=output_format,
         columns=columns,
-        default_columns=("BodyPartExamined", "BodyPart", "Count"),
-        known_columns=("BodyPartExamined", "BodyPart", "Count", "Authorized"),
     )
 
 
@@ -255,13 +258,7 @@ def manufacturers(
         return await client.manufacturers(collection=collection, modality=modality, body_part=body_part)
 
     result = _run(base_url, config_file, action)
-    _emit(
-        _value_rows(result),
-        output_format=output_format,
-        columns=columns,
-        default_columns=("Manufacturer", "Count"),
-        known_columns=("Manufacturer", "Count", "Authorized"),
-    )
+    _emit_values(result, ("Manufacturer",), output_format=output_format, columns=columns)
 
 
 @query.command("patients")
