@@ -101,6 +101,10 @@ class AimdController:
         self._probe_wait_epochs = self.probe_after_epochs
         self._clean_streak = 0
         self._limit = min(initial if initial is not None else 2, max_limit)
+        #: TCP-style slow start: until the server first pushes back, a clean, fully used epoch
+        #: doubles the limit instead of adding one, so a healthy server is used fully within a
+        #: few epochs; the first congestion signal ends it for good (or until ``restart``).
+        self._slow_start = True
         self._durations: deque[float] = deque(maxlen=max(1, duration_window))
         self._epoch_start = now
         self._in_flight = 0
@@ -153,6 +157,7 @@ class AimdController:
         self.tick(now)
         self._congestion_signals += 1
         self._congested_this_epoch = True
+        self._slow_start = False
         if self._decreased_this_epoch:
             return False
         if self._bad_limit is not None and self._limit >= self._bad_limit:
@@ -178,6 +183,7 @@ class AimdController:
         self._decreased_this_epoch = False
         self._freeze_remaining = 0
         self._clean_streak = 0
+        self._slow_start = True
         self._set_limit(max(1, min(limit, self.max_limit)), now)
 
     def tick(self, now: float) -> None:
@@ -234,7 +240,8 @@ class AimdController:
             return
         self._clean_streak = 0
         self._increases += 1
-        self._set_limit(self._limit + 1, end)
+        step = self._limit if self._slow_start else 1
+        self._set_limit(min(self.max_limit, self._limit + step), end)
 
     def _set_limit(self, limit: int, now: float) -> None:
         if limit != self._limit:

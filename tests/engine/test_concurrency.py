@@ -27,7 +27,7 @@ def test_starts_at_two_or_the_cap_or_the_given_initial() -> None:
         AimdController(0)
 
 
-def test_grows_by_one_per_clean_used_epoch_up_to_the_cap() -> None:
+def test_slow_start_doubles_per_clean_used_epoch_up_to_the_cap() -> None:
     aimd = AimdController(5, min_epoch_s=1.0)
     now = 0.0
     for _ in range(10):
@@ -35,8 +35,20 @@ def test_grows_by_one_per_clean_used_epoch_up_to_the_cap() -> None:
         now += 1.0
         aimd.on_success(now, duration_s=1.0)
     assert aimd.limit == 5
-    assert [limit for _, limit in aimd.trace] == [2, 3, 4, 5]
-    assert aimd.statistics().increases == 3
+    assert [limit for _, limit in aimd.trace] == [2, 4, 5]
+    assert aimd.statistics().increases == 2
+
+
+def test_after_the_first_congestion_growth_is_one_per_epoch() -> None:
+    aimd = AimdController(16, initial=8, min_epoch_s=1.0, freeze_epochs=0)
+    now = 0.0
+    aimd.on_congestion(now, "throttle")  # 8 -> 4, slow start over
+    for _ in range(3):
+        aimd.observe_in_flight(aimd.limit, now)
+        now += 1.0
+        aimd.on_success(now, duration_s=1.0)
+    # halved at once; the epoch holding the 429 adds nothing; then one slot per clean epoch
+    assert [limit for _, limit in aimd.trace] == [8, 4, 5, 6]
 
 
 def test_app_limited_epochs_do_not_grow() -> None:
