@@ -176,6 +176,19 @@ class AimdController:
         self._set_limit(new_limit, now)
         return True
 
+    def on_admitted(self, now: float) -> None:
+        """The server accepted a request (response headers, no error): in slow start, one more slot.
+
+        TCP grows its window per acknowledgement during slow start, not per round trip; a
+        download's "acknowledgement" is the server starting to send it. Against a server with a
+        concurrency cap this reaches the cap within the first few requests instead of after
+        several whole-series epochs; the first 429 ends slow start (see :meth:`on_congestion`).
+        """
+        self.tick(now)
+        if self._slow_start and self._limit < self.max_limit:
+            self._increases += 1
+            self._set_limit(self._limit + 1, now)
+
     def restart(self, now: float, limit: int = 1) -> None:
         """Slow start after an outage (the circuit breaker closed): back to ``limit``, new epoch."""
         self._start_epoch(now)
@@ -359,6 +372,11 @@ class AdaptiveLimiter:
     def on_success(self, duration_s: float, nbytes: int = 0) -> None:
         """A download finished cleanly; the limit may grow at an epoch boundary."""
         self.controller.on_success(self._clock.monotonic(), duration_s, nbytes)
+        self._hand_out()
+
+    def on_admitted(self) -> None:
+        """A download's response headers arrived: during slow start, let one more start."""
+        self.controller.on_admitted(self._clock.monotonic())
         self._hand_out()
 
     def on_congestion(self, kind: CongestionKind) -> None:

@@ -228,6 +228,7 @@ class SeriesWorker:
                 )
             async with stream_cm as stream:
                 self.breaker.on_success()  # response headers arrived: the server is alive
+                self.limiter.on_admitted()
                 batch: list[bytes] = []
                 batch_size = 0
                 async for chunk in stream:

@@ -320,3 +320,14 @@ async def test_capacity_drop_from_ten_to_two_converges_and_throttling_fades() ->
     # goodput after convergence is near the capacity (two series per second)
     good = [at for at, ok in server.requests if ok and 300.0 <= at < 600.0]
     assert len(good) >= 0.8 * 2 * 300
+
+
+def test_slow_start_grows_per_admitted_request_until_the_first_throttle() -> None:
+    aimd = AimdController(8, min_epoch_s=1.0)
+    for now in (0.1, 0.2, 0.3):
+        aimd.on_admitted(now)
+    assert aimd.limit == 5
+    aimd.on_congestion(0.4, "throttle")
+    assert aimd.limit == 3  # halved (round half up), and slow start is over
+    aimd.on_admitted(0.5)
+    assert aimd.limit == 3
