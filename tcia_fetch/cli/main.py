@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+
 import click
 
 from tcia_fetch import __version__
@@ -9,6 +12,7 @@ from tcia_fetch.cli.demo import demo
 from tcia_fetch.cli.inspect import status, verify
 from tcia_fetch.cli.query import query
 from tcia_fetch.cli.runcmd import plan_command, run_command_cli
+from tcia_fetch.errors import EXIT_INTERRUPTED
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -27,6 +31,20 @@ for command in (run_command_cli, plan_command, query, status, verify, demo):
     cli.add_command(command)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    """Console-script entry point."""
-    cli()
+    """Console-script entry point.
+
+    A signal that arrives before a command's event loop has taken over signal handling (for
+    example during start-up on a loaded login node) still ends in the documented way: nothing
+    has been written yet, and the exit code is EXIT_INTERRUPTED. SIGTERM is handled like SIGINT.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        cli()
+    except KeyboardInterrupt:
+        click.echo("tcia-fetch: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)

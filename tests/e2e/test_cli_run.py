@@ -255,7 +255,11 @@ def test_sigint_stops_promptly_and_rerun_finishes(tmp_path: Path) -> None:
             text=True,
         )
         with proc:
-            time.sleep(2.5)
+            lock = out / ".tcia-fetch" / "lock"
+            deadline = time.monotonic() + 60
+            while not lock.exists() and time.monotonic() < deadline:  # the run has started
+                time.sleep(0.05)
+            time.sleep(1.5)  # series are streaming now (the server sends 20 kB/s)
             proc.send_signal(signal.SIGINT)
             started = time.monotonic()
             _, err = proc.communicate(timeout=30)
