@@ -31,6 +31,7 @@ import anyio.to_thread
 
 from tcia_fetch.engine.breaker import CircuitBreaker
 from tcia_fetch.engine.clock import Clock
+from tcia_fetch.engine.commit import GroupCommit
 from tcia_fetch.engine.concurrency import AdaptiveLimiter
 from tcia_fetch.engine.pacer import ByteRateLimiter, Pacer
 from tcia_fetch.engine.report import RunEvent, RunStats, SeriesFailure
@@ -145,11 +146,14 @@ class SeriesWorker:
     on_event: Callable[[RunEvent], None] | None = None
     damaged: frozenset[str] = frozenset()
     failures: list[SeriesFailure] = field(default_factory=list)
-    journal_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    commit: GroupCommit = field(init=False)
     #: Set for the rest of the run when the server refuses ``IncludeMD5`` on getImage (a
     #: deployment older than 2025-11): MD5 lists then come from ``getImageWithMD5Hash``.
     md5_via_legacy_endpoint: bool = False
     rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self.commit = GroupCommit(self.journal)
 
     async def fetch(self, item: PlannedSeries) -> bool:
         """Fetch one series until it is verified on disk or its budget is spent. True when done."""
@@ -368,8 +372,7 @@ class SeriesWorker:
         self._emit(RunEvent("failed", item.series_uid, failure.message))
 
     async def _append(self, record: SeriesRecord) -> None:
-        async with self.journal_lock:
-            await anyio.to_thread.run_sync(self.journal.append, record)
+        await self.commit.append(record)
 
     def _emit(self, event: RunEvent) -> None:
         if self.on_event is not None:
