@@ -73,4 +73,6 @@ def test_peak_memory_is_flat_in_series_size(tmp_path: Path) -> None:
     assert large - small < 40, (
         f"peak RSS grew from {small:.0f} MB to {large:.0f} MB for a {large_series_mb} MB series"
     )
-    assert large < 150
+    assert large < 150, (
+        f"peak RSS {large:.0f} MB for a {large_series_mb} MB series (small series: {small:.0f} MB)"
+    )
