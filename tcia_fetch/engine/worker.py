@@ -160,6 +160,7 @@ class SeriesWorker:
         state = RetryState(self.retry_policy, self.rng, clock=self.clock)
         expectation = item.expectation
         refreshed = False
+        switched_endpoint = False
         while True:
             progress = _Progress()
             try:
@@ -168,7 +169,8 @@ class SeriesWorker:
             except TciaFetchError as exc:
                 if exc.fatal:
                     raise
-                if self._fall_back_for_md5(exc):
+                if not switched_endpoint and self._fall_back_for_md5(exc):
+                    switched_endpoint = True  # once per series: the MD5 endpoint cannot refuse it
                     continue
                 self._feedback(item.series_uid, exc)
                 if progress.dicom_bytes and not isinstance(exc, IntegrityError):
@@ -305,16 +307,13 @@ class SeriesWorker:
         reference/nbia-api.md marks ``IncludeMD5`` UNCERTAIN in production; a server without it
         answers 400 "Invalid query parameter". Without this switch every series would fail.
         """
-        if (
-            isinstance(exc, InvalidParameterError)
-            and self.job.verify_md5
-            and not self.md5_via_legacy_endpoint
-            and "IncludeMD5" in exc.body_excerpt
-        ):
+        refused = isinstance(exc, InvalidParameterError) and "IncludeMD5" in exc.body_excerpt
+        if not (refused and self.job.verify_md5):
+            return False
+        if not self.md5_via_legacy_endpoint:  # several workers may learn it at the same moment
             self.md5_via_legacy_endpoint = True
             self._emit(RunEvent("retry", "", "server refuses IncludeMD5; using getImageWithMD5Hash"))
-            return True
-        return False
+        return True
 
     def _feedback(self, series_uid: str, exc: TciaFetchError) -> None:
         """Tell the shared controls what this failure says about the server."""

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
+import time
 import zlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
+from email.utils import formatdate
 
 from aiohttp import web
 
@@ -36,7 +40,7 @@ from tcia_fetch.testing._load import Pacer, retry_after_header
 from tcia_fetch.testing._state import COMPLETED_KEY, ServerState, check_allowed, text_response
 from tcia_fetch.testing._zipwriter import ZipStreamWriter
 
-__all__ = ["DOWNLOAD_ENDPOINTS", "MAINTENANCE_PAGE"]
+__all__ = ["DOWNLOAD_ENDPOINTS", "MAINTENANCE_PAGE", "outage_guard"]
 
 MAINTENANCE_PAGE = (
     "<!DOCTYPE html><html><head><title>Scheduled Maintenance</title></head><body>"
@@ -47,6 +51,14 @@ _UNAVAILABLE_PAGE = (
     "<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n"
     "<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n<hr><center>nginx</center>\r\n"
     "</body>\r\n</html>\r\n"
+)
+_BAD_GATEWAY_PAGE = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+_GATEWAY_TIMEOUT_PAGE = (
+    "<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n"
+    "<center><h1>504 Gateway Time-out</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
 )
 # Members at least this big get their CRC/MD5 computed in a worker thread.
 _THREAD_THRESHOLD_BYTES = 256 * 1024
@@ -221,14 +233,49 @@ def _fault_response(state: ServerState, entry: SeriesEntry, fault: FaultRule) ->
         return response
     if kind is FaultKind.REQUEST_REJECTED:
         return text_response(400, NOT_GRANTED.format(uid=entry.uid))
+    if kind is FaultKind.BAD_GATEWAY:
+        return text_response(502, _BAD_GATEWAY_PAGE, "text/html")
+    if kind is FaultKind.GATEWAY_TIMEOUT:
+        return text_response(504, _GATEWAY_TIMEOUT_PAGE, "text/html")
+    if kind is FaultKind.RATE_LIMIT_DATE:
+        return _rate_limited_until_date(fault)
     if kind is FaultKind.HTML_200:
         return text_response(200, MAINTENANCE_PAGE, "text/html")
     del state
     return None
 
 
+def _rate_limited_until_date(fault: FaultRule) -> web.Response:
+    """429 with ``Date`` = the (possibly skewed) server clock and ``Retry-After`` = Date + retry_in_s.
+
+    Both headers come from the same whole second, so a client that measures the HTTP-date against
+    this response's ``Date`` waits exactly ``retry_in_s``, whatever the skew.
+    """
+    server_now = int(time.time() + fault.param_float("clock_skew_s"))
+    response = text_response(429, "Too Many Requests")
+    response.headers["Date"] = formatdate(server_now, usegmt=True)
+    response.headers["Retry-After"] = formatdate(server_now + fault.param_float("retry_in_s"), usegmt=True)
+    return response
+
+
+def _reset_connection(request: web.Request) -> None:
+    """Abort the connection with a TCP RST (SO_LINGER 0), as a crashed proxy does: ECONNRESET."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
 class _CutError(Exception):
     """The CUT fault closed the connection (internal control flow of :func:`_stream`)."""
+
+
+class _TruncatedError(Exception):
+    """The TRUNCATE fault reached its byte count: end the body cleanly here."""
 
 
 class _BodySender:
@@ -240,7 +287,12 @@ class _BodySender:
         kind = fault.kind if fault is not None else None
         self._request = request
         self._response = response
-        self._cut_at = fault.param_int("after_bytes") if fault is not None and kind is FaultKind.CUT else None
+        cuts = kind in (FaultKind.CUT, FaultKind.RESET)
+        self._cut_at = fault.param_int("after_bytes") if fault is not None and cuts else None
+        self._reset = kind is FaultKind.RESET
+        self._truncate_at = (
+            fault.param_int("after_bytes") if fault is not None and kind is FaultKind.TRUNCATE else None
+        )
         self._stall_at = (
             fault.param_int("after_bytes") if fault is not None and kind is FaultKind.STALL else None
         )
@@ -265,9 +317,14 @@ class _BodySender:
                 await asyncio.sleep(self._stall_s)
                 self._stall_at = None
                 part = part[len(head) :]
+            if self._truncate_at is not None and self.sent + len(part) >= self._truncate_at:
+                await self._write(part[: self._truncate_at - self.sent])
+                raise _TruncatedError
             if self._cut_at is not None and self.sent + len(part) >= self._cut_at:
                 await self._write(part[: self._cut_at - self.sent])
-                if self._request.transport is not None:
+                if self._reset:
+                    _reset_connection(self._request)
+                elif self._request.transport is not None:
                     self._request.transport.close()
                 raise _CutError
             await self._write(part)
@@ -296,8 +353,11 @@ async def _stream(
             await asyncio.sleep(state.load.first_byte_delay_s)
         await response.prepare(request)
         async with contextlib.aclosing(pieces):
-            async for piece in pieces:
-                await sender.send(piece)
+            try:
+                async for piece in pieces:
+                    await sender.send(piece)
+            except _TruncatedError:
+                pass  # a well-terminated response whose archive simply stops (reliability.md A12)
         await response.write_eof()
         completed = True
     except (_CutError, ConnectionError):
@@ -324,7 +384,12 @@ def _zip_response(entry: SeriesEntry) -> web.StreamResponse:
 async def _download(
     state: ServerState, generation: int, request: web.Request, *, md5_endpoint: bool
 ) -> web.StreamResponse:
-    allowed = ("SeriesInstanceUID",) if md5_endpoint else ("SeriesInstanceUID", "NewFileNames", "IncludeMD5")
+    if md5_endpoint:
+        allowed: tuple[str, ...] = ("SeriesInstanceUID",)
+    elif state.include_md5_supported:
+        allowed = ("SeriesInstanceUID", "NewFileNames", "IncludeMD5")
+    else:
+        allowed = ("SeriesInstanceUID", "NewFileNames")
     rejected = check_allowed(request, allowed if generation == 4 else None)
     if rejected:
         return rejected
@@ -395,8 +460,29 @@ async def get_single_image(state: ServerState, generation: int, request: web.Req
     return response
 
 
+_Endpoint = Callable[[ServerState, int, web.Request], Awaitable[web.StreamResponse]]
+
+
+def outage_guard(function: _Endpoint) -> _Endpoint:
+    """Wrap an endpoint so that an OUTAGE window answers for it (503 page, or a dropped connection)."""
+
+    async def guarded(state: ServerState, generation: int, request: web.Request) -> web.StreamResponse:
+        rule = state.faults.outage(time.monotonic())
+        if rule is None:
+            return await function(state, generation, request)
+        if rule.param_text("mode") == "close":
+            _reset_connection(request)
+            request[COMPLETED_KEY] = False
+            return web.Response(status=503)  # never reaches the client: the connection is gone
+        return text_response(503, _UNAVAILABLE_PAGE, "text/html")
+
+    guarded.__doc__ = function.__doc__
+    guarded.__name__ = getattr(function, "__name__", "endpoint")
+    return guarded
+
+
 DOWNLOAD_ENDPOINTS = {
-    "getImage": get_image,
-    "getImageWithMD5Hash": get_image_with_md5_hash,
-    "getSingleImage": get_single_image,
+    "getImage": outage_guard(get_image),
+    "getImageWithMD5Hash": outage_guard(get_image_with_md5_hash),
+    "getSingleImage": outage_guard(get_single_image),
 }

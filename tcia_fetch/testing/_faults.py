@@ -7,7 +7,9 @@ matches any series) and which has firings left, fires and its counter goes down.
 client must survive every retryable fault.
 
 Download faults (getImage, getImageWithMD5Hash) are decided per request; WRONG_SIZE and SLOW_QUERY apply
-to query endpoints (getSeriesSize, getSeries, getUpdatedSeries, getSeriesMetadata, ...). The random
+to query endpoints (getSeriesSize, getSeries, getUpdatedSeries, getSeriesMetadata, ...); OUTAGE is a
+window of time during which every API endpoint (queries and downloads; not the legacy token endpoint)
+fails (:meth:`FaultState.outage`). The random
 component draws, per download request, ``rng.random() < random_rate`` and then a kind uniformly from
 ``random_kinds`` (seeded: the same request sequence meets the same faults). Random faults use each
 kind's default parameters and target the requested series.
@@ -21,7 +23,16 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["DOWNLOAD_FAULTS", "QUERY_FAULTS", "FaultKind", "FaultPlan", "FaultRule", "FaultState"]
+__all__ = [
+    "DOWNLOAD_FAULTS",
+    "OUTAGE_MODES",
+    "QUERY_FAULTS",
+    "SERVER_FAULTS",
+    "FaultKind",
+    "FaultPlan",
+    "FaultRule",
+    "FaultState",
+]
 
 
 class FaultKind(enum.Enum):
@@ -41,10 +52,24 @@ class FaultKind(enum.Enum):
     SLOW_QUERY = "SLOW_QUERY"  # query endpoints wait delay_s (default 2.0) before answering
     ZIP_SLIP = "ZIP_SLIP"  # one DICOM member renamed to `name` (default "../evil.dcm")
     REQUEST_REJECTED = "REQUEST_REJECTED"  # 400 "not been granted the access" text for a public series
+    BAD_GATEWAY = "BAD_GATEWAY"  # 502 nginx "Bad Gateway" page (a proxy in front of a sick back end)
+    GATEWAY_TIMEOUT = "GATEWAY_TIMEOUT"  # 504 nginx "Gateway Time-out" page (zip built too slowly)
+    TRUNCATE = "TRUNCATE"  # the body ends cleanly (terminating chunk sent) after after_bytes (1000) bytes
+    RESET = "RESET"  # TCP RST (SO_LINGER 0) after after_bytes (default 1000) body bytes: ECONNRESET
+    # 429 whose Retry-After is an HTTP-date: the response's Date header is the server clock (local
+    # clock + clock_skew_s, default 0.0, whole seconds) and Retry-After is that Date + retry_in_s (2).
+    RATE_LIMIT_DATE = "RATE_LIMIT_DATE"
+    # The whole API is down for duration_s (default 5.0) from the first request after after_requests
+    # (default 0) API requests: every query and download answers 503 (mode="503", the default) or has
+    # its connection closed without a response (mode="close"). One window per rule; `times` unused.
+    OUTAGE = "OUTAGE"
 
 
 QUERY_FAULTS = frozenset({FaultKind.WRONG_SIZE, FaultKind.SLOW_QUERY})
-DOWNLOAD_FAULTS = frozenset(set(FaultKind) - QUERY_FAULTS)
+#: Faults of the whole server rather than of one request kind.
+SERVER_FAULTS = frozenset({FaultKind.OUTAGE})
+DOWNLOAD_FAULTS = frozenset(set(FaultKind) - QUERY_FAULTS - SERVER_FAULTS)
+OUTAGE_MODES = ("503", "close")
 
 _DEFAULTS: Mapping[FaultKind, Mapping[str, object]] = {
     FaultKind.RATE_LIMIT: {"retry_after": "1"},
@@ -61,6 +86,12 @@ _DEFAULTS: Mapping[FaultKind, Mapping[str, object]] = {
     FaultKind.SLOW_QUERY: {"delay_s": 2.0},
     FaultKind.ZIP_SLIP: {"name": "../evil.dcm"},
     FaultKind.REQUEST_REJECTED: {},
+    FaultKind.BAD_GATEWAY: {},
+    FaultKind.GATEWAY_TIMEOUT: {},
+    FaultKind.TRUNCATE: {"after_bytes": 1000},
+    FaultKind.RESET: {"after_bytes": 1000},
+    FaultKind.RATE_LIMIT_DATE: {"retry_in_s": 2.0, "clock_skew_s": 0.0},
+    FaultKind.OUTAGE: {"duration_s": 5.0, "mode": "503", "after_requests": 0},
 }
 
 DEFAULT_RANDOM_KINDS = (
@@ -94,6 +125,8 @@ class FaultRule:
             )
         if times is not None and times < 0:
             raise ValueError("times must be >= 0 or None")
+        if kind is FaultKind.OUTAGE and str(params.get("mode", "503")) not in OUTAGE_MODES:
+            raise ValueError(f"OUTAGE mode must be one of {list(OUTAGE_MODES)}, not {params['mode']!r}")
         self.kind = kind
         self.series_uid = series_uid
         self.times = times
@@ -147,6 +180,9 @@ class FaultState:
     plan: FaultPlan
     remaining: list[int | None] = field(init=False)
     fired: dict[str, int] = field(default_factory=dict)
+    # OUTAGE bookkeeping per rule index: API requests seen so far, and when the window opened.
+    _outage_seen: dict[int, int] = field(default_factory=dict)
+    _outage_started: dict[int, float] = field(default_factory=dict)
     _rng: random.Random = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -206,6 +242,28 @@ class FaultState:
         """
         with self._lock:
             return self._take(QUERY_FAULTS, series_uids)
+
+    def outage(self, now: float) -> FaultRule | None:
+        """The OUTAGE rule in force for an API request arriving at monotonic time ``now``, if any.
+
+        Each OUTAGE rule counts API requests; the request after its first ``after_requests`` opens
+        the window, and every request until ``duration_s`` later is answered by the outage (each one
+        counted as a firing). After the window the rule is spent and the server is healthy again.
+        """
+        with self._lock:
+            for index, rule in enumerate(self.plan.rules):
+                if rule.kind is not FaultKind.OUTAGE:
+                    continue
+                seen = self._outage_seen.get(index, 0)
+                self._outage_seen[index] = seen + 1
+                if index not in self._outage_started:
+                    if seen < rule.param_int("after_requests"):
+                        continue
+                    self._outage_started[index] = now
+                if now - self._outage_started[index] < rule.param_float("duration_s"):
+                    self.fired[rule.kind.name] = self.fired.get(rule.kind.name, 0) + 1
+                    return rule
+            return None
 
     def fired_counts(self) -> dict[str, int]:
         """How many times each kind fired so far."""

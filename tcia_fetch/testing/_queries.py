@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from aiohttp import web
 
 from tcia_fetch.testing._catalog import SeriesEntry
+from tcia_fetch.testing._downloads import outage_guard
 from tcia_fetch.testing._faults import FaultKind
 from tcia_fetch.testing._formats import (
     ERROR_PREFIX,
@@ -483,4 +484,8 @@ QUERY_ENDPOINTS: dict[str, tuple[str, EndpointFunction]] = {
     "getSeriesSize": ("GET", get_series_size),
     "getSOPInstanceUIDs": ("GET", get_sop_instance_uids),
     "getSeriesMetadata": ("POST", get_series_metadata),
+}
+# Every query endpoint goes down with the server during an OUTAGE window.
+QUERY_ENDPOINTS = {
+    name: (method, outage_guard(function)) for name, (method, function) in QUERY_ENDPOINTS.items()
 }

@@ -80,7 +80,8 @@ class FakeNBIA:
     :class:`LoadModel`), ``restricted_series`` (in the catalog but treated as non-public), ``legacy``
     (serve v1/v2 and the token endpoint), ``users`` (legacy accounts besides ``nbia_guest``),
     ``token_lifetime_s`` / ``refresh_lifetime_s`` (token ``expires_in`` / ``refresh_expires_in``),
-    ``unknown_path_status`` (500 as the real mapper or 404), ``chunk_bytes`` (write size of streams).
+    ``unknown_path_status`` (500 as the real mapper or 404), ``chunk_bytes`` (write size of streams),
+    ``include_md5_supported`` (False: an older deployment whose getImage refuses ``IncludeMD5``).
     One instance may be served several times; counters and the request log accumulate.
     """
 
@@ -97,6 +98,7 @@ class FakeNBIA:
         refresh_lifetime_s: float = 14400.0,
         unknown_path_status: int = 500,
         chunk_bytes: int = 64 * 1024,
+        include_md5_supported: bool = True,
     ) -> None:
         self.catalog = catalog
         self.fault_plan = faults or FaultPlan()
@@ -113,6 +115,7 @@ class FakeNBIA:
             restricted=frozenset(restricted_series),
             tokens=self.tokens,
             chunk_bytes=chunk_bytes,
+            include_md5_supported=include_md5_supported,
         )
         self.request_log: list[RequestRecord] = []
 

@@ -40,6 +40,9 @@ class ServerState:
     tokens: TokenStore
     stats: StatsCounter = field(default_factory=StatsCounter)
     chunk_bytes: int = 64 * 1024
+    #: False plays a deployment older than 2025-11, whose getImage allow-list lacks IncludeMD5
+    #: (reference/nbia-api.md §5.1 marks its production status UNCERTAIN).
+    include_md5_supported: bool = True
     _visible: list[SeriesEntry] | None = None
 
     def visible(self) -> list[SeriesEntry]:

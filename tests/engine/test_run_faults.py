@@ -186,3 +186,22 @@ async def test_rerun_skips_everything_and_makes_no_download(tmp_path: Path, cata
     assert downloads_after == downloads_before
     assert_destination(out, catalog, done=uids, absent=[])
     assert (out / "metadata.csv").read_text().count("\n") == len(uids) + 1
+
+
+async def test_server_without_include_md5_falls_back_to_md5_endpoint(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    """An older NBIA refuses IncludeMD5 on getImage; MD5s then come from getImageWithMD5Hash."""
+    uids = [entry.uid for entry in catalog.series[:3]]
+    fake = FakeNBIA(catalog, include_md5_supported=False)
+    out = tmp_path / "out"
+    async with fake.serve() as server:
+        report = await fetch(
+            write_job(tmp_path, uids), RunOptions(out=out, base_url=server.base_url), retry_policy=FAST
+        )
+        endpoints = [record.endpoint for record in server.request_log]
+    assert report.exit_code == 0 and report.done == 3
+    assert endpoints.count("getImageWithMD5Hash") == 3
+    # each series is refused at most once (workers in flight when the first refusal arrives)
+    assert 1 <= endpoints.count("getImage") <= len(uids)
+    assert_destination(out, catalog, done=uids, absent=[])
