@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--query-delay-s", type=float, default=0.0)
     serve.add_argument("--token-lifetime-s", type=float, default=7200.0)
     serve.add_argument("--no-legacy", action="store_true", help="serve v4 only")
+    serve.add_argument(
+        "--precompute-md5",
+        action="store_true",
+        help="hash every instance before listening, as the real server stores MD5s (for benchmarks)",
+    )
     serve.add_argument("--log-level", default="INFO")
     return parser
 
@@ -165,6 +170,8 @@ async def _serve(args: argparse.Namespace) -> int:
         extra_series_uids=extra,
         pixel_cache_bytes=args.pixel_cache_bytes,
     )
+    if args.precompute_md5:
+        await asyncio.get_running_loop().run_in_executor(None, lambda: catalog.warm(md5=True))
     fake = FakeNBIA(
         catalog,
         faults=parse_faults(args.fault, args.seed),
