@@ -1,0 +1,168 @@
+"""The benchmark scenarios: a catalog, a server load model, and who competes.
+
+Names are fixed (the README and the targets refer to them). Sizes are chosen so the full set fits in
+about 25 minutes on the 2-core reference machine; see ``benchmarks/README.md`` for what each measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.server import REPO_ROOT, ServerOptions
+
+__all__ = ["PLANNING_MANIFEST", "SCENARIOS", "Scenario"]
+
+PLANNING_MANIFEST = Path("/work/shared/manifests/NBIA-Submission-Test-Data_2524series-56gbytes.tcia")
+
+
+def _planning_manifest() -> Path:
+    """The real 2,524-series manifest: shared/ next to the checkout (CI's copy) or the work area."""
+    beside = REPO_ROOT.parent / "shared" / "manifests" / PLANNING_MANIFEST.name
+    return beside if beside.exists() else PLANNING_MANIFEST
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One scenario. ``kind`` is ``download`` (every contender fetches every series) or ``planning``.
+
+    ``limit_from_cap``: compute the server-imposed lower bound on wall time,
+    zip bytes ÷ (download cap × per-connection rate), and report each contender's time ÷ limit.
+    ``min_free_disk_factor``: contenders that keep zips next to the extracted files (aria2, curl) are
+    skipped when free space under the temporary directory is below this many times the DICOM bytes.
+    """
+
+    name: str
+    description: str
+    server: ServerOptions
+    contenders: tuple[str, ...]
+    default_runs: int = 3
+    kind: str = "download"
+    limit_from_cap: bool = False
+    timeout_s: float = 600.0
+    min_free_disk_factor: float = 0.0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+_ALL = ("tcia-fetch", "tcia-utils", "aria2", "curl")
+
+SCENARIOS: dict[str, Scenario] = {
+    scenario.name: scenario
+    for scenario in (
+        Scenario(
+            name="smoke",
+            description="A handful of tiny series, one run: proves the harness works end to end (CI).",
+            server=ServerOptions(
+                seed=11,
+                collections=1,
+                patients_per_collection=2,
+                series_per_study=3,
+                instances_per_series=(1, 3),
+                instance_bytes=(2_000, 8_000),
+            ),
+            contenders=_ALL,
+            default_runs=1,
+            timeout_s=60.0,
+        ),
+        Scenario(
+            name="loopback",
+            description=(
+                "No throttling, ~1 GB of DICOM in 40 series over loopback: the engine's own overhead "
+                "(CPU, memory, extraction, verification) against curl + parallel unzip."
+            ),
+            server=ServerOptions(
+                seed=21,
+                collections=2,
+                patients_per_collection=5,
+                series_per_study=4,
+                instances_per_series=(45, 55),
+                instance_bytes=(450_000, 550_000),
+            ),
+            contenders=_ALL,
+        ),
+        Scenario(
+            name="tcia-like",
+            description=(
+                "A busy archive: 2 MB/s per connection, 0.5 s to the first body byte, 150 ms per query, "
+                "at most 4 concurrent downloads (more get 429 + Retry-After: 1). 12 series, ~450 MB."
+            ),
+            server=ServerOptions(
+                seed=31,
+                collections=1,
+                patients_per_collection=3,
+                series_per_study=4,
+                instances_per_series=(34, 38),
+                instance_bytes=(1_000_000, 1_050_000),
+                rate_bytes_per_s=2_000_000,
+                first_byte_delay_s=0.5,
+                query_delay_s=0.15,
+                max_concurrent_downloads=4,
+                retry_after_s=1.0,
+            ),
+            contenders=("tcia-fetch", "tcia-fetch@8", "tcia-utils", "aria2@4", "curl@4"),
+            limit_from_cap=True,
+            timeout_s=240.0,
+            notes=(
+                "aria2 and curl are given -j/-P 4 = the server's cap (a user who knows the cap); "
+                "tcia-fetch@8 asks for more than the cap and must adapt to the 429s; "
+                "tcia-utils runs its defaults (10 workers) and is re-called while series are missing.",
+            ),
+        ),
+        Scenario(
+            name="huge",
+            description=(
+                "Two 2 GB series (128 instances of 16 MB each): memory must stay flat whatever the size."
+            ),
+            server=ServerOptions(
+                seed=41,
+                collections=1,
+                patients_per_collection=1,
+                series_per_study=2,
+                instances_per_series=(128, 128),
+                instance_bytes=(16_000_000, 16_000_000),
+                pixel_cache_bytes=512 * 1024 * 1024,
+            ),
+            contenders=_ALL,
+            default_runs=1,
+            timeout_s=900.0,
+            min_free_disk_factor=2.5,
+        ),
+        Scenario(
+            name="tiny",
+            description=(
+                "2,000 series of 1-3 small instances: per-series overhead (requests, files, journal)."
+            ),
+            server=ServerOptions(
+                seed=51,
+                collections=4,
+                patients_per_collection=25,
+                series_per_study=20,
+                instances_per_series=(1, 3),
+                instance_bytes=(2_000, 20_000),
+            ),
+            contenders=_ALL,
+            timeout_s=600.0,
+        ),
+        Scenario(
+            name="planning",
+            description=(
+                "The real 2,524-series manifest seeded into the catalog, tiny instances, 150 ms per "
+                "query: time until `tcia-fetch plan` completes, and time from `run` start to the first "
+                "downloaded byte on disk (the run is then stopped)."
+            ),
+            server=ServerOptions(
+                seed=61,
+                collections=3,
+                patients_per_collection=20,
+                series_per_study=0,
+                instances_per_series=(1, 2),
+                instance_bytes=(2_000, 4_000),
+                manifest=_planning_manifest(),
+                query_delay_s=0.15,
+            ),
+            contenders=("tcia-fetch",),
+            kind="planning",
+            timeout_s=120.0,
+        ),
+    )
+}
