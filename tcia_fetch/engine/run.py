@@ -125,7 +125,7 @@ async def plan(
     options = options or RunOptions()
     spec = _as_job(job, options)
     clock = clock or SystemClock()
-    settings = _client_settings(spec, options, os.environ)
+    settings = await anyio.to_thread.run_sync(_client_settings, spec, options, dict(os.environ))
     items: list[PlannedSeries] = []
 
     async def collect(item: PlannedSeries) -> None:
@@ -178,7 +178,7 @@ async def fetch(
     out = _path(options.out) or (Path(spec.output.dest) if spec.output.dest else None)
     if out is None:
         raise InputError("no destination: give --out DIR or set [output].dest in the job file")
-    settings = _client_settings(spec, options, os.environ)
+    settings = await anyio.to_thread.run_sync(_client_settings, spec, options, dict(os.environ))
     concurrency = options.concurrency or spec.download.concurrency
     if concurrency < 1:
         raise InputError(f"--concurrency must be at least 1, got {concurrency}")
@@ -202,7 +202,7 @@ async def fetch(
         input_problems=[str(problem) for problem in spec.problems],
     )
 
-    destination = Destination(out)
+    destination = await anyio.to_thread.run_sync(Destination, out)
     await anyio.to_thread.run_sync(destination.prepare)
     lock = await anyio.to_thread.run_sync(lambda: acquire_destination(destination.state_dir, run_id=run_id))
     journal: Journal | None = None
