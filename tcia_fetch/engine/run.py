@@ -140,6 +140,7 @@ async def plan(
             options=PlannerOptions(
                 full_metadata=(options.layout or spec.output.layout) == "descriptive",
                 nlst_fallback=_is_production(settings),
+                bulk_metadata=client.api_version == "v4",
             ),
         )
         summary = await planner.run(collect)
@@ -233,7 +234,9 @@ async def fetch(
                 skip_uids=done_uids,
                 only_uids=only,
                 options=PlannerOptions(
-                    full_metadata=layout == "descriptive", nlst_fallback=_is_production(settings)
+                    full_metadata=layout == "descriptive",
+                    nlst_fallback=_is_production(settings),
+                    bulk_metadata=client.api_version == "v4",
                 ),
             )
             worker = SeriesWorker(

@@ -13,6 +13,7 @@ A series that cannot be planned (not on the server, not public, no size) becomes
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -99,6 +100,9 @@ class PlannerOptions:
     #: and a bare manifest does not say which host a UID belongs to). Only sensible against
     #: the production archive, so the run turns it on only there.
     nlst_fallback: bool = False
+    #: ``getSeriesMetadata`` exists only in v4; on a legacy (v1/v2) server bare UIDs are looked up
+    #: one by one with ``getSeries?SeriesInstanceUID=`` instead.
+    bulk_metadata: bool = True
 
 
 Emit = Callable[[PlannedSeries], Awaitable[None]]
@@ -172,8 +176,11 @@ class Planner:
     ) -> None:
         uids = [uid for uid, _ in chunk]
         try:
-            async with limiter:
-                rows = await self._call(lambda: self._source.series_metadata(uids))
+            if self._options.bulk_metadata:
+                async with limiter:
+                    rows = await self._call(lambda: self._source.series_metadata(uids))
+            else:
+                rows = await self._series_one_by_one(uids, limiter)
         except TciaFetchError as exc:
             if exc.fatal:
                 raise
@@ -204,6 +211,13 @@ class Planner:
                 )
                 continue
             await self._plan_row(row, origin, emit, limiter)
+
+    async def _series_one_by_one(self, uids: Sequence[str], limiter: anyio.CapacityLimiter) -> list[_Row]:
+        rows: list[_Row] = []
+        for uid in uids:
+            async with limiter:
+                rows.extend(await self._call(functools.partial(self._source.series, series_uid=uid)))
+        return rows
 
     # -- queries -------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -22,12 +23,29 @@ import aiofiles.os
 
 from tcia_fetch.store._fs import fsync_directory, storage_error
 
-__all__ = ["write_bytes_atomic", "write_bytes_atomic_sync", "write_text_atomic", "write_text_atomic_sync"]
+__all__ = [
+    "temporary_owner_pid",
+    "write_bytes_atomic",
+    "write_bytes_atomic_sync",
+    "write_text_atomic",
+    "write_text_atomic_sync",
+]
+
+_TEMPORARY_RE = re.compile(r"\.(?P<target>.+)\.(?P<pid>[0-9]+)\.[0-9a-f]{12}\.tmp")
 
 
 def _temporary_sibling(path: Path) -> Path:
     # Leading dot: hidden from casual listings; pid + random nonce: unique across processes and hosts.
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+
+
+def temporary_owner_pid(name: str) -> int | None:
+    """The pid that wrote an atomic-write temporary named ``name``, or None if it is not one.
+
+    Startup cleanup uses it to remove the temporaries of writers killed mid-write.
+    """
+    match = _TEMPORARY_RE.fullmatch(name)
+    return int(match.group("pid")) if match else None
 
 
 def write_bytes_atomic_sync(path: Path, data: bytes) -> None:

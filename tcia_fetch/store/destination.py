@@ -40,6 +40,7 @@ from typing import Final, final
 
 from tcia_fetch.errors import DestinationError, FinalPathExistsError
 from tcia_fetch.store._fs import fsync_directory, host_name, pid_is_alive, rename_no_replace, storage_error
+from tcia_fetch.store.atomic import temporary_owner_pid
 
 __all__ = [
     "STATE_DIR_NAME",
@@ -341,8 +342,33 @@ class Destination:
                 if owner_dead or too_old:
                     _remove_tree(Path(entry.path))
                     removed += 1
+        removed += self._remove_dead_temporaries(live_owner)
         if max_age_s is not None:
             removed += self._remove_old_state_litter(now - max_age_s)
+        return removed
+
+    def _remove_dead_temporaries(self, live_owner: Callable[[str, int], bool]) -> int:
+        """Atomic-write temporaries (metadata.csv, reports, snapshot) of writers killed mid-write.
+
+        Runs at start-up under the destination lock, so no live run of ours is writing them; a
+        temporary whose pid is dead on this host is litter (reliability.md I5).
+        """
+        removed = 0
+        here = host_name()
+        for directory in (self.root, self.state_dir, self.state_dir / "reports"):
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise storage_error(exc, action="list", path=directory) from exc
+            for entry in entries:
+                pid = temporary_owner_pid(entry.name)
+                if pid is None or live_owner(here, pid):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
         return removed
 
     def _remove_old_state_litter(self, cutoff: float) -> int:
