@@ -1,0 +1,171 @@
+"""Run the parts of the campaign in order and collect their figures.
+
+:class:`CampaignSizes` says how big each part is (reduced by default, the release sizes with
+``full()``); :func:`run_campaign` runs every part not skipped, in a work directory, and
+returns :class:`~tcia_fetch.campaign.report.CampaignFigures`. An exception inside one part is
+recorded as a failure of the campaign, and the other parts still run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+
+from tcia_fetch.campaign.crash import run_crash_campaign
+from tcia_fetch.campaign.faults import SCENARIOS, matrix_catalog, mix_catalog, run_random_mix, run_scenario
+from tcia_fetch.campaign.local import run_disk_full, run_read_only, run_shared_destination
+from tcia_fetch.campaign.report import CampaignFigures
+
+__all__ = ["PARTS", "CampaignSizes", "run_campaign"]
+
+PARTS = ("faults", "crash", "local", "hostile", "fuzz", "secrets")
+
+
+@dataclass(frozen=True)
+class CampaignSizes:
+    """How much of each part to run."""
+
+    matrix_seeds: int = 1
+    mix_runs: int = 2
+    kills: int = 20
+    hostile: int = 200
+    fuzz_examples: int = 5_000
+    disk_full_sizes_kib: tuple[int, ...] = (700,)
+
+    @classmethod
+    def full(cls) -> CampaignSizes:
+        """The release campaign: >= 200 kills, >= 500 hostile archives, >= 100,000 fuzz inputs."""
+        return cls(
+            matrix_seeds=3,
+            mix_runs=6,
+            kills=200,
+            hostile=1_000,
+            fuzz_examples=100_000,
+            disk_full_sizes_kib=(300, 700, 1_100),
+        )
+
+    def with_overrides(
+        self, *, kills: int | None, hostile: int | None, fuzz_examples: int | None
+    ) -> CampaignSizes:
+        """Command-line values beat the mode's defaults."""
+        return replace(
+            self,
+            kills=self.kills if kills is None else kills,
+            hostile=self.hostile if hostile is None else hostile,
+            fuzz_examples=self.fuzz_examples if fuzz_examples is None else fuzz_examples,
+        )
+
+
+def run_campaign(
+    sizes: CampaignSizes,
+    *,
+    mode: str,
+    workdir: Path | None = None,
+    skip: frozenset[str] = frozenset(),
+    seed: int = 7,
+    progress: Callable[[str], None] | None = None,
+) -> CampaignFigures:
+    """Run every part not in ``skip``; never raises for a failing part (it is in the figures)."""
+    say = progress or (lambda _message: None)
+    figures = CampaignFigures(mode=mode, started_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="tcia-fetch-campaign-") as scratch:
+        root = workdir or Path(scratch)
+        root.mkdir(parents=True, exist_ok=True)
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("faults", lambda: _faults(figures, sizes, root / "faults", seed, say)),
+            ("crash", lambda: _crash(figures, sizes, root / "crash", seed, say)),
+            ("local", lambda: _local(figures, sizes, root / "local", say)),
+            ("hostile", lambda: _hostile(figures, sizes, root / "hostile", seed, say)),
+            ("fuzz", lambda: _fuzz(figures, sizes, say)),
+            ("secrets", lambda: _secrets(figures, root / "secrets", say)),
+        ]
+        for name, step in steps:
+            if name in skip:
+                continue
+            say(f"{name}: starting")
+            try:
+                step()
+            except Exception as exc:  # a broken part is a campaign failure, not a crash of the runner
+                figures.errors.append(f"{name} part raised {type(exc).__name__}: {exc}")
+                say(traceback.format_exc())
+    figures.duration_s = time.monotonic() - started
+    return figures
+
+
+def _faults(
+    figures: CampaignFigures, sizes: CampaignSizes, root: Path, seed: int, say: Callable[[str], None]
+) -> None:
+    async def matrix() -> None:
+        for matrix_seed in range(sizes.matrix_seeds):
+            catalog = matrix_catalog(11 + matrix_seed)
+            for index, scenario in enumerate(SCENARIOS):
+                outcome = await run_scenario(scenario, catalog, root / f"seed{matrix_seed}-{index:02d}")
+                figures.scenarios.append(outcome)
+                if not outcome.survived:
+                    say(f"faults: '{scenario.name}' FAILED: {outcome.problems} {outcome.loss.counts()}")
+            say(f"faults: matrix seed {matrix_seed}: {len(SCENARIOS)} scenarios")
+        for run in range(sizes.mix_runs):
+            figures.mixes.append(
+                await run_random_mix(mix_catalog(13 + run), root / f"mix-{run}", seed=seed + run)
+            )
+        say(f"faults: {sizes.mix_runs} random-mix runs")
+
+    anyio.run(matrix)
+
+
+def _crash(
+    figures: CampaignFigures, sizes: CampaignSizes, root: Path, seed: int, say: Callable[[str], None]
+) -> None:
+    if sizes.kills > 0:
+        figures.crash = run_crash_campaign(root, kills=sizes.kills, seed=seed, progress=say)
+
+
+def _local(figures: CampaignFigures, sizes: CampaignSizes, root: Path, say: Callable[[str], None]) -> None:
+    for size in sizes.disk_full_sizes_kib:
+        place = root / f"full-{size}"
+        place.mkdir(parents=True, exist_ok=True)
+        outcome = run_disk_full(place, size_kib=size)
+        outcome.name += f" ({size} KiB)"
+        figures.local.append(outcome)
+    for runner, name in ((run_read_only, "readonly"), (run_shared_destination, "shared")):
+        place = root / name
+        place.mkdir(parents=True, exist_ok=True)
+        figures.local.append(runner(place))
+    say(
+        "local: "
+        + ", ".join(
+            f"{o.name}: {'skipped' if o.skipped else 'pass' if o.passed else 'FAIL'}" for o in figures.local
+        )
+    )
+
+
+def _hostile(
+    figures: CampaignFigures, sizes: CampaignSizes, root: Path, seed: int, say: Callable[[str], None]
+) -> None:
+    if sizes.hostile > 0:
+        from tcia_fetch.campaign.hostile import run_hostile
+
+        figures.hostile = run_hostile(sizes.hostile, root, seed=seed, progress=say)
+
+
+def _fuzz(figures: CampaignFigures, sizes: CampaignSizes, say: Callable[[str], None]) -> None:
+    if sizes.fuzz_examples > 0:
+        from tcia_fetch.campaign.fuzz import run_fuzz
+
+        figures.fuzz = run_fuzz(sizes.fuzz_examples, progress=say)
+
+
+def _secrets(figures: CampaignFigures, root: Path, say: Callable[[str], None]) -> None:
+    from tcia_fetch.campaign.canary import run_secret_sweep
+
+    root.mkdir(parents=True, exist_ok=True)
+    figures.secrets = run_secret_sweep(root)
+    say(f"secrets: {len(figures.secrets.leaks)} leaks")
