@@ -1,8 +1,10 @@
 """Peak memory does not grow with the size of a series: the archive is streamed, never held.
 
-The CLI's peak RSS (``wait4``'s ``ru_maxrss``) is measured for a ~2 MB series and for a series
-150 times larger; the difference must stay within a small allowance for buffers, far below the
-size of the larger series.
+The CLI's peak RSS is measured for a ~2 MB series and for a series 150 times larger; the
+difference must stay within a small allowance for buffers, far below the larger series' size.
+The peak is ``VmHWM`` from ``/proc/<pid>/status``, polled while the CLI runs: ``ru_maxrss`` is
+useless here because Linux carries the parent's RSS at fork into the child's figure at exec (the
+pytest worker's own few hundred MB).
 """
 
 from __future__ import annotations
