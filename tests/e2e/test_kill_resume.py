@@ -56,18 +56,12 @@ def _job(tmp_path: Path) -> Path:
     return job
 
 
+def _run_args(job: Path, out: Path, base_url: str) -> list[str]:
+    return ["run", str(job), "--out", str(out), "--base-url", base_url, "--quiet"]
+
+
 def _run_to_end(job: Path, out: Path, base_url: str) -> int:
-    proc = cli(
-        "run",
-        str(job),
-        "--out",
-        str(out),
-        "--base-url",
-        base_url,
-        "--quiet",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = cli(*_run_args(job, out, base_url), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     with proc:
         _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()
@@ -85,17 +79,7 @@ def test_sigkill_at_random_points_then_rerun_equals_uninterrupted_run(tmp_path: 
         _run_to_end(job, reference, base_url)
         out = tmp_path / "out"
         for _ in range(kills):
-            proc = cli(
-                "run",
-                str(job),
-                "--out",
-                str(out),
-                "--base-url",
-                base_url,
-                "--quiet",
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            proc = cli(*_run_args(job, out, base_url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(rng.uniform(0.2, 2.5))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
