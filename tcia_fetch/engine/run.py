@@ -50,7 +50,7 @@ from tcia_fetch.store.lock import acquire_destination
 from tcia_fetch.store.metadata_csv import metadata_csv_row, write_metadata_csv
 from tcia_fetch.store.reconcile import DAMAGED_ON_DISK, reconcile
 
-__all__ = ["RunOptions", "fetch", "plan", "run"]
+__all__ = ["RunOptions", "fetch", "plan", "resolve_client_settings", "run"]
 
 _HEARTBEAT_S = 30.0
 #: An outage longer than this ends the run (exit 3) instead of waiting forever on a login node.
@@ -87,9 +87,12 @@ class RunOptions:
                 object.__setattr__(self, name, Path(value))
 
 
-def _client_settings(job: JobSpec, options: RunOptions, env: Mapping[str, str]) -> ClientSettings:
+def resolve_client_settings(job: JobSpec, options: RunOptions, env: Mapping[str, str]) -> ClientSettings:
     """``--base-url`` > ``TCIA_FETCH_BASE_URL`` > the job's ``[server]`` > config file > default."""
-    explicit = options.base_url or env.get("TCIA_FETCH_BASE_URL") or job.server.base_url
+    # The job's [server] table counts only when the job file really sets it (its default must not
+    # shadow a config file).
+    from_job = job.server.base_url if "base_url" in job.server.model_fields_set else None
+    explicit = options.base_url or env.get("TCIA_FETCH_BASE_URL") or from_job
     settings = load_client_settings(base_url=explicit, config_file=_path(options.config_file), env=env)
     download = job.download
     return settings.model_copy(
@@ -125,7 +128,7 @@ async def plan(
     options = options or RunOptions()
     spec = _as_job(job, options)
     clock = clock or SystemClock()
-    settings = await anyio.to_thread.run_sync(_client_settings, spec, options, dict(os.environ))
+    settings = await anyio.to_thread.run_sync(resolve_client_settings, spec, options, dict(os.environ))
     items: list[PlannedSeries] = []
 
     async def collect(item: PlannedSeries) -> None:
@@ -179,7 +182,7 @@ async def fetch(
     out = _path(options.out) or (Path(spec.output.dest) if spec.output.dest else None)
     if out is None:
         raise InputError("no destination: give --out DIR or set [output].dest in the job file")
-    settings = await anyio.to_thread.run_sync(_client_settings, spec, options, dict(os.environ))
+    settings = await anyio.to_thread.run_sync(resolve_client_settings, spec, options, dict(os.environ))
     concurrency = options.concurrency or spec.download.concurrency
     if concurrency < 1:
         raise InputError(f"--concurrency must be at least 1, got {concurrency}")
