@@ -78,17 +78,8 @@ def good_uids() -> list[str]:
 def test_run_verifies_reports_and_resumes(tmp_path: Path, server: str) -> None:
     out, report = tmp_path / "out", tmp_path / "report.json"
     uids = good_uids()
-    result = run_cli(
-        "run",
-        str(manifest(tmp_path, uids)),
-        "--out",
-        str(out),
-        "--base-url",
-        server,
-        "--report",
-        str(report),
-        "--quiet",
-    )
+    run_args = ("run", str(manifest(tmp_path, uids)), "--out", str(out), "--base-url", server)
+    result = run_cli(*run_args, "--report", str(report), "--quiet")
     assert result.returncode == 0, result.stderr
     document = json.loads(report.read_text())
     assert (document["planned"], document["done"], document["skipped"], document["failed"]) == (
@@ -109,17 +100,7 @@ def test_run_verifies_reports_and_resumes(tmp_path: Path, server: str) -> None:
     assert json.loads(status.stdout)["done"] == len(uids)
     assert run_cli("verify", str(out)).returncode == 0
 
-    again = run_cli(
-        "run",
-        str(manifest(tmp_path, uids)),
-        "--out",
-        str(out),
-        "--base-url",
-        server,
-        "--report",
-        str(report),
-        "--quiet",
-    )
+    again = run_cli(*run_args, "--report", str(report), "--quiet")
     assert again.returncode == 0
     assert json.loads(report.read_text())["skipped"] == len(uids)
 
