@@ -116,7 +116,13 @@ class Destination:
             self._make_real_directory(directory)
         self._probe_write()
 
-    def _make_real_directory(self, directory: Path) -> None:
+    @staticmethod
+    def _make_real_directory(directory: Path) -> None:
+        """Create ``directory`` (or accept it) only if it is a real directory, never a symlink.
+
+        A link planted in a shared data lake could otherwise redirect downloads outside the
+        destination (reliability.md E11).
+        """
         try:
             os.mkdir(directory, 0o755)
         except FileExistsError:
@@ -127,8 +133,13 @@ class Destination:
             mode = os.lstat(directory).st_mode
         except OSError as exc:
             raise storage_error(exc, action="inspect", path=directory) from exc
+        if stat.S_ISLNK(mode):
+            raise DestinationError(
+                f"{directory} is a symbolic link; refusing to write through it (a planted link could "
+                "redirect downloads outside the destination)"
+            )
         if not stat.S_ISDIR(mode):
-            raise DestinationError(f"{directory} is a symlink or not a directory; refusing to use it")
+            raise DestinationError(f"{directory} exists and is not a directory")
 
     def _probe_write(self) -> None:
         probe = (
@@ -265,23 +276,7 @@ class Destination:
         current = self.root
         for component in _checked_parts(relative)[:-1]:
             current = current / component
-            try:
-                os.mkdir(current, 0o755)
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise storage_error(exc, action="create", path=current) from exc
-            try:
-                mode = os.lstat(current).st_mode
-            except OSError as exc:
-                raise storage_error(exc, action="inspect", path=current) from exc
-            if stat.S_ISLNK(mode):
-                raise DestinationError(
-                    f"{current} is a symbolic link; refusing to write through it (a planted link could "
-                    "redirect downloads outside the destination)"
-                )
-            if not stat.S_ISDIR(mode):
-                raise DestinationError(f"{current} exists and is not a directory")
+            self._make_real_directory(current)
         return current
 
     @staticmethod

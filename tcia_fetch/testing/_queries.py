@@ -347,15 +347,22 @@ def _series_rows(
     return rows
 
 
+async def _series_response(
+    state: ServerState, generation: int, request: web.Request, entries: list[SeriesEntry]
+) -> web.StreamResponse:
+    """getSeries-shaped rows for ``entries`` (v4 or legacy columns), after any query faults."""
+    deltas = await _slow_and_sizes(state, (entry.uid for entry in entries))
+    columns = SERIES_COLUMNS if generation == 4 else LEGACY_SERIES_COLUMNS
+    return _respond(_series_rows(entries, deltas, generation), columns, _param(request, "format"))
+
+
 async def get_series(state: ServerState, generation: int, request: web.Request) -> web.StreamResponse:
     """Series rows by any combination of filters (none = every public series)."""
     rejected = check_allowed(request, _allowed(generation, (*_GET_SERIES_PARAMS, "format")))
     if rejected:
         return rejected
     entries = _filtered(state, request, _GET_SERIES_PARAMS)
-    deltas = await _slow_and_sizes(state, (entry.uid for entry in entries))
-    columns = SERIES_COLUMNS if generation == 4 else LEGACY_SERIES_COLUMNS
-    return _respond(_series_rows(entries, deltas, generation), columns, _param(request, "format"))
+    return await _series_response(state, generation, request, entries)
 
 
 async def get_updated_series(state: ServerState, generation: int, request: web.Request) -> web.StreamResponse:
@@ -374,9 +381,7 @@ async def get_updated_series(state: ServerState, generation: int, request: web.R
     except ValueError:
         return text_response(500, SERVER_ERROR_NULL)
     entries = [entry for entry in state.visible() if entry.date_released > since]
-    deltas = await _slow_and_sizes(state, (entry.uid for entry in entries))
-    columns = SERIES_COLUMNS if generation == 4 else LEGACY_SERIES_COLUMNS
-    return _respond(_series_rows(entries, deltas, generation), columns, _param(request, "format"))
+    return await _series_response(state, generation, request, entries)
 
 
 async def get_series_size(state: ServerState, generation: int, request: web.Request) -> web.StreamResponse:
