@@ -19,9 +19,8 @@ this module and stop the run.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Literal, Protocol
@@ -54,6 +53,7 @@ from tcia_fetch.series.extract import SeriesExtractor, VerifiedSeries
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.journal import FileEntry, Journal, SeriesRecord
 from tcia_fetch.store.layout import render_series_path
+from tcia_fetch.store.records import json_safe_metadata
 
 __all__ = ["FEED_BATCH_BYTES", "ImageSource", "SeriesJob", "SeriesWorker"]
 
@@ -270,7 +270,7 @@ class SeriesWorker:
     async def _publish(self, item: PlannedSeries, verified: VerifiedSeries, staging: Path) -> None:
         relative = render_series_path(self.job.layout, item.metadata)
         files = tuple(FileEntry(f.name, f.size, f.md5) for f in verified.files)
-        metadata = json_safe_row(item.metadata)
+        metadata = json_safe_metadata(item.metadata)
 
         def record(status: Literal["verified", "done"]) -> SeriesRecord:
             return SeriesRecord(
@@ -361,7 +361,7 @@ class SeriesWorker:
             reason=exc.message,
             reference=exc.reference,
             attempts=attempts,
-            metadata=json_safe_row(item.metadata),
+            metadata=json_safe_metadata(item.metadata),
         )
         with anyio.CancelScope(shield=True):
             await self._append(record)
@@ -383,18 +383,3 @@ def _feed_and_finish(extractor: SeriesExtractor, tail: bytes) -> VerifiedSeries:
     if tail:
         extractor.feed(tail)
     return extractor.finish()
-
-
-def json_safe_row(row: Mapping[str, object]) -> dict[str, object]:
-    """A server row with dates in the server's own ``MM-DD-YYYY`` form, ready for JSON."""
-    safe: dict[str, object] = {}
-    for key, value in row.items():
-        if isinstance(value, datetime):
-            safe[key] = value.isoformat()
-        elif isinstance(value, date):
-            safe[key] = value.strftime("%m-%d-%Y")
-        elif value is None or isinstance(value, (str, int, float, bool)):
-            safe[key] = value
-        else:
-            safe[key] = str(value)
-    return safe

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import datetime
 import io
+import re
 from collections.abc import Iterable, Mapping
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -119,6 +120,7 @@ SOP_CLASS_NAMES: Final[Mapping[str, str]] = {
     "1.2.840.10008.5.1.4.1.1.481.5": "RT Plan Storage",
 }
 
+_ISO_DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _SIZE_UNITS: Final = ((10**12, "TB"), (10**9, "GB"), (10**6, "MB"), (10**3, "KB"))
 
 
@@ -151,6 +153,17 @@ def _text(value: object) -> str:
     return str(value)
 
 
+def _date_text(value: object) -> str:
+    """A date column as the NBIA Data Retriever prints it (``MM-DD-YYYY``).
+
+    The journal stores dates as ISO strings (``json_safe_metadata``); they are turned back here so
+    metadata.csv keeps DR's form whatever representation the metadata arrived in.
+    """
+    if isinstance(value, str) and _ISO_DATE.fullmatch(value):
+        return datetime.date.fromisoformat(value).strftime("%m-%d-%Y")
+    return _text(value)
+
+
 def _timestamp(moment: datetime.datetime) -> str:
     local = moment.astimezone() if moment.tzinfo is not None else moment
     return local.replace(tzinfo=None).isoformat(timespec="milliseconds")
@@ -173,6 +186,7 @@ def metadata_csv_row(
     (empty when not given). Counts and sizes come from verification, not from the server.
     """
     row = {column: _text(metadata.get(key)) for column, key in _SERVER_KEYS.items()}
+    row["Study Date"] = _date_text(metadata.get(_SERVER_KEYS["Study Date"]))
     relative = location.lstrip("/")
     row.update(
         {

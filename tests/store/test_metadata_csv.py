@@ -148,3 +148,15 @@ def test_sop_class_names() -> None:
     assert sop_class_name("1.2.840.10008.5.1.4.1.1.481.3") == "RT Structure Set Storage"
     assert sop_class_name("1.2.3.4") == "1.2.3.4"
     assert sop_class_name(None) == "null"
+
+
+def test_iso_study_date_from_the_journal_prints_as_dr_does() -> None:
+    row = metadata_csv_row(
+        {"StudyDate": "1998-12-05", "SeriesInstanceUID": "1.2.3"},
+        instance_count=1,
+        dicom_bytes=10,
+        location="C/P/S/1.2.3",
+        sop_class_uid=None,
+        downloaded_at=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+    )
+    assert row["Study Date"] == "12-05-1998"
