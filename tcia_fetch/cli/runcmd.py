@@ -25,6 +25,7 @@ from tcia_fetch.engine.report import RunReport, RunStats
 from tcia_fetch.engine.run import RunOptions, fetch, plan
 from tcia_fetch.errors import InputError
 from tcia_fetch.plan.model import PlannedSeries, PlanSummary
+from tcia_fetch.plan.suggest import unmatched_tables
 
 __all__ = ["parse_size", "plan_command", "print_report", "run_command_cli"]
 
@@ -187,8 +188,15 @@ def print_report(report: RunReport, *, quiet: bool = False, console: Console | N
             f"[red]failed[/red] {failure.series_uid}: {failure.reference}: {failure.reason}",
             soft_wrap=True,
         )
+    empty = [finding.get("message", "") for finding in report.plan.get("empty_queries", [])]
     for error in report.plan_errors:
-        console.print(f"[red]query failed[/red]: {error}", soft_wrap=True)
+        label = "matched nothing" if error in empty else "query failed"
+        console.print(f"[red]{label}[/red]: ", end="", soft_wrap=True)
+        console.print(error, soft_wrap=True, markup=False)
+    for message in empty:
+        if message not in report.plan_errors:
+            console.print("[yellow]note[/yellow]: ", end="", soft_wrap=True)
+            console.print(message, soft_wrap=True, markup=False)
     if not quiet and report.input_problems:
         console.print(
             f"{len(report.input_problems)} input line(s) were not UIDs; see the report's input_problems"
@@ -229,7 +237,8 @@ def plan_command(
         click.echo(json.dumps(document, indent=2))
     else:
         _print_plan(items, summary)
-    sys.exit(1 if summary.problems or summary.query_errors else 0)
+    unmatched = unmatched_tables(summary.empty_queries)
+    sys.exit(1 if summary.problems or summary.query_errors or unmatched else 0)
 
 
 def _print_plan(items: list[PlannedSeries], summary: PlanSummary) -> None:
@@ -251,4 +260,9 @@ def _print_plan(items: list[PlannedSeries], summary: PlanSummary) -> None:
         console.print(f"[red]cannot plan[/red] {problem.series_uid} ({problem.origin}): {problem.reason}")
     for error in summary.query_errors:
         console.print(f"[red]query failed[/red]: {error}")
+    unmatched = unmatched_tables(summary.empty_queries)
+    for finding in summary.empty_queries:
+        label = "[red]matched nothing[/red]: " if finding in unmatched else "[yellow]note[/yellow]: "
+        console.print(label, end="", soft_wrap=True)
+        console.print(finding.message, soft_wrap=True, markup=False)
     del items

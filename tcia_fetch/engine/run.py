@@ -43,6 +43,7 @@ from tcia_fetch.errors import InputError, TciaFetchError, redact_url
 from tcia_fetch.job.jobfile import JobSpec, load_job
 from tcia_fetch.plan.model import PlannedSeries, PlanSummary
 from tcia_fetch.plan.planner import Planner, PlannerOptions
+from tcia_fetch.plan.suggest import unmatched_tables
 from tcia_fetch.store.atomic import write_text_atomic
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.journal import Journal
@@ -363,7 +364,9 @@ async def _finish(
     report.throttled = stats.throttled
     report.duplicates = summary.duplicates
     report.plan = summary.as_dict()
-    report.plan_errors = list(summary.query_errors)
+    # A [[query]] that matched nothing at all is a mistake (exit 1); see plan/suggest.py.
+    unmatched = [finding.message for finding in unmatched_tables(summary.empty_queries)]
+    report.plan_errors = list(summary.query_errors) + unmatched
     report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     report.duration_s = time.monotonic() - started
     if journal is not None:

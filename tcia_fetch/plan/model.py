@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from tcia_fetch.plan.suggest import EmptyQuery
 from tcia_fetch.series.expectation import SeriesExpectation
 
 __all__ = ["CollectionTotals", "PlanProblem", "PlanSummary", "PlannedSeries"]
@@ -83,6 +84,8 @@ class PlanSummary:
     problems: list[PlanProblem] = field(default_factory=list)
     query_errors: list[str] = field(default_factory=list)
     duplicates: int = 0
+    #: Queries that matched no series, each with the filter to blame and the closest values.
+    empty_queries: list[EmptyQuery] = field(default_factory=list)
 
     def add(self, item: PlannedSeries) -> None:
         """Count one planned series."""
@@ -124,6 +127,7 @@ class PlanSummary:
             },
             "problems": [p.as_dict() for p in self.problems],
             "query_errors": list(self.query_errors),
+            "empty_queries": [finding.as_dict() for finding in self.empty_queries],
         }
 
 

@@ -26,6 +26,7 @@ from tcia_fetch.engine.retry import RetryPolicy, retry_call
 from tcia_fetch.errors import MetadataError, TciaFetchError
 from tcia_fetch.job.jobfile import JobSpec, SeriesQuery
 from tcia_fetch.plan.model import PlannedSeries, PlanProblem, PlanSummary, frozen_row
+from tcia_fetch.plan.suggest import EmptyQueryExplainer, client_exclusions
 from tcia_fetch.series.expectation import SeriesExpectation
 
 __all__ = ["Planner", "PlannerOptions", "SeriesSource"]
@@ -135,6 +136,7 @@ class Planner:
         self.skipped: list[str] = []
         #: Every unique series this run is responsible for (planned, skipped or unplannable).
         self.named: list[str] = []
+        self._explainer = EmptyQueryExplainer(source, call=self._call)
 
     async def run(self, emit: Emit) -> PlanSummary:
         """Plan the whole job, handing each series to ``emit`` as soon as it is known."""
@@ -241,6 +243,18 @@ class Planner:
         accepted = [
             row for row in rows if query.accepts(row.image_count, row.series_date, row.series_description)
         ]
+        if not accepted:  # never silent: say which filter matched nothing, and what was meant
+            self.summary.empty_queries.append(
+                await self._explainer.explain(
+                    origin,
+                    filters,
+                    server_rows=len(rows),
+                    excluded=client_exclusions(query, rows),
+                    table=index,
+                    combinations=len(query.server_filter_sets()),
+                )
+            )
+            return
         claimed = [row for row in accepted if self._claim(row.series_uid)]
         if self._options.full_metadata:
             for start in range(0, len(claimed), self._options.metadata_chunk):
