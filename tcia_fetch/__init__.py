@@ -2,6 +2,11 @@
 
 The public surface, for scripts and notebooks::
 
+    import tcia_fetch as tf
+
+    df = tf.series(collection="HNSCC", modality="CT")       # pandas DataFrames (tcia-fetch[pandas])
+    report = tf.download(df[df.ImageCount > 50], out="data/")  # also inside Jupyter's running loop
+
     import tcia_fetch
 
     report = tcia_fetch.run("job.toml", tcia_fetch.RunOptions(out="/data/tcia"))        # sync
@@ -24,12 +29,36 @@ from tcia_fetch.engine.run import RunOptions, fetch, plan, run
 from tcia_fetch.errors import (
     InputError,
     IntegrityError,
+    MissingDependencyError,
     SeriesUnavailableError,
     StorageError,
     TciaFetchError,
     TransportError,
 )
 from tcia_fetch.job.jobfile import JobSpec, load_job
+from tcia_fetch.notebook import (
+    DownloadReport,
+    EmptyResultWarning,
+    body_parts,
+    body_parts_async,
+    collections,
+    collections_async,
+    configure,
+    download,
+    download_async,
+    manufacturers,
+    manufacturers_async,
+    modalities,
+    modalities_async,
+    patients,
+    patients_async,
+    series,
+    series_async,
+    series_size,
+    series_size_async,
+    studies,
+    studies_async,
+)
 
 try:
     __version__ = version("tcia-fetch")
@@ -38,9 +67,12 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "ClientSettings",
+    "DownloadReport",
+    "EmptyResultWarning",
     "InputError",
     "IntegrityError",
     "JobSpec",
+    "MissingDependencyError",
     "NBIAClient",
     "RunOptions",
     "RunReport",
@@ -50,8 +82,27 @@ __all__ = [
     "TciaFetchError",
     "TransportError",
     "__version__",
+    "body_parts",
+    "body_parts_async",
+    "collections",
+    "collections_async",
+    "configure",
+    "download",
+    "download_async",
     "fetch",
     "load_job",
+    "manufacturers",
+    "manufacturers_async",
+    "modalities",
+    "modalities_async",
+    "patients",
+    "patients_async",
     "plan",
     "run",
+    "series",
+    "series_async",
+    "series_size",
+    "series_size_async",
+    "studies",
+    "studies_async",
 ]

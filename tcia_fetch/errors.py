@@ -41,6 +41,7 @@ batch log is enough to act on.
     │   │   └── FinalPathExistsError    a series' final path is taken by something else; per series
     │   └── DestinationBusyError        another live run owns the destination
     ├── JournalError                    the run journal cannot be read or written; fatal
+    ├── MissingDependencyError (ImportError)  an optional extra is not installed; exit 2
     └── SeriesFailedError               a series given up on; recorded in the report, not raised out
 """
 
@@ -70,6 +71,7 @@ __all__ = [
     "InvalidParameterError",
     "JournalError",
     "MetadataError",
+    "MissingDependencyError",
     "NameResolutionError",
     "NotAnArchiveError",
     "RateLimitedError",
@@ -436,3 +438,15 @@ class SeriesFailedError(TciaFetchError):
         self.attempts = attempts
         self.cause = cause
         super().__init__(message, series_uid=series_uid)
+
+
+class MissingDependencyError(TciaFetchError, ImportError):
+    """A feature needs an optional extra that is not installed (``pip install 'tcia-fetch[X]'``).
+
+    Also an ImportError, so code that guards an optional feature with ``except ImportError``
+    keeps working. Raised before any network traffic, hence the bad-input exit code.
+    """
+
+    fatal = True
+    exit_code = EXIT_BAD_INPUT
+    reference = "missing-dependency"

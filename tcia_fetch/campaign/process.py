@@ -7,17 +7,15 @@ process, where its catalog (ground truth), request log and counters can be read 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from tcia_fetch.testing import FakeNBIA, RunningServer
+from tcia_fetch.testing import FakeNBIA, RunningServer, serve_in_background
 
 __all__ = ["cli_command", "serve_in_thread", "start_cli"]
 
@@ -25,42 +23,8 @@ __all__ = ["cli_command", "serve_in_thread", "start_cli"]
 @contextmanager
 def serve_in_thread(fake: FakeNBIA, *, start_timeout_s: float = 60.0) -> Iterator[RunningServer]:
     """Serve ``fake`` on 127.0.0.1 from a daemon thread's event loop until the block exits."""
-    ready = threading.Event()
-    holder: dict[str, object] = {}
-    loop = asyncio.new_event_loop()
-
-    async def main(stop: asyncio.Event) -> None:
-        try:
-            async with fake.serve() as server:
-                holder["server"] = server
-                ready.set()
-                await stop.wait()
-        except BaseException as exc:  # reported to the caller below
-            holder["error"] = exc
-            ready.set()
-
-    stop_event: list[asyncio.Event] = []
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        stop = asyncio.Event()
-        stop_event.append(stop)
-        loop.run_until_complete(main(stop))
-        loop.close()
-
-    thread = threading.Thread(target=run, name="fake-nbia", daemon=True)
-    thread.start()
-    if not ready.wait(start_timeout_s):
-        raise TimeoutError("the fake server did not start")
-    if "error" in holder:
-        raise RuntimeError(f"the fake server failed to start: {holder['error']!r}")
-    server = holder["server"]
-    assert isinstance(server, RunningServer)
-    try:
-        yield server
-    finally:
-        loop.call_soon_threadsafe(stop_event[0].set)
-        thread.join(timeout=30)
+    with serve_in_background(fake, start_timeout_s=start_timeout_s) as background:
+        yield background.server
 
 
 def cli_command(*args: str) -> list[str]:

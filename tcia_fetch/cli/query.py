@@ -16,13 +16,12 @@ from typing import Any, TypeVar
 import click
 
 from tcia_fetch.api.client import NBIAClient
+from tcia_fetch.api.lookup import filter_series_rows, run_query, series_columns
 from tcia_fetch.api.models import PatientRow, SeriesRow, ServerRow, StudyRow, ValueCount, ValueList
 from tcia_fetch.api.where import parse_where
 from tcia_fetch.cli.common import CommandInterruptedError, die, exit_interrupted, run_command
 from tcia_fetch.cli.render import OutputFormat, parse_columns, render_rows
 from tcia_fetch.config import load_client_settings
-from tcia_fetch.engine.clock import SystemClock
-from tcia_fetch.engine.retry import RetryPolicy, retry_call
 from tcia_fetch.errors import EXIT_SOME_FAILED, TciaFetchError
 
 __all__ = ["query"]
@@ -86,17 +85,11 @@ def _common_options(command: _F) -> _F:
     return command
 
 
-#: Everyday look-ups retry what the server says is temporary (429 with Retry-After, 5xx, a cut
-#: connection) a few times; a rejected query (400) fails at once.
-_QUERY_RETRY = RetryPolicy(attempts=4, base_s=0.5, cap_s=10.0)
-
-
 def _run(base_url: str | None, config_file: Path | None, action: Callable[[NBIAClient], Awaitable[_T]]) -> _T:
     settings = load_client_settings(base_url=base_url, config_file=config_file)
 
     async def main() -> _T:
-        async with NBIAClient(settings) as client:
-            return await retry_call(lambda: action(client), policy=_QUERY_RETRY, clock=SystemClock())
+        return await run_query(settings, action)
 
     try:
         return run_command(main)
@@ -351,7 +344,7 @@ def series(
     columns: str | None,
 ) -> None:
     """List series (getSeries), optionally filtered further with --where."""
-    known = [*_aliases(SeriesRow), "CollectionURI", "TimeStamp"]
+    known = series_columns()
     if where_text is not None:
         parse_where(where_text, known_keys=None)  # syntax errors before any request
     rows: list[SeriesRow] = _run(
@@ -368,13 +361,7 @@ def series(
             series_uid=series_uid,
         ),
     )
-    server_rows = [row.server_dict() for row in rows]
-    if where_text is not None:
-        keys = set(known)
-        for row in server_rows:
-            keys.update(row)
-        predicate = parse_where(where_text, known_keys=keys)
-        server_rows = [row for row in server_rows if predicate.matches(row)]
+    server_rows = filter_series_rows([row.server_dict() for row in rows], where_text)
     _emit(
         server_rows,
         output_format=output_format,

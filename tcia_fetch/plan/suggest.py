@@ -286,8 +286,12 @@ class EmptyQueryExplainer:
         if server_rows:
             note = client_side_note(server_rows, excluded or {})
             return EmptyQuery(
-                origin, dict(filters), f"{origin} ({shown}): {note}", server_rows=server_rows,
-                table=table, combinations=combinations,
+                origin,
+                dict(filters),
+                f"{origin} ({shown}): {note}",
+                server_rows=server_rows,
+                table=table,
+                combinations=combinations,
             )
         lists: dict[str, Sequence[str | None]] = {}
         culprit: Culprit | None = None
@@ -306,9 +310,15 @@ class EmptyQueryExplainer:
         if culprit is not None:
             message = culprit_message(culprit, total_available=total)
             return EmptyQuery(
-                origin, dict(filters), f"{origin} ({shown}): {message}", culprit=culprit.name,
-                value=culprit.value, suggestions=culprit.suggestions, available=culprit.available,
-                table=table, combinations=combinations,
+                origin,
+                dict(filters),
+                f"{origin} ({shown}): {message}",
+                culprit=culprit.name,
+                value=culprit.value,
+                suggestions=culprit.suggestions,
+                available=culprit.available,
+                table=table,
+                combinations=combinations,
             )
         checked = [name for name in CHECK_ORDER if name in lists]
         if checked and all(name in checked for name in filters):
@@ -316,8 +326,11 @@ class EmptyQueryExplainer:
         else:
             detail = "no series has these values"
         return EmptyQuery(
-            origin, dict(filters), f"{origin} ({shown}) matched no series: {detail}",
-            table=table, combinations=combinations,
+            origin,
+            dict(filters),
+            f"{origin} ({shown}) matched no series: {detail}",
+            table=table,
+            combinations=combinations,
         )
 
     async def _values(self, name: str, filters: Mapping[str, str]) -> list[str | None] | None:

@@ -24,6 +24,9 @@ Load: ``LoadModel(bytes_per_s_per_connection, first_byte_delay_s, max_concurrent
 retry_after_s, query_delay_s)``. Legacy v2: ``server.token_url``; ``fake.stats().token_grants`` /
 ``token_refreshes`` count successful grants; ``fake.expire_tokens()`` expires every access token.
 
+From synchronous code (a notebook, a script): ``server = serve_in_background(catalog=...)`` serves from a
+daemon thread; ``server.base_url``, ``server.stop()`` (or ``with serve_in_background() as server:``).
+
 Command line: ``python -m tcia_fetch.testing serve --port 0 --port-file PATH ...`` (see ``--help``).
 
 Memory and speed: a catalog holds only metadata; each series builds one pydicom header template on first
@@ -32,12 +35,14 @@ cached raw and deflated, so a multi-GB series is streamed without ever being hel
 recompression.
 """
 
+from tcia_fetch.testing._background import BackgroundServer, serve_in_background
 from tcia_fetch.testing._catalog import Catalog, InstanceFile, SeriesEntry
 from tcia_fetch.testing._faults import FaultKind, FaultPlan, FaultRule
 from tcia_fetch.testing._load import LoadModel, ServerStats
 from tcia_fetch.testing._server import FakeNBIA, RequestRecord, RunningServer
 
 __all__ = [
+    "BackgroundServer",
     "Catalog",
     "FakeNBIA",
     "FaultKind",
@@ -49,4 +54,5 @@ __all__ = [
     "RunningServer",
     "SeriesEntry",
     "ServerStats",
+    "serve_in_background",
 ]
