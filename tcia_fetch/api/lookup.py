@@ -7,7 +7,7 @@ temporary) and how ``--where`` filters ``getSeries`` rows, so the command line a
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 from tcia_fetch.api.client import NBIAClient
@@ -16,8 +16,30 @@ from tcia_fetch.api.where import parse_where
 from tcia_fetch.config import ClientSettings
 from tcia_fetch.engine.clock import SystemClock
 from tcia_fetch.engine.retry import RetryPolicy, retry_call
+from tcia_fetch.errors import InputError
+from tcia_fetch.plan.suggest import EmptyQuery, EmptyQueryExplainer
 
-__all__ = ["QUERY_RETRY", "column_names", "filter_series_rows", "run_query", "series_columns"]
+__all__ = [
+    "QUERY_RETRY",
+    "SERIES_FILTERS",
+    "column_names",
+    "filter_series_rows",
+    "find_series",
+    "run_query",
+    "series_columns",
+]
+
+#: The server-side filters of ``getSeries``, as ``NBIAClient.series`` names them.
+SERIES_FILTERS = (
+    "collection",
+    "patient_id",
+    "study_uid",
+    "modality",
+    "body_part",
+    "manufacturer",
+    "manufacturer_model",
+    "series_uid",
+)
 
 _T = TypeVar("_T")
 
@@ -51,3 +73,38 @@ def filter_series_rows(rows: Sequence[dict[str, object]], where_text: str | None
         keys.update(row)
     predicate = parse_where(where_text, known_keys=keys)
     return [row for row in rows if predicate.matches(row)]
+
+
+async def find_series(
+    settings: ClientSettings, filters: Mapping[str, str | None], where_text: str | None, *, origin: str
+) -> tuple[list[dict[str, object]], EmptyQuery | None]:
+    """``getSeries`` rows (server's keys) kept by ``where_text``; when none, why none.
+
+    The explanation (:mod:`tcia_fetch.plan.suggest`) names the filter that matched nothing and
+    the closest valid values, or the ``--where`` that excluded every row the server matched.
+    Unknown filter names and ``--where`` syntax errors are InputErrors before any request.
+    """
+    unknown = sorted(set(filters) - set(SERIES_FILTERS))
+    if unknown:
+        raise InputError(
+            f"unknown filter {unknown[0]!r} (filters: {', '.join(SERIES_FILTERS)})", source=origin
+        )
+    if where_text is not None:
+        parse_where(where_text, known_keys=None)  # syntax errors before any request
+    given = {key: value for key, value in filters.items() if value is not None}
+
+    async def action(client: NBIAClient) -> tuple[list[dict[str, object]], EmptyQuery | None]:
+        server_rows = [row.server_dict() for row in await client.series(**given)]
+        rows = filter_series_rows(server_rows, where_text)
+        if rows:
+            return rows, None
+        explainer = EmptyQueryExplainer(client)
+        if server_rows:
+            excluded = {f"where {where_text!r}": len(server_rows)}
+            finding = await explainer.explain(origin, given, server_rows=len(server_rows), excluded=excluded)
+            return rows, finding
+        if not given:
+            return rows, EmptyQuery(origin, {}, f"{origin}: the server returned no series")
+        return rows, await explainer.explain(origin, given)
+
+    return await run_query(settings, action)

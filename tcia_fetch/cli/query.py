@@ -9,6 +9,8 @@ print one line to stderr and exit with the error's ``exit_code``.
 from __future__ import annotations
 
 import functools
+import io
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,13 +18,14 @@ from typing import Any, TypeVar
 import click
 
 from tcia_fetch.api.client import NBIAClient
-from tcia_fetch.api.lookup import filter_series_rows, run_query, series_columns
-from tcia_fetch.api.models import PatientRow, SeriesRow, ServerRow, StudyRow, ValueCount, ValueList
-from tcia_fetch.api.where import parse_where
+from tcia_fetch.api.lookup import find_series, run_query, series_columns
+from tcia_fetch.api.models import PatientRow, ServerRow, StudyRow, ValueCount, ValueList
 from tcia_fetch.cli.common import CommandInterruptedError, die, exit_interrupted, run_command
-from tcia_fetch.cli.render import OutputFormat, parse_columns, render_rows
+from tcia_fetch.cli.render import OutputFormat, check_columns, parse_columns, render_rows
 from tcia_fetch.config import load_client_settings
-from tcia_fetch.errors import EXIT_SOME_FAILED, TciaFetchError
+from tcia_fetch.errors import EXIT_SOME_FAILED, InputError, TciaFetchError
+from tcia_fetch.notebook import frames
+from tcia_fetch.store.atomic import write_bytes_atomic_sync, write_text_atomic_sync
 
 __all__ = ["query"]
 
@@ -55,6 +58,32 @@ def _aliases(model: type[ServerRow]) -> list[str]:
     return [field.alias or name for name, field in model.model_fields.items()]
 
 
+_OUTPUT_KEY = "tcia_fetch.query.output"
+
+
+def _remember_output(context: click.Context, param: click.Parameter, value: Path | None) -> None:
+    """``--output`` is kept on the context, so every subcommand gets it without a new argument."""
+    context.meta[_OUTPUT_KEY] = value
+
+
+def _output_path() -> Path | None:
+    context = click.get_current_context(silent=True)
+    value = context.meta.get(_OUTPUT_KEY) if context is not None else None
+    return value if isinstance(value, Path) else None
+
+
+def _check_output(output_format: object) -> None:
+    """Refuse what cannot work before any request: parquet needs its extra and a non-terminal target."""
+    if output_format != "parquet":
+        return
+    frames.require_parquet()
+    if _output_path() is None and sys.stdout.isatty():
+        raise InputError(
+            "parquet is binary: give --output FILE, or redirect stdout to a file or pipe",
+            source="--format parquet",
+        )
+
+
 def _common_options(command: _F) -> _F:
     """Options every subcommand takes: where the server is and how to print."""
     options = (
@@ -73,12 +102,22 @@ def _common_options(command: _F) -> _F:
         click.option(
             "--format",
             "output_format",
-            type=click.Choice(["table", "json", "jsonl", "csv"]),
+            type=click.Choice(["table", "json", "jsonl", "csv", "parquet"]),
             default="table",
             show_default=True,
-            help="Output format; json keeps the server's rows and key names.",
+            help="Output format; json keeps the server's rows and key names; parquet (binary, needs "
+            "tcia-fetch[pandas]) keeps counts as integers and dates as dates.",
         ),
         click.option("--columns", metavar="A,B", help="Columns to show, named as the server names them."),
+        click.option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            type=click.Path(path_type=Path, dir_okay=False),
+            expose_value=False,
+            callback=_remember_output,
+            help="Write the output to FILE (atomically) instead of stdout.",
+        ),
     )
     for option in reversed(options):
         command = option(command)
@@ -103,6 +142,7 @@ def _reports_errors(command: _F) -> _F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            _check_output(kwargs.get("output_format"))
             return command(*args, **kwargs)
         except TciaFetchError as exc:
             die(exc)
@@ -119,9 +159,14 @@ def _emit(
     known_columns: Sequence[str] = (),
     title: str | None = None,
 ) -> None:
+    output = _output_path()
+    if output_format == "parquet":
+        _emit_parquet(rows, parse_columns(columns), known_columns or default_columns, output)
+        return
     fmt: OutputFormat = "table"
     if output_format in ("json", "jsonl", "csv"):
         fmt = "json" if output_format == "json" else "jsonl" if output_format == "jsonl" else "csv"
+    stream = io.StringIO() if output is not None else None
     render_rows(
         rows,
         output_format=fmt,
@@ -129,7 +174,31 @@ def _emit(
         default_columns=default_columns,
         known_columns=known_columns,
         title=title,
+        stream=stream,
     )
+    if output is not None and stream is not None:
+        write_text_atomic_sync(output, stream.getvalue())
+
+
+def _emit_parquet(
+    rows: Sequence[dict[str, object]],
+    columns: Sequence[str] | None,
+    known: Sequence[str],
+    output: Path | None,
+) -> None:
+    """The rows as Parquet (same dtypes as the notebook's DataFrames) to ``output`` or stdout."""
+    if columns is not None:
+        check_columns(columns, rows, known)
+    frame = frames.rows_frame(rows, known)
+    if columns is not None:
+        frame = frame[[name for name in columns if name in frame.columns]]
+    buffer = io.BytesIO()
+    frames.write_parquet(frame, buffer)
+    if output is not None:
+        write_bytes_atomic_sync(output, buffer.getvalue())
+    else:
+        sys.stdout.buffer.write(buffer.getvalue())
+        sys.stdout.buffer.flush()
 
 
 @click.group()
@@ -343,25 +412,29 @@ def series(
     output_format: str,
     columns: str | None,
 ) -> None:
-    """List series (getSeries), optionally filtered further with --where."""
+    """List series (getSeries), optionally filtered further with --where.
+
+    A query that matches nothing prints a note on stderr naming the filter to blame and the
+    closest valid values (exit code 0: an empty listing is still an answer).
+    """
     known = series_columns()
-    if where_text is not None:
-        parse_where(where_text, known_keys=None)  # syntax errors before any request
-    rows: list[SeriesRow] = _run(
-        base_url,
-        config_file,
-        lambda c: c.series(
-            collection=collection,
-            patient_id=patient_id,
-            study_uid=study_uid,
-            modality=modality,
-            body_part=body_part,
-            manufacturer=manufacturer,
-            manufacturer_model=manufacturer_model,
-            series_uid=series_uid,
-        ),
-    )
-    server_rows = filter_series_rows([row.server_dict() for row in rows], where_text)
+    filters = {
+        "collection": collection,
+        "patient_id": patient_id,
+        "study_uid": study_uid,
+        "modality": modality,
+        "body_part": body_part,
+        "manufacturer": manufacturer,
+        "manufacturer_model": manufacturer_model,
+        "series_uid": series_uid,
+    }
+    settings = load_client_settings(base_url=base_url, config_file=config_file)
+    try:
+        server_rows, finding = run_command(lambda: find_series(settings, filters, where_text, origin="query"))
+    except CommandInterruptedError as interrupted:
+        exit_interrupted(interrupted.signum)
+    if finding is not None:
+        click.echo(f"tcia-fetch: note: {finding.message}", err=True)
     _emit(
         server_rows,
         output_format=output_format,

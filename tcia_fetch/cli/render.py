@@ -20,7 +20,7 @@ from rich.table import Table
 
 from tcia_fetch.errors import InputError
 
-__all__ = ["OutputFormat", "all_columns", "parse_columns", "render_rows"]
+__all__ = ["OutputFormat", "all_columns", "check_columns", "parse_columns", "render_rows"]
 
 OutputFormat = Literal["table", "json", "jsonl", "csv"]
 
@@ -52,9 +52,10 @@ def _cell(value: object) -> str:
     return json.dumps(value) if isinstance(value, dict | list | bool) else str(value)
 
 
-def _check_columns(
+def check_columns(
     columns: Sequence[str], rows: Sequence[Mapping[str, object]], known: Iterable[str]
 ) -> None:
+    """Refuse a ``--columns`` name that neither the rows nor the endpoint has."""
     available = set(known) | set(all_columns(rows))
     unknown = [name for name in columns if name not in available]
     if unknown:
@@ -81,7 +82,7 @@ def render_rows(
     """
     out = stream if stream is not None else sys.stdout
     if columns is not None:
-        _check_columns(columns, rows, known_columns)
+        check_columns(columns, rows, known_columns)
     if output_format == "json":
         payload = [dict(row) if columns is None else {k: row[k] for k in columns if k in row} for row in rows]
         out.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")

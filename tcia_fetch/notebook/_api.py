@@ -26,9 +26,8 @@ import anyio
 import anyio.to_thread
 
 from tcia_fetch.api.client import NBIAClient
-from tcia_fetch.api.lookup import QUERY_RETRY, column_names, filter_series_rows, run_query, series_columns
+from tcia_fetch.api.lookup import QUERY_RETRY, column_names, find_series, run_query, series_columns
 from tcia_fetch.api.models import PatientRow, StudyRow, ValueCount, ValueList
-from tcia_fetch.api.where import parse_where
 from tcia_fetch.config import ClientSettings, load_client_settings
 from tcia_fetch.engine.clock import SystemClock
 from tcia_fetch.engine.report import RunReport, RunStats
@@ -405,47 +404,10 @@ def studies(
     return _model_frame(found, column_names(StudyRow), 2)
 
 
-_SERIES_FILTERS = (
-    "collection",
-    "patient_id",
-    "study_uid",
-    "modality",
-    "body_part",
-    "manufacturer",
-    "manufacturer_model",
-    "series_uid",
-)
-
-
 async def _series(
     filters: Mapping[str, str | None], where: str | None, base_url: str | None, config_file: PathLike | None
 ) -> _Found:
-    unknown = sorted(set(filters) - set(_SERIES_FILTERS))
-    if unknown:
-        raise InputError(
-            f"unknown filter {unknown[0]!r} (filters: {', '.join(_SERIES_FILTERS)})", source="tf.series"
-        )
-    if where is not None:
-        parse_where(where, known_keys=None)  # syntax errors before any request
-    given = {key: value for key, value in filters.items() if value is not None}
-    settings = await _settings(base_url, config_file)
-
-    async def action(client: NBIAClient) -> _Found:
-        server_rows = [row.server_dict() for row in await client.series(**given)]
-        rows = filter_series_rows(server_rows, where)
-        if rows:
-            return rows, None
-        explainer = EmptyQueryExplainer(client)
-        if server_rows:
-            excluded = {f"where {where!r}": len(server_rows)}
-            return rows, await explainer.explain(
-                "tf.series", given, server_rows=len(server_rows), excluded=excluded
-            )
-        if not given:
-            return rows, EmptyQuery("tf.series", {}, "tf.series: the server returned no series")
-        return rows, await explainer.explain("tf.series", given)
-
-    return await run_query(settings, action)
+    return await find_series(await _settings(base_url, config_file), filters, where, origin="tf.series")
 
 
 async def series_async(

@@ -20,7 +20,15 @@ from tcia_fetch.errors import MissingDependencyError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COUNT_COLUMNS", "DATE_COLUMNS", "failures_frame", "load_pandas", "rows_frame", "write_parquet"]
+__all__ = [
+    "COUNT_COLUMNS",
+    "DATE_COLUMNS",
+    "failures_frame",
+    "load_pandas",
+    "require_parquet",
+    "rows_frame",
+    "write_parquet",
+]
 
 #: Columns holding counts or byte sizes (nullable integers).
 COUNT_COLUMNS = frozenset(
@@ -95,12 +103,18 @@ def failures_frame(failures: Iterable[Mapping[str, object]]) -> pd.DataFrame:
     return frame
 
 
-def write_parquet(frame: pd.DataFrame, target: str | IO[bytes]) -> None:
-    """Write ``frame`` as Parquet (pyarrow engine); a missing pyarrow names the extra."""
+def require_parquet() -> None:
+    """Raise :class:`MissingDependencyError` unless pandas and pyarrow are both installed."""
+    load_pandas()
     try:
-        import pyarrow  # noqa: F401  (pandas' parquet engine; imported here for a clear error)
+        import pyarrow  # noqa: F401  (pandas' Parquet engine; imported here only to fail clearly)
     except ImportError as exc:
         raise MissingDependencyError(
             f"Parquet output needs pyarrow, which is not installed: {_INSTALL_HINT}"
         ) from exc
+
+
+def write_parquet(frame: pd.DataFrame, target: str | IO[bytes]) -> None:
+    """Write ``frame`` as Parquet (pyarrow engine); a missing pyarrow names the extra."""
+    require_parquet()
     frame.to_parquet(target, engine="pyarrow", index=False)
