@@ -516,7 +516,7 @@ def _size_frame(found: tuple[_Rows, list[str]], stacklevel: int) -> pd.DataFrame
     frame = frames.rows_frame(rows, ("SeriesInstanceUID", "TotalSizeInBytes", "ObjectCount"))
     for column in ("TotalSizeInBytes", "ObjectCount"):
         if column not in frame.columns:
-            frame[column] = frames.load_pandas().array([None] * len(frame), dtype="Int64")
+            frame[column] = frames.empty_counts(len(frame))
     return frame[["SeriesInstanceUID", "TotalSizeInBytes", "ObjectCount"]]
 
 
@@ -564,8 +564,7 @@ class DownloadReport(RunReport):
 
     def metadata_frame(self) -> pd.DataFrame:
         """The destination's ``metadata.csv`` (one row per verified series) as a DataFrame."""
-        pandas = frames.load_pandas()
-        return pandas.read_csv(Path(self.destination) / "metadata.csv")
+        return frames.read_csv(Path(self.destination) / "metadata.csv")
 
     def __repr__(self) -> str:
         return (

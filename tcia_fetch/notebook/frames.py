@@ -11,6 +11,7 @@ row models use (:mod:`tcia_fetch.api.parse`), so a DataFrame and the CLI's outpu
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
@@ -23,8 +24,10 @@ if TYPE_CHECKING:
 __all__ = [
     "COUNT_COLUMNS",
     "DATE_COLUMNS",
+    "empty_counts",
     "failures_frame",
     "load_pandas",
+    "read_csv",
     "require_parquet",
     "rows_frame",
     "write_parquet",
@@ -101,6 +104,16 @@ def failures_frame(failures: Iterable[Mapping[str, object]]) -> pd.DataFrame:
     if "attempts" in frame.columns:
         frame["attempts"] = frame["attempts"].astype("Int64")
     return frame
+
+
+def read_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A CSV file (e.g. a destination's ``metadata.csv``) as a DataFrame."""
+    return load_pandas().read_csv(path)
+
+
+def empty_counts(length: int) -> Any:
+    """A nullable integer column of ``length`` missing values."""
+    return load_pandas().array([None] * length, dtype="Int64")
 
 
 def require_parquet() -> None:
