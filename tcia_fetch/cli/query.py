@@ -76,12 +76,12 @@ def _check_output(output_format: object) -> None:
     """Refuse what cannot work before any request: parquet needs its extra and a non-terminal target."""
     if output_format != "parquet":
         return
-    frames.require_parquet()
     if _output_path() is None and sys.stdout.isatty():
         raise InputError(
             "parquet is binary: give --output FILE, or redirect stdout to a file or pipe",
             source="--format parquet",
         )
+    frames.require_parquet()
 
 
 def _common_options(command: _F) -> _F:

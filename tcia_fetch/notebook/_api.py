@@ -102,6 +102,11 @@ async def _settings(base_url: str | None, config_file: PathLike | None) -> Clien
     return await anyio.to_thread.run_sync(lambda: load_client_settings(base_url=explicit, config_file=config))
 
 
+async def _pandas_loaded() -> None:
+    """Import pandas (once, slow) off the event loop, failing early when it is missing."""
+    await anyio.to_thread.run_sync(frames.load_pandas)
+
+
 def _warn(finding: EmptyQuery | None, stacklevel: int) -> None:
     if finding is not None:
         warnings.warn(finding.message, EmptyResultWarning, stacklevel=stacklevel + 1)
@@ -160,7 +165,7 @@ async def collections_async(
     *, counts: bool = False, base_url: str | None = None, config_file: PathLike | None = None
 ) -> pd.DataFrame:
     """Async :func:`collections`."""
-    frames.load_pandas()
+    await _pandas_loaded()
     return _value_frame(await _collections(counts, base_url, config_file), "Collection", counts, 2)
 
 
@@ -198,7 +203,7 @@ async def modalities_async(
     config_file: PathLike | None = None,
 ) -> pd.DataFrame:
     """Async :func:`modalities`."""
-    frames.load_pandas()
+    await _pandas_loaded()
     found = await _modalities(collection, body_part, counts, base_url, config_file)
     return _value_frame(found, "Modality", counts, 2)
 
@@ -242,7 +247,7 @@ async def body_parts_async(
     config_file: PathLike | None = None,
 ) -> pd.DataFrame:
     """Async :func:`body_parts`."""
-    frames.load_pandas()
+    await _pandas_loaded()
     found = await _body_parts(collection, modality, counts, base_url, config_file)
     return _value_frame(found, "BodyPart" if counts else "BodyPartExamined", counts, 2)
 
@@ -294,7 +299,7 @@ async def manufacturers_async(
     config_file: PathLike | None = None,
 ) -> pd.DataFrame:
     """Async :func:`manufacturers`."""
-    frames.load_pandas()
+    await _pandas_loaded()
     found = await _manufacturers(collection, modality, body_part, counts, base_url, config_file)
     return _value_frame(found, "Manufacturer", counts, 2)
 
@@ -343,7 +348,7 @@ async def patients_async(
     config_file: PathLike | None = None,
 ) -> pd.DataFrame:
     """Async :func:`patients`."""
-    frames.load_pandas()
+    await _pandas_loaded()
     found = await _patients(collection, patient_id, base_url, config_file)
     return _model_frame(found, column_names(PatientRow), 2)
 
@@ -385,7 +390,7 @@ async def studies_async(
     config_file: PathLike | None = None,
 ) -> pd.DataFrame:
     """Async :func:`studies`."""
-    frames.load_pandas()
+    await _pandas_loaded()
     found = await _studies(collection, patient_id, study_uid, base_url, config_file)
     return _model_frame(found, column_names(StudyRow), 2)
 
@@ -418,7 +423,7 @@ async def series_async(
     **filters: str | None,
 ) -> pd.DataFrame:
     """Async :func:`series`."""
-    frames.load_pandas()
+    await _pandas_loaded()
     found = await _series(filters, where, base_url, config_file)
     return _model_frame(found, series_columns(), 2)
 
@@ -524,7 +529,7 @@ async def series_size_async(
     series: object, *, base_url: str | None = None, config_file: PathLike | None = None
 ) -> pd.DataFrame:
     """Async :func:`series_size`."""
-    frames.load_pandas()
+    await _pandas_loaded()
     return _size_frame(await _series_size(series, base_url, config_file), 2)
 
 
