@@ -30,6 +30,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
+from tcia_fetch._loop import run_sync
 from tcia_fetch.api.client import NBIAClient
 from tcia_fetch.config import DEFAULT_BASE_URL, ClientSettings, load_client_settings
 from tcia_fetch.engine.breaker import CircuitBreaker
@@ -431,9 +432,13 @@ def _stats_dict(value: object) -> dict[str, object]:
 
 
 def run(job: JobSpec | Path | str, options: RunOptions | None = None) -> RunReport:
-    """Synchronous twin of :func:`fetch` for scripts and notebooks."""
+    """Synchronous twin of :func:`fetch` for scripts and notebooks.
+
+    Inside a running event loop (Jupyter, an async app) the run goes to a private loop in a
+    worker thread (:func:`tcia_fetch._loop.run_sync`) instead of failing.
+    """
 
     async def main() -> RunReport:
         return await fetch(job, options)
 
-    return anyio.run(main, backend="asyncio")
+    return run_sync(main)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import anyio
 import anyio.to_thread
 
+from tcia_fetch._loop import run_sync
 from tcia_fetch.api.client import NBIAClient
 from tcia_fetch.api.lookup import QUERY_RETRY, column_names, find_series, run_query, series_columns
 from tcia_fetch.api.models import PatientRow, StudyRow, ValueCount, ValueList
@@ -36,7 +37,6 @@ from tcia_fetch.engine.run import RunOptions, fetch
 from tcia_fetch.errors import InputError
 from tcia_fetch.job.jobfile import JobSpec, UidOrigin, load_job
 from tcia_fetch.notebook import frames
-from tcia_fetch.notebook._loop import run_sync
 from tcia_fetch.notebook._progress import NotebookProgress, pick_mode
 from tcia_fetch.plan.suggest import EmptyQuery, EmptyQueryExplainer
 from tcia_fetch.uid import uid_problem

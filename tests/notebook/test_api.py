@@ -224,3 +224,18 @@ def test_download_refuses_bad_input_before_any_traffic(tmp_path: Path) -> None:
         tf.download(["1.2.3", "1.2.x"], out=tmp_path)
     with pytest.raises(InputError, match="nothing to download"):
         tf.download(pd.DataFrame({"SeriesInstanceUID": []}), out=tmp_path)
+
+
+def test_tcia_fetch_run_works_inside_a_running_loop(
+    tmp_path: Path, server: BackgroundServer, catalog: Catalog
+) -> None:
+    uid = catalog.series[0].uid
+    manifest = tmp_path / "one.tcia"
+    manifest.write_text(f"ListOfSeriesToDownload=\n{uid}\n")
+
+    async def notebook_cell() -> tf.RunReport:
+        options = tf.RunOptions(out=tmp_path / "out", base_url=server.base_url)
+        return tf.run(manifest, options)  # used to fail: "already running asyncio in this thread"
+
+    report = asyncio.run(notebook_cell())
+    assert report.done == 1 and report.ok

@@ -8,8 +8,8 @@ import threading
 import anyio
 import pytest
 
+from tcia_fetch._loop import loop_is_running, run_sync
 from tcia_fetch.errors import InputError
-from tcia_fetch.notebook._loop import loop_is_running, run_sync
 
 
 async def answer() -> tuple[int, bool]:
@@ -71,3 +71,4 @@ def test_an_interrupt_while_waiting_cancels_the_work_and_lets_its_cleanup_finish
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(in_app())
     assert cleaned.is_set()
+
