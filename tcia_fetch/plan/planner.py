@@ -26,7 +26,7 @@ from tcia_fetch.engine.retry import RetryPolicy, retry_call
 from tcia_fetch.errors import MetadataError, TciaFetchError
 from tcia_fetch.job.jobfile import JobSpec, SeriesQuery
 from tcia_fetch.plan.model import PlannedSeries, PlanProblem, PlanSummary, frozen_row
-from tcia_fetch.plan.suggest import EmptyQueryExplainer, client_exclusions
+from tcia_fetch.plan.suggest import EmptyQueryExplainer, client_exclusions, combination_count
 from tcia_fetch.series.expectation import SeriesExpectation
 
 __all__ = ["Planner", "PlannerOptions", "SeriesSource"]
@@ -251,7 +251,7 @@ class Planner:
                     server_rows=len(rows),
                     excluded=client_exclusions(query, rows),
                     table=index,
-                    combinations=len(query.server_filter_sets()),
+                    combinations=combination_count(query),
                 )
             )
             return

@@ -35,6 +35,7 @@ __all__ = [
     "ValueSource",
     "client_exclusions",
     "closest",
+    "combination_count",
     "describe_filters",
     "find_culprit",
     "unmatched_tables",
@@ -220,6 +221,16 @@ def client_exclusions(query: SeriesQuery, rows: Sequence[Any]) -> dict[str, int]
             if not single.accepts(row.image_count, row.series_date, row.series_description):
                 counts[name] += 1
     return counts
+
+
+def combination_count(query: SeriesQuery) -> int:
+    """How many ``getSeries`` calls ``query`` expands to (without building them)."""
+    count = 1
+    for name in (*CHECK_ORDER, "study_uid", "manufacturer_model"):
+        values = getattr(query, name)
+        if values:
+            count *= len(values)
+    return count
 
 
 def _only(query: SeriesQuery, name: str) -> SeriesQuery:

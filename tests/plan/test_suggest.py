@@ -18,6 +18,7 @@ from tcia_fetch.plan.suggest import (
     EmptyQueryExplainer,
     client_side_note,
     closest,
+    combination_count,
     find_culprit,
     unmatched_tables,
 )
@@ -62,6 +63,16 @@ def test_a_wholly_empty_query_table_blocks_but_one_empty_combination_does_not() 
     assert unmatched_tables(partial + whole) == [whole[0]]
     loose = EmptyQuery("tf.series", {"collection": "X"}, "m")
     assert unmatched_tables([loose]) == [loose]
+
+
+def test_combination_count_matches_the_expansion() -> None:
+    job = parse_job_toml(
+        '[[query]]\ncollection = ["A", "B", "C"]\nmodality = ["CT", "MR"]\nmodel = "X"\n',
+        source="job.toml",
+        base_dir=Path("."),
+    )
+    [query] = job.queries
+    assert combination_count(query) == len(query.server_filter_sets()) == 6
 
 
 def test_client_side_note_names_what_excluded_the_rows() -> None:
