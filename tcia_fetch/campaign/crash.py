@@ -32,9 +32,11 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Protocol
 
 from tcia_fetch._crashpoint import CRASH_POINT_ENV
 from tcia_fetch.campaign.oracle import (
@@ -231,6 +233,46 @@ def _reported(out: Path) -> list[str]:
     return [str(item.get("series_uid")) for item in document.get("failures", []) if isinstance(item, dict)]
 
 
+class _Launch(Protocol):
+    def __call__(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+        stderr: int | IO[bytes] | None = subprocess.DEVNULL,
+    ) -> subprocess.Popen[bytes]: ...
+
+
+@contextmanager
+def _reaper() -> Iterator[_Launch]:
+    """``start_cli`` that kills and reaps, on the way out, every child still running.
+
+    A campaign interrupted by an exception (a timeout, Ctrl-C) must not leave a CLI running
+    behind it, writing into a directory about to be removed.
+    """
+    started: list[subprocess.Popen[bytes]] = []
+
+    def launch(
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+        stderr: int | IO[bytes] | None = subprocess.DEVNULL,
+    ) -> subprocess.Popen[bytes]:
+        proc = start_cli(args, env=env, stdout=stdout, stderr=stderr)
+        started.append(proc)
+        return proc
+
+    try:
+        yield launch
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def run_crash_campaign(
     workdir: Path,
     *,
@@ -257,14 +299,14 @@ def run_crash_campaign(
     (workdir / "logs").mkdir(exist_ok=True)
     planned = [entry.uid for entry in catalog.series]
     fake = FakeNBIA(catalog, load=LoadModel(bytes_per_s_per_connection=bytes_per_s))
-    with serve_in_thread(fake) as server:
+    with serve_in_thread(fake) as server, _reaper() as launch:
         base_url = server.base_url
 
         def args_for(out: Path) -> list[str]:
             return ["run", str(job), "--out", str(out), "--base-url", base_url, "--quiet"]
 
         round_index = 0
-        clean_run_s = _clean_run_seconds(workdir / "reference", args_for, catalog, result)
+        clean_run_s = _clean_run_seconds(workdir / "reference", args_for, catalog, result, launch)
         longest = max_delay_s if max_delay_s is not None else max(1.0, clean_run_s * 1.1)
         while result.kills < kills:
             round_index += 1
@@ -277,7 +319,7 @@ def run_crash_campaign(
                 first = False
                 log = workdir / "logs" / f"round-{round_index:04d}-{result.resumes:05d}.log"
                 with log.open("wb") as sink:
-                    proc = start_cli(args_for(out), stdout=sink, stderr=subprocess.STDOUT)
+                    proc = launch(args_for(out), stdout=sink, stderr=subprocess.STDOUT)
                 target = rng.choice(_TARGETS)
                 if not _wait_for_moment(proc, out, catalog, target, rng.uniform(0.0, longest), longest):
                     proc.send_signal(signal.SIGKILL)
@@ -312,7 +354,7 @@ def run_crash_campaign(
             earlier_last: dict[str, dict[str, FileStamp]] = {}
             _remember(last, earlier_last)
             result.resumes += 1
-            proc = start_cli(args_for(last))
+            proc = launch(args_for(last))
             code = proc.wait(timeout=_RUN_TIMEOUT_S)
             result.exit_codes[code] += 1
             loss = judge_destination(
@@ -325,7 +367,7 @@ def run_crash_campaign(
             for point in startup_points:
                 round_index += 1
                 out = workdir / f"round-{round_index:04d}"
-                _startup_round(out, point, args_for, catalog, planned, result, workdir)
+                _startup_round(out, point, args_for, catalog, planned, result, workdir, launch)
                 if progress is not None:
                     progress(f"crash: start-up pass {pass_index + 1}/{startup_rounds}: killed at {point}")
     result.duration_s = time.monotonic() - started
@@ -340,10 +382,11 @@ def _startup_round(
     planned: list[str],
     result: CrashResult,
     workdir: Path,
+    launch: _Launch,
 ) -> None:
     """Kill after the first publish, restart and kill at ``point``, restart: it must finish."""
     where = f"start-up round at {point}"
-    first = start_cli(args_for(out), env={CRASH_POINT_ENV: "publish.after_rename"})
+    first = launch(args_for(out), env={CRASH_POINT_ENV: "publish.after_rename"})
     if first.wait(timeout=_RUN_TIMEOUT_S) != -signal.SIGKILL:
         result.problems.append(f"{where}: the first run did not die after its first publish")
     result.kills += 1
@@ -352,7 +395,7 @@ def _startup_round(
     earlier: dict[str, dict[str, FileStamp]] = {}
     _remember(out, earlier)
     # From here on no pause: each run starts the instant the previous one is reaped.
-    killed = start_cli(args_for(out), env={CRASH_POINT_ENV: point})
+    killed = launch(args_for(out), env={CRASH_POINT_ENV: point})
     code = killed.wait(timeout=_RUN_TIMEOUT_S)
     result.resumes += 1
     if code == -signal.SIGKILL:
@@ -361,7 +404,7 @@ def _startup_round(
         result.problems.append(f"{where}: the run never reached the point (exit {code})")
     log = workdir / "logs" / f"{out.name}-startup.log"
     with log.open("wb") as sink:
-        final = start_cli(args_for(out), stdout=sink, stderr=subprocess.STDOUT)
+        final = launch(args_for(out), stdout=sink, stderr=subprocess.STDOUT)
         code = final.wait(timeout=_RUN_TIMEOUT_S)
     result.resumes += 1
     result.exit_codes[code] += 1
@@ -379,11 +422,11 @@ def _campaign_files(workdir: Path) -> list[Path]:
 
 
 def _clean_run_seconds(
-    out: Path, args_for: Callable[[Path], list[str]], catalog: Catalog, result: CrashResult
+    out: Path, args_for: Callable[[Path], list[str]], catalog: Catalog, result: CrashResult, launch: _Launch
 ) -> float:
     """Time one uninterrupted run (the kill delays are spread over this length) and judge it."""
     started = time.monotonic()
-    proc = start_cli(args_for(out))
+    proc = launch(args_for(out))
     code = proc.wait(timeout=_RUN_TIMEOUT_S)
     elapsed = time.monotonic() - started
     if code != 0:
