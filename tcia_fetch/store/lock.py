@@ -252,6 +252,8 @@ def acquire_destination(
         lock = _try_link(lock_path, run_id=run_id)
         if lock is not None:
             return lock
+        if time.monotonic() > deadline:
+            raise DestinationBusyError(_stuck_message(lock_path, mutex_path))
         holder = read_holder(lock_path)
         if holder is None:
             continue  # released between our link and our read: try again
@@ -260,8 +262,6 @@ def acquire_destination(
             raise DestinationBusyError(_busy_message(lock_path, holder, stale_after_s))
         if verdict is _Verdict.DEAD and _take_over(lock_path, mutex_path, holder, run_id=run_id):
             continue  # the dead lock is gone (or something changed): look again at once
-        if time.monotonic() > deadline:
-            raise DestinationBusyError(_stuck_message(lock_path, mutex_path))
         time.sleep(pause_s)
         pause_s = min(pause_s * 2, _LONGEST_PAUSE_S)
 

@@ -340,3 +340,14 @@ def test_unsafe_lock_names_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(InputError, match="invalid lock name"):
         acquire_destination(tmp_path, run_id="r", lock_name=name)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_waiting_for_a_takeover_is_bounded_and_says_what_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A live process holding the mutex far longer than a takeover takes (stopped, say).
+    monkeypatch.setattr(lock_module, "_PATIENCE_S", 0.3)
+    _plant_lock(tmp_path, host=host_name(), pid=dead_pid())
+    _plant_lock(tmp_path, host=host_name(), pid=os.getpid(), name=f"{LOCK_NAME}.takeover")
+    with pytest.raises(DestinationBusyError, match=r"takeover mutex .*lock\.takeover is held by pid"):
+        acquire_destination(tmp_path, run_id="new-run")
