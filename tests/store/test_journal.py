@@ -214,6 +214,7 @@ def _write_segment_directly(state_dir: Path, count: int) -> None:
 
 
 @pytest.mark.parametrize("count", [20_000, pytest.param(100_000, marks=pytest.mark.slow)])
+@pytest.mark.timeout(600)  # a hang guard sized for the work: 50 s of wall time seen under load
 def test_open_and_compact_scale_to_many_records(tmp_path: Path, count: int) -> None:
     # CPU time of this process, not wall time: the work of reading 10^5 records (about 3 s here),
     # unmoved by whatever else a loaded machine runs (wall time went to 19 s under load).
