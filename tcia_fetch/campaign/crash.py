@@ -14,6 +14,14 @@ earlier altered (D-3). Which phase each kill hit is read from the frozen destina
 staging directory still filling (downloading), one holding every file (verifying), a
 ``verified`` journal record without ``done`` (publishing), all series done but the process
 alive (finishing), none of these (planning).
+
+Random kills almost never land inside start-up's narrow windows (creating the lock, taking
+over a dead run's lock, reconciliation), so *start-up rounds* kill there by name
+(``TCIA_FETCH_CRASHPOINT``, :mod:`tcia_fetch._crashpoint`). One start-up round per point: a
+run is killed right after its first publish (leaving a dead run's lock, staging and a
+``verified`` record), the next run starts at once and is killed at the named point, the next
+starts at once, with no pause and no inspection in between, and must finish with exit 0, a
+complete and clean destination, and nothing published earlier altered.
 """
 
 from __future__ import annotations
@@ -24,10 +32,13 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Protocol
 
+from tcia_fetch._crashpoint import CRASH_POINT_ENV
 from tcia_fetch.campaign.oracle import (
     STATE_DIR_NAME,
     DataLoss,
@@ -61,6 +72,8 @@ class CrashResult:
     loss: DataLoss = field(default_factory=DataLoss)
     problems: list[str] = field(default_factory=list)
     duration_s: float = 0.0
+    #: Kills at a named start-up point (each followed at once by a restart that must finish).
+    startup_kills: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready figures."""
@@ -72,6 +85,7 @@ class CrashResult:
             "exit_codes": {str(code): count for code, count in sorted(self.exit_codes.items())},
             "series_per_round": self.series_per_round,
             "data_lost": self.loss.counts(),
+            "startup_kills": dict(sorted(self.startup_kills.items())),
             "problems": self.problems,
             "duration_s": round(self.duration_s, 1),
         }
@@ -219,6 +233,46 @@ def _reported(out: Path) -> list[str]:
     return [str(item.get("series_uid")) for item in document.get("failures", []) if isinstance(item, dict)]
 
 
+class _Launch(Protocol):
+    def __call__(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+        stderr: int | IO[bytes] | None = subprocess.DEVNULL,
+    ) -> subprocess.Popen[bytes]: ...
+
+
+@contextmanager
+def _reaper() -> Iterator[_Launch]:
+    """``start_cli`` that kills and reaps, on the way out, every child still running.
+
+    A campaign interrupted by an exception (a timeout, Ctrl-C) must not leave a CLI running
+    behind it, writing into a directory about to be removed.
+    """
+    started: list[subprocess.Popen[bytes]] = []
+
+    def launch(
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+        stderr: int | IO[bytes] | None = subprocess.DEVNULL,
+    ) -> subprocess.Popen[bytes]:
+        proc = start_cli(args, env=env, stdout=stdout, stderr=stderr)
+        started.append(proc)
+        return proc
+
+    try:
+        yield launch
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def run_crash_campaign(
     workdir: Path,
     *,
@@ -228,8 +282,14 @@ def run_crash_campaign(
     bytes_per_s: float = 400_000,
     max_delay_s: float | None = None,
     progress: Callable[[str], None] | None = None,
+    startup_points: Sequence[str] = (),
+    startup_rounds: int = 1,
 ) -> CrashResult:
-    """SIGKILL the CLI ``kills`` times over rounds of the same job; judge after every kill and round."""
+    """SIGKILL the CLI ``kills`` times over rounds of the same job; judge after every kill and round.
+
+    Then ``startup_rounds`` passes over ``startup_points`` (names from
+    :data:`~tcia_fetch._crashpoint.STARTUP_CRASH_POINTS`): one start-up round per point.
+    """
     catalog = catalog or crash_catalog()
     rng = random.Random(seed)
     result = CrashResult(series_per_round=len(catalog.series))
@@ -239,14 +299,14 @@ def run_crash_campaign(
     (workdir / "logs").mkdir(exist_ok=True)
     planned = [entry.uid for entry in catalog.series]
     fake = FakeNBIA(catalog, load=LoadModel(bytes_per_s_per_connection=bytes_per_s))
-    with serve_in_thread(fake) as server:
+    with serve_in_thread(fake) as server, _reaper() as launch:
         base_url = server.base_url
 
         def args_for(out: Path) -> list[str]:
             return ["run", str(job), "--out", str(out), "--base-url", base_url, "--quiet"]
 
         round_index = 0
-        clean_run_s = _clean_run_seconds(workdir / "reference", args_for, catalog, result)
+        clean_run_s = _clean_run_seconds(workdir / "reference", args_for, catalog, result, launch)
         longest = max_delay_s if max_delay_s is not None else max(1.0, clean_run_s * 1.1)
         while result.kills < kills:
             round_index += 1
@@ -259,7 +319,7 @@ def run_crash_campaign(
                 first = False
                 log = workdir / "logs" / f"round-{round_index:04d}-{result.resumes:05d}.log"
                 with log.open("wb") as sink:
-                    proc = start_cli(args_for(out), stdout=sink, stderr=subprocess.STDOUT)
+                    proc = launch(args_for(out), stdout=sink, stderr=subprocess.STDOUT)
                 target = rng.choice(_TARGETS)
                 if not _wait_for_moment(proc, out, catalog, target, rng.uniform(0.0, longest), longest):
                     proc.send_signal(signal.SIGKILL)
@@ -294,7 +354,7 @@ def run_crash_campaign(
             earlier_last: dict[str, dict[str, FileStamp]] = {}
             _remember(last, earlier_last)
             result.resumes += 1
-            proc = start_cli(args_for(last))
+            proc = launch(args_for(last))
             code = proc.wait(timeout=_RUN_TIMEOUT_S)
             result.exit_codes[code] += 1
             loss = judge_destination(
@@ -303,8 +363,58 @@ def run_crash_campaign(
             loss.outside.extend(outside_paths(workdir, last, _campaign_files(workdir)))
             _note(result, loss, "after the final resume")
             result.rounds_completed += 1
+        for pass_index in range(startup_rounds):
+            for point in startup_points:
+                round_index += 1
+                out = workdir / f"round-{round_index:04d}"
+                _startup_round(out, point, args_for, catalog, planned, result, workdir, launch)
+                if progress is not None:
+                    progress(f"crash: start-up pass {pass_index + 1}/{startup_rounds}: killed at {point}")
     result.duration_s = time.monotonic() - started
     return result
+
+
+def _startup_round(
+    out: Path,
+    point: str,
+    args_for: Callable[[Path], list[str]],
+    catalog: Catalog,
+    planned: list[str],
+    result: CrashResult,
+    workdir: Path,
+    launch: _Launch,
+) -> None:
+    """Kill after the first publish, restart and kill at ``point``, restart: it must finish."""
+    where = f"start-up round at {point}"
+    first = launch(args_for(out), env={CRASH_POINT_ENV: "publish.after_rename"})
+    if first.wait(timeout=_RUN_TIMEOUT_S) != -signal.SIGKILL:
+        result.problems.append(f"{where}: the first run did not die after its first publish")
+    result.kills += 1
+    result.phases["publishing"] += 1
+    _note(result, judge_destination(out, catalog, planned=planned, reported=[], clean_finish=False), where)
+    earlier: dict[str, dict[str, FileStamp]] = {}
+    _remember(out, earlier)
+    # From here on no pause: each run starts the instant the previous one is reaped.
+    killed = launch(args_for(out), env={CRASH_POINT_ENV: point})
+    code = killed.wait(timeout=_RUN_TIMEOUT_S)
+    result.resumes += 1
+    if code == -signal.SIGKILL:
+        result.startup_kills[point] += 1
+    else:
+        result.problems.append(f"{where}: the run never reached the point (exit {code})")
+    log = workdir / "logs" / f"{out.name}-startup.log"
+    with log.open("wb") as sink:
+        final = launch(args_for(out), stdout=sink, stderr=subprocess.STDOUT)
+        code = final.wait(timeout=_RUN_TIMEOUT_S)
+    result.resumes += 1
+    result.exit_codes[code] += 1
+    if code != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace")[-600:]
+        result.problems.append(f"{where}: the restart exited {code}: {tail}")
+    loss = judge_destination(out, catalog, planned=planned, reported=_reported(out), earlier=earlier)
+    loss.outside.extend(outside_paths(workdir, out, _campaign_files(workdir)))
+    _note(result, loss, f"after the {where}")
+    result.rounds_completed += 1
 
 
 def _campaign_files(workdir: Path) -> list[Path]:
@@ -312,11 +422,11 @@ def _campaign_files(workdir: Path) -> list[Path]:
 
 
 def _clean_run_seconds(
-    out: Path, args_for: Callable[[Path], list[str]], catalog: Catalog, result: CrashResult
+    out: Path, args_for: Callable[[Path], list[str]], catalog: Catalog, result: CrashResult, launch: _Launch
 ) -> float:
     """Time one uninterrupted run (the kill delays are spread over this length) and judge it."""
     started = time.monotonic()
-    proc = start_cli(args_for(out))
+    proc = launch(args_for(out))
     code = proc.wait(timeout=_RUN_TIMEOUT_S)
     elapsed = time.monotonic() - started
     if code != 0:

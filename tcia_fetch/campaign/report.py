@@ -178,6 +178,13 @@ class CampaignFigures:
                 f"{self.crash.rounds_completed} rounds of {self.crash.series_per_round} series completed "
                 f"(kills landing while: {phases})"
             )
+            if self.crash.startup_kills:
+                startup = sorted(self.crash.startup_kills.items())
+                points = ", ".join(f"{name} {count}" for name, count in startup)
+                lines.append(
+                    f"crash     {sum(self.crash.startup_kills.values())} SIGKILLs at named start-up points, "
+                    f"each restarted at once (included above: {points})"
+                )
         for outcome in self.local:
             state = (
                 "skipped: " + outcome.skipped if outcome.skipped else ("pass" if outcome.passed else "FAIL")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import anyio
 
+from tcia_fetch._crashpoint import STARTUP_CRASH_POINTS
 from tcia_fetch.campaign.crash import run_crash_campaign
 from tcia_fetch.campaign.faults import SCENARIOS, matrix_catalog, mix_catalog, run_random_mix, run_scenario
 from tcia_fetch.campaign.local import run_disk_full, run_read_only, run_shared_destination
@@ -35,6 +36,8 @@ class CampaignSizes:
     matrix_seeds: int = 1
     mix_runs: int = 2
     kills: int = 20
+    #: Passes over every named start-up crash point (one kill-and-restart round per point).
+    startup_rounds: int = 1
     hostile: int = 200
     fuzz_examples: int = 5_000
     disk_full_sizes_kib: tuple[int, ...] = (700,)
@@ -46,6 +49,7 @@ class CampaignSizes:
             matrix_seeds=3,
             mix_runs=6,
             kills=200,
+            startup_rounds=3,
             hostile=1_000,
             fuzz_examples=100_000,
             disk_full_sizes_kib=(300, 700, 1_100),
@@ -125,7 +129,14 @@ def _crash(
     figures: CampaignFigures, sizes: CampaignSizes, root: Path, seed: int, say: Callable[[str], None]
 ) -> None:
     if sizes.kills > 0:
-        figures.crash = run_crash_campaign(root, kills=sizes.kills, seed=seed, progress=say)
+        figures.crash = run_crash_campaign(
+            root,
+            kills=sizes.kills,
+            seed=seed,
+            progress=say,
+            startup_points=STARTUP_CRASH_POINTS,
+            startup_rounds=sizes.startup_rounds,
+        )
 
 
 def _local(figures: CampaignFigures, sizes: CampaignSizes, root: Path, say: Callable[[str], None]) -> None:

@@ -30,6 +30,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
+from tcia_fetch._crashpoint import crash_point
 from tcia_fetch._loop import run_sync
 from tcia_fetch.api.client import NBIAClient
 from tcia_fetch.config import DEFAULT_BASE_URL, ClientSettings, load_client_settings
@@ -216,6 +217,7 @@ async def fetch(
     planner: Planner | None = None
     try:
         journal = await anyio.to_thread.run_sync(lambda: Journal.open(destination.state_dir, run_id=run_id))
+        crash_point("journal.after_open")
         reconciliation = await anyio.to_thread.run_sync(reconcile, destination, journal)
         latest = journal.latest()
         damaged = frozenset(item.series_uid for item in reconciliation.damaged) | frozenset(

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Final, final
 
+from tcia_fetch._crashpoint import crash_point
 from tcia_fetch.errors import DestinationError, FinalPathExistsError
 from tcia_fetch.store._fs import fsync_directory, host_name, pid_is_alive, rename_no_replace, storage_error
 from tcia_fetch.store.atomic import temporary_owner_pid
@@ -232,6 +233,7 @@ class Destination:
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 raise FinalPathExistsError(f"{final_path} appeared while publishing; left untouched") from exc
             raise storage_error(exc, action="publish into", path=final_path) from exc
+        crash_point("publish.after_rename")
         self._sync(parent)
         return final_path
 
@@ -367,7 +369,13 @@ class Destination:
         return removed
 
     def _remove_old_state_litter(self, cutoff: float) -> int:
-        """Probe files, atomic-write temporaries and set-aside locks left in the state dir by crashes."""
+        """Probe files, atomic-write temporaries and set-aside locks left in the state dir by crashes.
+
+        Lock temporaries (``.lock~HOST~PID~NONCE.tmp``, also for the takeover mutex and set-aside
+        locks) match the hidden ``.tmp`` rule: ``acquire_destination`` removes those of a dead
+        writer on this host at once; those of other hosts go here, by age. ``lock.stale.*`` is
+        what older versions set aside.
+        """
         removed = 0
         try:
             entries = list(os.scandir(self.state_dir))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Final
 
+from tcia_fetch._crashpoint import crash_point
 from tcia_fetch.errors import DestinationError
 from tcia_fetch.store._fs import describe_os_error
 from tcia_fetch.store.destination import Destination, default_live_owner
@@ -94,6 +95,7 @@ def reconcile(
 ) -> Reconciliation:
     """Bring journal and disk back in line after any crash; see the module docstring."""
     removed = destination.cleanup_leftovers(live_owner=live_owner)
+    crash_point("reconcile.after_cleanup")
     done: list[str] = []
     adopted: list[str] = []
     damaged: list[Damage] = []

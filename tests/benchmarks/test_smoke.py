@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.skipif(
     shutil.which("curl") is None or shutil.which("unzip") is None, reason="needs curl and unzip"
 )
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(300)  # a hang guard, not a timing: 33 s seen on a loaded 2-core machine
 def test_smoke_scenario_writes_a_complete_results_document(tmp_path: Path) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
@@ -47,7 +47,7 @@ def test_smoke_scenario_writes_a_complete_results_document(tmp_path: Path) -> No
         env=env,
         capture_output=True,
         text=True,
-        timeout=50,
+        timeout=280,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,9 +57,9 @@ def fake_server_process(tmp_path: Path, args: Sequence[str] = ()) -> Iterator[st
         log.close()
 
 
-def cli(*args: str, **kwargs: object) -> subprocess.Popen[bytes]:
+def cli(*args: str, extra_env: Mapping[str, str] | None = None, **kwargs: object) -> subprocess.Popen[bytes]:
     """Start ``python -m tcia_fetch ARGS`` (the same entry point as the console script)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "tcia_fetch", *args], env=env, **kwargs)  # type: ignore[call-overload]
 
 

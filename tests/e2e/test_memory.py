@@ -89,6 +89,7 @@ def _high_water_kb(pid: int) -> int:
     return 0
 
 
+@pytest.mark.timeout(600)  # a hang guard sized for the work: 63 s seen on a loaded 2-core machine
 def test_peak_memory_is_flat_in_series_size(tmp_path: Path) -> None:
     small = peak_rss_mb(tmp_path / "small", 2, 1_000_000)
     large = peak_rss_mb(tmp_path / "large", LARGE_INSTANCES, 5_000_000)

@@ -16,10 +16,17 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tcia_fetch.campaign.faults import FAST_RETRY, SCENARIOS, FaultScenario, download_requests, run_scenario
+from tcia_fetch.campaign.faults import (
+    FAST_RETRY,
+    SCENARIOS,
+    FaultScenario,
+    download_requests,
+    politeness_violations,
+    run_scenario,
+)
 from tcia_fetch.campaign.oracle import judge_destination, published_series
 from tcia_fetch.engine.run import RunOptions, fetch
-from tcia_fetch.testing import Catalog, FakeNBIA, LoadModel
+from tcia_fetch.testing import Catalog, FakeNBIA, LoadModel, RequestRecord
 from tests.engine.oracle import assert_destination
 
 pytestmark = pytest.mark.anyio
@@ -196,3 +203,37 @@ async def test_unknown_series_is_reported_once_and_never_downloaded(
     assert failure.series_uid == unknown and failure.reason
     assert download_requests(fake.request_log, unknown) == []
     assert_destination(tmp_path / "out", small_catalog, done=known, absent=[unknown])
+
+
+def _download(uid: str, status: int, started_at: float) -> RequestRecord:
+    query = {"SeriesInstanceUID": uid}
+    return RequestRecord(
+        method="GET",
+        path="/nbia-api/services/v4/getImage",
+        query=query,
+        query_items=tuple(query.items()),
+        form_items=(),
+        headers={},
+        status=status,
+        started_at=started_at,
+        duration_s=0.01,
+    )
+
+
+def test_politeness_check_judges_the_throttled_series_exactly_and_neighbours_with_room() -> None:
+    # The throttled series' own next request is caused by the 429: any start inside the window
+    # breaks the Retry-After. Another series' request may have been sent before the 429 reached
+    # the client and logged late by a busy server: only a start well after the answer counts.
+    throttled = [_download("A", 429, 10.0)]
+    early_retry = [*throttled, _download("A", 200, 10.03)]
+    late_logged_neighbour = [*throttled, _download("B", 200, 10.2)]
+    neighbour_inside = [*throttled, _download("B", 200, 10.7)]
+    after_the_window = [*throttled, _download("A", 200, 11.02), _download("B", 200, 11.05)]
+
+    def judge(requests: list[RequestRecord]) -> list[str]:
+        return politeness_violations(requests, retry_after_s=1.0, http_date=False, wall_minus_monotonic=0.0)
+
+    assert len(judge(early_retry)) == 1
+    assert judge(late_logged_neighbour) == []
+    assert len(judge(neighbour_inside)) == 1
+    assert judge(after_the_window) == []
