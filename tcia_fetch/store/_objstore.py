@@ -116,14 +116,17 @@ def open_object_store(
         user_agent_extra="tcia-fetch",
     )
     client = session.client("s3", endpoint_url=endpoint, config=config)
-    return ObjectStore(client, location.bucket, policy or RetryPolicy())
+    # TCIA_FETCH_S3_PART_BYTES: multipart part size (S3's minimum is 5 MiB; tests use less on moto).
+    part_bytes = int(env.get("TCIA_FETCH_S3_PART_BYTES") or PART_BYTES)
+    return ObjectStore(client, location.bucket, policy or RetryPolicy(), part_bytes=part_bytes)
 
 
 class ObjectStore:
     """Synchronous, retried, error-translated S3 operations on one bucket (call from threads)."""
 
-    def __init__(self, client: Any, bucket: str, policy: RetryPolicy) -> None:
+    def __init__(self, client: Any, bucket: str, policy: RetryPolicy, *, part_bytes: int = PART_BYTES) -> None:
         self._client = client
+        self.part_bytes = part_bytes
         self.bucket = bucket
         self._policy = policy
         self._rng = random.Random()
@@ -209,13 +212,14 @@ class ObjectStore:
 
     # --- uploads ---------------------------------------------------------------------------------
 
-    def upload_file(self, key: str, path: Path, *, part_bytes: int = PART_BYTES) -> str:
+    def upload_file(self, key: str, path: Path, *, part_bytes: int | None = None) -> str:
         """Upload a local file to ``key``; the key appears whole or not at all. Returns the ETag.
 
         Up to ``part_bytes``: one PUT. Larger: a multipart upload whose parts are retried one by
         one; CompleteMultipartUpload (retried too) is the moment the object appears. On failure
         the upload is aborted; a SIGKILL leaves it open for :meth:`abort_uploads` of the next run.
         """
+        part_bytes = part_bytes or self.part_bytes
         size = path.stat().st_size
         if size <= part_bytes:
             data = path.read_bytes()

@@ -147,7 +147,7 @@ class BucketDestination:
         Called under the bucket lock, so no live run of ours can own an open upload here.
         """
         removed = self._local.cleanup_leftovers()
-        prefix = self.location.key("") + "/" if self.location.prefix else ""
+        prefix = self.location.prefix + "/" if self.location.prefix else ""
         for upload in self.store.open_uploads(prefix):
             self.store.abort_upload(upload.key, upload.upload_id)
             removed += 1
@@ -181,7 +181,7 @@ class BucketDestination:
 
     def stored_objects(self) -> dict[str, ObjectInfo]:
         """Every object under the prefix except the state area, by key (one paged listing)."""
-        prefix = self.location.key("") + "/" if self.location.prefix else ""
+        prefix = self.location.prefix + "/" if self.location.prefix else ""
         state = self.location.key(STATE_PREFIX) + "/"
         return {info.key: info for info in self.store.list(prefix) if not info.key.startswith(state)}
 
