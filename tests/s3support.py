@@ -25,6 +25,8 @@ CANARY_SECRET = "canary-secret-DO-NOT-LEAK-9f8e7d6c5b4a"
 CANARY_TOKEN = "canary-session-token-DO-NOT-LEAK-1a2b3c"
 #: Parts of this size in tests (moto's minimum is lowered below it).
 TEST_PART_BYTES = 8 * 1024
+_CODES = {"503": (503, "SlowDown"), "500": (500, "InternalError"), "403": (403, "AccessDenied")}
+_HOP_HEADERS = ("content-length", "transfer-encoding", "connection", "date", "server")
 
 
 class MotoS3:
@@ -123,8 +125,7 @@ class FaultProxy:
                     return
                 body = self.rfile.read(length) if length else b""
                 if fault is not None:
-                    code = {"503": (503, "SlowDown"), "500": (500, "InternalError"), "403": (403, "AccessDenied")}
-                    status, name = code[fault.kind]
+                    status, name = _CODES[fault.kind]
                     payload = (
                         f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{name}</Code>"
                         f"<Message>injected</Message></Error>"
@@ -142,7 +143,7 @@ class FaultProxy:
                 data = answer.read()
                 self.send_response(answer.status)
                 for key, value in answer.getheaders():
-                    if key.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                    if key.lower() not in _HOP_HEADERS:
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -124,7 +124,9 @@ def open_object_store(
 class ObjectStore:
     """Synchronous, retried, error-translated S3 operations on one bucket (call from threads)."""
 
-    def __init__(self, client: Any, bucket: str, policy: RetryPolicy, *, part_bytes: int = PART_BYTES) -> None:
+    def __init__(
+        self, client: Any, bucket: str, policy: RetryPolicy, *, part_bytes: int = PART_BYTES
+    ) -> None:
         self._client = client
         self.part_bytes = part_bytes
         self.bucket = bucket

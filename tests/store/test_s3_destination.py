@@ -127,7 +127,8 @@ async def test_tar_zst_series_land_whole_in_the_bucket_with_state_catalog_and_cs
     assert "tcia/.tcia-fetch/snapshot.jsonl.zst" in state
     assert "tcia/.tcia-fetch/lock" not in state
     assert "tcia/.tcia-fetch/last-report.json" in state
-    last = json.loads(client.get_object(Bucket=bucket, Key="tcia/.tcia-fetch/last-report.json")["Body"].read())
+    last_report = client.get_object(Bucket=bucket, Key="tcia/.tcia-fetch/last-report.json")["Body"].read()
+    last = json.loads(last_report)
     assert last["done"] == 4
     assert open_uploads(client, bucket) == []  # archives above 8 KiB went up by multipart, all completed
     # A rerun from another machine (a fresh work dir) finds everything done and fetches nothing.
@@ -149,7 +150,7 @@ async def test_keep_zip_stores_the_archive_as_served(
 async def test_keep_dicom_is_refused_for_a_bucket_before_any_traffic(
     tmp_path: Path, catalog: Catalog, moto_s3: MotoS3, bucket: str
 ) -> None:
-    with pytest.raises(InputError, match="tar.zst") as caught:
+    with pytest.raises(InputError, match=r"tar\.zst") as caught:
         await run_to(tmp_path, catalog, f"s3://{bucket}/x", [catalog.series[0].uid], keep="dicom")
     assert caught.value.exit_code == EXIT_BAD_INPUT
     assert list_keys(moto_s3.client(), bucket) == {}
