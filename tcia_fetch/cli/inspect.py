@@ -205,3 +205,35 @@ def verify(dest: str, md5: bool, output_format: str) -> None:
             console.print(table)
             console.print("rerun the job with the same --out to re-download damaged series")
     sys.exit(EXIT_SOME_FAILED if rows else EXIT_OK)
+
+
+@click.command("catalog")
+@click.argument("dest")
+def catalog(dest: str) -> None:
+    """(Re)write DEST's catalog.parquet and instances.parquet from its journal (no network to TCIA)."""
+    from tcia_fetch.store.catalog import CATALOG_NAME, INSTANCES_NAME, write_catalogs
+
+    try:
+        destination, journal = _open(dest)
+        records = sorted(
+            (record for record in journal.latest().values() if record.status == "done"),
+            key=lambda record: record.path or "",
+        )
+        if isinstance(destination, Destination):
+            written = write_catalogs(records, destination.root)
+            where = [str(path) for path in written]
+        else:
+            scratch = Path(tempfile.mkdtemp(prefix="tcia-fetch-catalog-"))
+            try:
+                write_catalogs(records, scratch)
+                where = []
+                for name in (CATALOG_NAME, INSTANCES_NAME):
+                    key = destination.location.key(name)
+                    destination.store.upload_file(key, scratch / name)
+                    where.append(f"s3://{destination.store.bucket}/{key}")
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+    except TciaFetchError as exc:
+        die(exc)
+    click.echo(f"{len(records)} series: {', '.join(where)}")
+    sys.exit(EXIT_OK)

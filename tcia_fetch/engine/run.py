@@ -44,6 +44,7 @@ from tcia_fetch.job.jobfile import JobSpec, load_job
 from tcia_fetch.plan.model import PlannedSeries, PlanSummary
 from tcia_fetch.plan.planner import Planner, PlannerOptions
 from tcia_fetch.store.atomic import write_text_atomic
+from tcia_fetch.store.catalog import catalog_available, write_catalogs
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.home import home_journal, home_lock, open_home, reconcile_home, upload_home_outputs
 from tcia_fetch.store.journal import Journal
@@ -398,6 +399,11 @@ async def _finish(
                 if rec.status == "done"
             ]
             await anyio.to_thread.run_sync(write_metadata_csv, destination.root / "metadata.csv", rows)
+        if catalog_available():  # the Parquet catalog, derived from the same journal records
+            done_records = sorted(
+                (r for r in latest.values() if r.status == "done"), key=lambda r: r.path or ""
+            )
+            await anyio.to_thread.run_sync(write_catalogs, done_records, destination.root)
     text = json.dumps(report.as_dict(), indent=2) + "\n"
     reports_dir = destination.state_dir / "reports"
     await anyio.to_thread.run_sync(lambda: reports_dir.mkdir(parents=True, exist_ok=True))

@@ -113,7 +113,11 @@ async def test_tar_zst_series_land_whole_in_the_bucket_with_state_catalog_and_cs
     keys = list_keys(client, bucket)
     archives = {f"tcia/{uid}/{uid}.tar.zst" for uid in uids}
     assert archives <= set(keys)
-    assert series_keys(keys, "tcia") - archives == {"tcia/metadata.csv"}
+    assert series_keys(keys, "tcia") - archives == {
+        "tcia/metadata.csv",
+        "tcia/catalog.parquet",
+        "tcia/instances.parquet",
+    }
     for series in catalog.series[:4]:
         data = client.get_object(Bucket=bucket, Key=f"tcia/{series.uid}/{series.uid}.tar.zst")["Body"].read()
         members = tar_members(data)
