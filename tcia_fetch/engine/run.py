@@ -399,7 +399,7 @@ async def _finish(
                 if rec.status == "done"
             ]
             await anyio.to_thread.run_sync(write_metadata_csv, destination.root / "metadata.csv", rows)
-        if catalog_available():  # the Parquet catalog, derived from the same journal records
+        if await anyio.to_thread.run_sync(catalog_available):  # Parquet catalog, from the same records
             done_records = sorted(
                 (r for r in latest.values() if r.status == "done"), key=lambda r: r.path or ""
             )
