@@ -21,7 +21,7 @@ import pytest
 
 from tcia_fetch.series.archive import check_tar_zst
 from tcia_fetch.testing import Catalog
-from tests.s3support import (
+from tcia_fetch.testing.s3 import (
     CANARY_KEY_ID,
     CANARY_SECRET,
     CANARY_TOKEN,

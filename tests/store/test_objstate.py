@@ -18,7 +18,7 @@ from tcia_fetch.store.objjournal import open_bucket_journal
 from tcia_fetch.store.objstate import ObjectStateStorage
 from tcia_fetch.store.records import SeriesRecord
 from tcia_fetch.store.statestore import StateStorage
-from tests.s3support import MotoS3, s3_env
+from tcia_fetch.testing.s3 import MotoS3, s3_env
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,9 @@ def test_two_writers_of_one_log_part_are_detected(location: BucketLocation) -> N
         one.append("journal/x.jsonl", b"c\n")  # its cached sequence number is taken
 
 
-def test_journal_records_are_in_the_bucket_before_append_returns(location: BucketLocation, tmp_path: Path) -> None:
+def test_journal_records_are_in_the_bucket_before_append_returns(
+    location: BucketLocation, tmp_path: Path
+) -> None:
     storage = storage_for(location)
     journal = open_bucket_journal(storage, tmp_path / "m1", run_id="r1")
     journal.append(SeriesRecord(series_uid="1.2.3", status="verified", at=1.0, run_id="r1"))

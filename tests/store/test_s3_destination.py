@@ -29,7 +29,7 @@ from tcia_fetch.errors import (
     TciaFetchError,
 )
 from tcia_fetch.testing import Catalog, FakeNBIA
-from tests.s3support import (
+from tcia_fetch.testing.s3 import (
     CANARY_KEY_ID,
     CANARY_SECRET,
     CANARY_TOKEN,

@@ -1,4 +1,6 @@
-"""An S3 API on loopback for tests: moto's server, and a fault-injecting proxy in front of it.
+"""An S3 API on loopback for tests, the campaign and benchmarks: moto, and a fault-injecting proxy.
+
+Needs moto's server (``pip install 'tcia-fetch[test]'``); imported only by those who use it.
 
 ``MotoS3`` starts moto's threaded server on 127.0.0.1 (an ephemeral port) and lowers its minimum
 multipart part size so small test archives still exercise multipart uploads. ``FaultProxy``
@@ -14,11 +16,22 @@ import http.client
 import socket
 import struct
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+__all__ = [
+    "CANARY_KEY_ID",
+    "CANARY_SECRET",
+    "CANARY_TOKEN",
+    "Fault",
+    "FaultProxy",
+    "MotoS3",
+    "list_keys",
+    "open_uploads",
+    "s3_env",
+]
 
 CANARY_KEY_ID = "AKIACANARYKEYID12345"
 CANARY_SECRET = "canary-secret-DO-NOT-LEAK-9f8e7d6c5b4a"
@@ -171,5 +184,3 @@ class FaultProxy:
         self._server.server_close()
 
 
-def iter_objects(client: Any, bucket: str) -> Iterator[str]:
-    yield from list_keys(client, bucket)
