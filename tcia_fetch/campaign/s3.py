@@ -43,6 +43,9 @@ class S3Result:
     lost: int = 0
     refetched: int = 0
     open_uploads: int = 0
+    #: Multipart uploads found open right after a kill (kills that landed mid-upload); the next
+    #: run must abort them.
+    uploads_cut_by_kills: int = 0
     problems: list[str] = field(default_factory=list)
 
     def data_lost(self) -> dict[str, int]:
@@ -58,6 +61,7 @@ class S3Result:
             "kills": self.kills,
             "series": self.series,
             "faults_injected": self.faults_injected,
+            "uploads_cut_by_kills": self.uploads_cut_by_kills,
             **self.data_lost(),
             "problems": self.problems,
         }
@@ -117,7 +121,8 @@ def run_s3_campaign(
                     result.kills += 1
                 proc.wait(timeout=_RUN_TIMEOUT_S)
                 result.partial_visible += _broken_archives(client, bucket, list_keys, result.problems)
-            say(f"s3: {result.kills} kills")
+                result.uploads_cut_by_kills += len(open_uploads(client, bucket))
+            say(f"s3: {result.kills} kills, {result.uploads_cut_by_kills} uploads cut open")
             final = _run(args, env, root / "final.json")
             if final != 0:
                 result.problems.append(f"the run to the end exited {final}")
