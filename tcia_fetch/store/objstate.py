@@ -78,8 +78,9 @@ class ObjectStateStorage:
         """PUT ``<log>/<seq>``; the sequence continues after whatever the log already holds."""
         with self._mutex:
             seq = self._next_seq.get(log)
-            if seq is None:
-                seq = len(self._parts(log))
+            if seq is None:  # continue after the highest part (a half-done delete may leave gaps)
+                parts = self._parts(log)
+                seq = int(parts[-1].rsplit("/", 1)[-1]) + 1 if parts else 0
             self._next_seq[log] = seq + 1
         # create-exclusive: two writers can never interleave parts of one log undetected
         if not self._store.put(self._key(f"{log}/{seq:0{_SEQ_DIGITS}d}"), data, if_absent=True):

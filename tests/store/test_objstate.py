@@ -115,3 +115,17 @@ def test_bucket_lock_refuses_a_live_holder_and_takes_over_a_stale_one(
     assert home.state.read("lock") is not None  # releasing a lost lock never deletes the new holder's
     taken.release()
     assert home.state.read("lock") is None
+
+
+def test_a_log_continues_after_its_highest_part_even_with_gaps(
+    location: BucketLocation, moto_s3: MotoS3
+) -> None:
+    storage = storage_for(location)
+    for data in (b"a\n", b"b\n", b"c\n"):
+        storage.append("journal/g.jsonl", data)
+    # A delete_log killed half-way removed the first part only.
+    moto_s3.client().delete_object(
+        Bucket=location.bucket, Key="lake/tcia/.tcia-fetch/journal/g.jsonl/000000000000"
+    )
+    storage_for(location).append("journal/g.jsonl", b"d\n")
+    assert storage.read_log("journal/g.jsonl") == b"b\nc\nd\n"
