@@ -39,7 +39,11 @@ batch log is enough to act on.
     │   ├── DiskFullError               ENOSPC / EDQUOT
     │   ├── DestinationError            missing, read-only or otherwise unusable destination
     │   │   └── FinalPathExistsError    a series' final path is taken by something else; per series
-    │   └── DestinationBusyError        another live run owns the destination
+    │   ├── DestinationBusyError        another live run owns the destination
+    │   ├── ObjectStoreAuthError        the object store refused our credentials (or found none)
+    │   └── BucketMissingError          the destination bucket does not exist
+    ├── ObjectStoreError                an object-store request failed transiently (5xx, reset); retryable
+    │   └── ObjectStoreThrottledError   503 SlowDown; retryable, throttle
     ├── JournalError                    the run journal cannot be read or written; fatal
     ├── MissingDependencyError (ImportError)  an optional extra is not installed; exit 2
     └── SeriesFailedError               a series given up on; recorded in the report, not raised out
@@ -58,6 +62,7 @@ __all__ = [
     "EXIT_SOME_FAILED",
     "ArchiveCorruptError",
     "ArchiveTooLargeError",
+    "BucketMissingError",
     "ChecksumMismatchError",
     "ConnectError",
     "CountMismatchError",
@@ -74,6 +79,9 @@ __all__ = [
     "MissingDependencyError",
     "NameResolutionError",
     "NotAnArchiveError",
+    "ObjectStoreAuthError",
+    "ObjectStoreError",
+    "ObjectStoreThrottledError",
     "RateLimitedError",
     "RemoteProtocolError",
     "RequestRejectedError",
@@ -419,6 +427,32 @@ class DestinationBusyError(StorageError):
     """Another live tcia-fetch run owns this destination."""
 
     reference = "destination-busy"
+
+
+class ObjectStoreAuthError(StorageError):
+    """The object store refused the credentials from the AWS chain, or there were none."""
+
+    reference = "object-store-credentials"
+
+
+class BucketMissingError(DestinationError):
+    """The bucket named by an ``s3://`` destination does not exist (checked before any download)."""
+
+    reference = "bucket-missing"
+
+
+class ObjectStoreError(TciaFetchError):
+    """An object-store request failed in a way a later attempt may not (5xx, cut connection)."""
+
+    retryable = True
+    reference = "object-store"
+
+
+class ObjectStoreThrottledError(ObjectStoreError):
+    """503 SlowDown: the store asks us to slow down."""
+
+    throttle = True
+    reference = "object-store-throttled"
 
 
 class JournalError(TciaFetchError):

@@ -18,6 +18,7 @@ from tcia_fetch.campaign.fuzz import FuzzResult
 from tcia_fetch.campaign.hostile import HostileResult
 from tcia_fetch.campaign.local import LocalOutcome
 from tcia_fetch.campaign.oracle import DataLoss
+from tcia_fetch.campaign.s3 import S3Result
 
 __all__ = ["CampaignFigures"]
 
@@ -36,6 +37,7 @@ class CampaignFigures:
     hostile: HostileResult | None = None
     fuzz: FuzzResult | None = None
     secrets: SecretsResult | None = None
+    s3: S3Result | None = None
     errors: list[str] = field(default_factory=list)
 
     def loss(self) -> DataLoss:
@@ -60,6 +62,8 @@ class CampaignFigures:
             sum(t.invalid_uids_accepted for t in self.fuzz.targets.values()) if self.fuzz else 0
         )
         figures["secret_leaks"] = len(self.secrets.leaks) if self.secrets else 0
+        if self.s3 is not None:
+            figures.update(self.s3.data_lost())
         return figures
 
     def failures(self) -> list[str]:
@@ -79,6 +83,8 @@ class CampaignFigures:
                 reasons += [f"fuzz {name}: {violation}" for violation in target.violations[:5]]
         if self.secrets is not None:
             reasons += [f"secrets: {problem}" for problem in self.secrets.problems]
+        if self.s3 is not None:
+            reasons += [f"s3: {problem}" for problem in self.s3.problems]
         return reasons + self.errors
 
     @property
@@ -144,6 +150,7 @@ class CampaignFigures:
             "hostile": self.hostile.as_dict() if self.hostile else None,
             "fuzz": self.fuzz.as_dict() if self.fuzz else None,
             "secrets": self.secrets.as_dict() if self.secrets else None,
+            "s3": self.s3.as_dict() if self.s3 else None,
             "failures": self.failures(),
         }
 

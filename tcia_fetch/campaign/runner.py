@@ -26,7 +26,7 @@ from tcia_fetch.campaign.report import CampaignFigures
 
 __all__ = ["PARTS", "CampaignSizes", "run_campaign"]
 
-PARTS = ("faults", "crash", "local", "hostile", "fuzz", "secrets")
+PARTS = ("faults", "crash", "local", "hostile", "fuzz", "secrets", "s3")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class CampaignSizes:
     hostile: int = 200
     fuzz_examples: int = 5_000
     disk_full_sizes_kib: tuple[int, ...] = (700,)
+    s3_kills: int = 3
 
     @classmethod
     def full(cls) -> CampaignSizes:
@@ -53,6 +54,7 @@ class CampaignSizes:
             hostile=1_000,
             fuzz_examples=100_000,
             disk_full_sizes_kib=(300, 700, 1_100),
+            s3_kills=30,
         )
 
     def with_overrides(
@@ -90,6 +92,7 @@ def run_campaign(
             ("hostile", lambda: _hostile(figures, sizes, root / "hostile", seed, say)),
             ("fuzz", lambda: _fuzz(figures, sizes, say)),
             ("secrets", lambda: _secrets(figures, root / "secrets", say)),
+            ("s3", lambda: _s3(figures, sizes, root / "s3", seed, say)),
         ]
         for name, step in steps:
             if name in skip:
@@ -172,6 +175,15 @@ def _fuzz(figures: CampaignFigures, sizes: CampaignSizes, say: Callable[[str], N
         from tcia_fetch.campaign.fuzz import run_fuzz
 
         figures.fuzz = run_fuzz(sizes.fuzz_examples, progress=say)
+
+
+def _s3(
+    figures: CampaignFigures, sizes: CampaignSizes, root: Path, seed: int, say: Callable[[str], None]
+) -> None:
+    """The s3:// destination under object-store faults and SIGKILLs (needs moto: the test extra)."""
+    from tcia_fetch.campaign.s3 import run_s3_campaign
+
+    figures.s3 = run_s3_campaign(root, kills=sizes.s3_kills, seed=seed, progress=say)
 
 
 def _secrets(figures: CampaignFigures, root: Path, say: Callable[[str], None]) -> None:

@@ -9,7 +9,7 @@ import click
 
 from tcia_fetch import __version__
 from tcia_fetch.cli.demo import demo
-from tcia_fetch.cli.inspect import status, verify
+from tcia_fetch.cli.inspect import catalog, status, verify
 from tcia_fetch.cli.query import query
 from tcia_fetch.cli.runcmd import plan_command, run_command_cli
 from tcia_fetch.errors import EXIT_INTERRUPTED
@@ -27,7 +27,7 @@ def cli() -> None:
     """
 
 
-for command in (run_command_cli, plan_command, query, status, verify, demo):
+for command in (run_command_cli, plan_command, query, status, verify, catalog, demo):
     cli.add_command(command)
 
 

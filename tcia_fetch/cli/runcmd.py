@@ -67,7 +67,7 @@ def _options(**kwargs: object) -> RunOptions:
 
 @click.command("run")
 @click.argument("job", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--out", "-o", type=click.Path(path_type=Path, file_okay=False), help="Destination directory.")
+@click.option("--out", "-o", help="Destination: a directory, or s3://bucket/prefix (AWS settings apply).")
 @click.option("--base-url", help="API root, e.g. https://nbia.cancerimagingarchive.net/nbia-api/services/v4/")
 @click.option(
     "--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="Config file (TOML)."
@@ -91,7 +91,9 @@ def _options(**kwargs: object) -> RunOptions:
     help="Directory layout: classic, descriptive, flat, or a template like {Collection}/{SeriesInstanceUID}.",
 )
 @click.option(
-    "--keep", type=click.Choice(["dicom", "zip"]), help="Keep extracted DICOM (default) or the verified zip."
+    "--keep",
+    type=click.Choice(["dicom", "zip", "tar.zst"]),
+    help="Keep extracted DICOM (default), the verified zip, or one tar.zst per series.",
 )
 @click.option("--md5/--no-md5", default=None, help="Check every file's MD5 (default: on).")
 @click.option("--fsync/--no-fsync", default=True, show_default=True, help="fsync files before publishing.")
@@ -108,7 +110,7 @@ def _options(**kwargs: object) -> RunOptions:
 )
 def run_command_cli(
     job: Path,
-    out: Path | None,
+    out: str | None,
     base_url: str | None,
     config_file: Path | None,
     concurrency: int | None,
@@ -117,7 +119,7 @@ def run_command_cli(
     max_rate: float | None,
     max_bandwidth: str | None,
     layout: str | None,
-    keep: Literal["dicom", "zip"] | None,
+    keep: Literal["dicom", "zip", "tar.zst"] | None,
     md5: bool | None,
     fsync: bool,
     skip_invalid: bool,
@@ -202,7 +204,7 @@ def print_report(report: RunReport, *, quiet: bool = False, console: Console | N
             f"{len(report.input_problems)} input line(s) were not UIDs; see the report's input_problems"
         )
     status = "all series verified" if report.ok else f"exit code {report.exit_code}"
-    report_file = Path(report.destination) / ".tcia-fetch" / "last-report.json"
+    report_file = f"{report.destination.rstrip('/')}/.tcia-fetch/last-report.json"
     console.print(f"{status}; report: {report_file}", soft_wrap=True)
 
 

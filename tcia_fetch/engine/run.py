@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 import anyio
@@ -47,11 +47,16 @@ from tcia_fetch.plan.model import PlannedSeries, PlanSummary
 from tcia_fetch.plan.planner import Planner, PlannerOptions
 from tcia_fetch.plan.suggest import unmatched_tables
 from tcia_fetch.store.atomic import write_text_atomic
+from tcia_fetch.store.catalog import catalog_available, write_catalogs
 from tcia_fetch.store.destination import Destination
+from tcia_fetch.store.home import home_journal, home_lock, open_home, reconcile_home, upload_home_outputs
 from tcia_fetch.store.journal import Journal
-from tcia_fetch.store.lock import acquire_destination
+from tcia_fetch.store.location import looks_like_url, parse_destination
 from tcia_fetch.store.metadata_csv import metadata_csv_row, write_metadata_csv
-from tcia_fetch.store.reconcile import DAMAGED_ON_DISK, reconcile
+from tcia_fetch.store.reconcile import DAMAGED_ON_DISK
+
+if TYPE_CHECKING:
+    from tcia_fetch.store.objhome import BucketDestination
 
 __all__ = ["RunOptions", "fetch", "plan", "resolve_client_settings", "run"]
 
@@ -77,7 +82,7 @@ class RunOptions:
     max_requests_per_s: float | None = None
     max_bytes_per_s: float | None = None
     layout: str | None = None
-    keep: Literal["dicom", "zip"] | None = None
+    keep: Literal["dicom", "zip", "tar.zst"] | None = None
     verify_md5: bool | None = None
     fsync: bool = True
     skip_invalid: bool = False
@@ -86,6 +91,8 @@ class RunOptions:
         # Accept plain strings from scripts; store Paths.
         for name in ("out", "config_file", "report_path"):
             value = getattr(self, name)
+            if name == "out" and isinstance(value, str) and looks_like_url(value):
+                continue  # parse_destination decides; Path() would mangle "s3://b" into "s3:/b"
             if isinstance(value, str):
                 object.__setattr__(self, name, Path(value))
 
@@ -182,9 +189,10 @@ async def fetch(
     spec = _as_job(job, options)
     stats = stats or RunStats()
     clock = clock or SystemClock()
-    out = _path(options.out) or (Path(spec.output.dest) if spec.output.dest else None)
-    if out is None:
+    out_value = options.out if options.out is not None else spec.output.dest
+    if out_value is None:
         raise InputError("no destination: give --out DIR or set [output].dest in the job file")
+    out = parse_destination(out_value, source="--out" if options.out is not None else "output.dest")
     settings = await anyio.to_thread.run_sync(resolve_client_settings, spec, options, dict(os.environ))
     concurrency = options.concurrency or spec.download.concurrency
     if concurrency < 1:
@@ -209,16 +217,18 @@ async def fetch(
         input_problems=[str(problem) for problem in spec.problems],
     )
 
-    destination = await anyio.to_thread.run_sync(Destination, out)
+    destination = await anyio.to_thread.run_sync(
+        lambda: open_home(out, keep=series_job.keep, policy=policy)
+    )
     await anyio.to_thread.run_sync(destination.prepare)
-    lock = await anyio.to_thread.run_sync(lambda: acquire_destination(destination.state_dir, run_id=run_id))
+    lock = await anyio.to_thread.run_sync(home_lock, destination, run_id)
     journal: Journal | None = None
     worker: SeriesWorker | None = None
     planner: Planner | None = None
     try:
-        journal = await anyio.to_thread.run_sync(lambda: Journal.open(destination.state_dir, run_id=run_id))
+        journal = await anyio.to_thread.run_sync(home_journal, destination, run_id)
         crash_point("journal.after_open")
-        reconciliation = await anyio.to_thread.run_sync(reconcile, destination, journal)
+        reconciliation = await anyio.to_thread.run_sync(reconcile_home, destination, journal)
         latest = journal.latest()
         damaged = frozenset(item.series_uid for item in reconciliation.damaged) | frozenset(
             uid for uid, rec in latest.items() if rec.status == "failed" and rec.reference == DAMAGED_ON_DISK
@@ -346,7 +356,7 @@ async def _finish(
     planner: Planner | None,
     worker: SeriesWorker | None,
     journal: Journal | None,
-    destination: Destination,
+    destination: Destination | BucketDestination,
     spec: JobSpec,
     options: RunOptions,
     started: float,
@@ -389,12 +399,17 @@ async def _finish(
                     location=rec.path or "",
                     sop_class_uid=rec.sop_class_uid,
                     downloaded_at=datetime.fromtimestamp(rec.at, UTC),
-                    root=destination.root,
+                    root=destination.root if isinstance(destination, Destination) else None,
                 )
                 for rec in sorted(latest.values(), key=lambda r: r.path or "")
                 if rec.status == "done"
             ]
             await anyio.to_thread.run_sync(write_metadata_csv, destination.root / "metadata.csv", rows)
+        if await anyio.to_thread.run_sync(catalog_available):  # Parquet catalog, from the same records
+            done_records = sorted(
+                (r for r in latest.values() if r.status == "done"), key=lambda r: r.path or ""
+            )
+            await anyio.to_thread.run_sync(write_catalogs, done_records, destination.root)
     text = json.dumps(report.as_dict(), indent=2) + "\n"
     reports_dir = destination.state_dir / "reports"
     await anyio.to_thread.run_sync(lambda: reports_dir.mkdir(parents=True, exist_ok=True))
@@ -406,6 +421,7 @@ async def _finish(
     if planner is not None and not report.interrupted:
         plan_text = json.dumps({"run_id": report.run_id, "series": planner.named}) + "\n"
         await write_text_atomic(destination.state_dir / "last-plan.json", plan_text)
+    await anyio.to_thread.run_sync(upload_home_outputs, destination)
 
 
 def _first_fatal(group: BaseExceptionGroup[BaseException]) -> TciaFetchError | None:

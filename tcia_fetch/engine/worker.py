@@ -50,7 +50,7 @@ from tcia_fetch.errors import (
 from tcia_fetch.plan.model import PlannedSeries
 from tcia_fetch.series.expectation import SeriesExpectation
 from tcia_fetch.series.extract import SeriesExtractor, VerifiedSeries
-from tcia_fetch.store.destination import Destination
+from tcia_fetch.store.home import SeriesHome
 from tcia_fetch.store.journal import FileEntry, Journal, SeriesRecord
 from tcia_fetch.store.layout import render_series_path
 from tcia_fetch.store.records import json_safe_metadata
@@ -121,7 +121,7 @@ class SeriesJob:
     """How every series of a run is fetched and stored."""
 
     layout: str
-    keep: Literal["dicom", "zip"]
+    keep: Literal["dicom", "zip", "tar.zst"]
     verify_md5: bool
     new_file_names: bool
     fsync: bool = True
@@ -132,7 +132,7 @@ class SeriesWorker:
     """Shared machinery of a run; ``fetch`` handles one planned series to its end."""
 
     source: ImageSource
-    destination: Destination
+    destination: SeriesHome
     journal: Journal
     job: SeriesJob
     run_id: str

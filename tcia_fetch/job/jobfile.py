@@ -14,7 +14,7 @@ optional, but there must be at least one ``[[query]]`` or a ``[series]`` with so
                                    #   {SeriesInstanceUID}; "descriptive" (NBIA Data Retriever);
                                    # "flat": {SeriesInstanceUID};
                                    # or a template of getSeries column names containing {SeriesInstanceUID}
-    keep = "dicom"                 # "dicom" (extract) or "zip" (the archive as served, still verified)
+    keep = "dicom"                 # "dicom" (extract), "zip" (the archive as served), "tar.zst" (per series)
     new_file_names = false         # 1-001.dcm style names (NewFileNames=Yes)
     metadata_csv = true
 
@@ -77,6 +77,7 @@ from tcia_fetch.job.models import (
 from tcia_fetch.job.text import decode_input, read_input_bytes
 from tcia_fetch.job.uidlist import LineProblem
 from tcia_fetch.job.validation import key_error, validate_model
+from tcia_fetch.store.location import BucketLocation, parse_destination
 from tcia_fetch.uid import uid_problem
 
 # The section models are re-exported: callers may import everything job-related from here.
@@ -239,7 +240,7 @@ def parse_job_mapping(
     model = validate_model(JobFileModel, data, source, None)
     output = model.output
     if output.dest is not None:
-        output = output.model_copy(update={"dest": _absolute(base_dir / Path(output.dest).expanduser())})
+        output = output.model_copy(update={"dest": _resolve_dest(output.dest, base_dir, source)})
     origins, duplicates, problems, problem_count = _explicit_uids(model, source, base_dir, strict)
     if not model.query and not origins:
         raise InputError(
@@ -259,6 +260,14 @@ def parse_job_mapping(
         problems=problems,
         problem_count=problem_count,
     )
+
+
+def _resolve_dest(dest: str, base_dir: Path, source: str) -> str:
+    """An ``s3://`` URL as written (checked); a local path made absolute against the job's directory."""
+    location = parse_destination(dest, source=f"{source}: output.dest")
+    if isinstance(location, BucketLocation):
+        return location.url
+    return _absolute(base_dir / location.expanduser())
 
 
 def _absolute(path: Path) -> str:

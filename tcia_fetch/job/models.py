@@ -119,7 +119,7 @@ class OutputSection(_Section):
 
     dest: str | None = None
     layout: str = "classic"
-    keep: Literal["dicom", "zip"] = "dicom"
+    keep: Literal["dicom", "zip", "tar.zst"] = "dicom"
     new_file_names: bool = False
     metadata_csv: bool = True
 

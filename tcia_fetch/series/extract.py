@@ -47,6 +47,7 @@ from tcia_fetch.errors import (
     TciaFetchError,
     UnsafeArchiveError,
 )
+from tcia_fetch.series.archive import ARCHIVE_SUFFIX, MD5SUMS_NAME, TarZstWriter, md5sums_text
 from tcia_fetch.series.dicom_meta import (
     DICOM_HEAD_BYTES,
     DICOM_MAGIC_END,
@@ -68,7 +69,8 @@ LICENSE_NAME = "LICENSE"
 #: A Part-10 file is at least its preamble and magic.
 MIN_DICOM_FILE_BYTES = DICOM_MAGIC_END
 
-FileKind = Literal["dicom", "license", "zip"]
+FileKind = Literal["dicom", "license", "zip", "tar.zst"]
+Keep = Literal["dicom", "zip", "tar.zst"]
 _MemberKind = Literal["dicom", "license", "md5list"]
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -120,7 +122,9 @@ class SeriesExtractor:
 
     ``keep="dicom"`` writes LICENSE and the DICOM files into ``staging_dir`` (md5hashes.csv is
     verified, not kept); ``keep="zip"`` writes the body as served to ``<series_uid>.zip`` and
-    extracts nothing, with the same verification. ``fsync`` makes each file durable when it is
+    extracts nothing, with the same verification; ``keep="tar.zst"`` spools each member into
+    ``staging_dir`` and moves it into ``<series_uid>.tar.zst`` once verified
+    (:mod:`tcia_fetch.series.archive`). ``fsync`` makes each file durable when it is
     complete and the directory at ``finish()``. ``archive_bytes`` and ``dicom_bytes`` may be
     read between ``feed()`` calls for progress.
     """
@@ -130,7 +134,7 @@ class SeriesExtractor:
         expectation: SeriesExpectation,
         staging_dir: Path,
         *,
-        keep: Literal["dicom", "zip"] = "dicom",
+        keep: Keep = "dicom",
         require_md5: bool = True,
         limits: ArchiveLimits | None = None,
         fsync: bool = True,
@@ -173,6 +177,9 @@ class SeriesExtractor:
         self._zip_name = zip_name
         self._dir_fd: int | None = None
         self._unsynced: list[str] = []
+        self._archive: TarZstWriter | None = None
+        self._archive_fd: int | None = None
+        self._archive_name = f"{uid}{ARCHIVE_SUFFIX}"
         try:
             self._dir_fd = os.open(staging_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
@@ -180,6 +187,13 @@ class SeriesExtractor:
         if keep == "zip":
             try:
                 self._zip_fd = self._create(zip_name)
+            except BaseException:
+                self.close()
+                raise
+        elif keep == "tar.zst":
+            try:
+                self._archive_fd = self._create(self._archive_name)
+                self._archive = TarZstWriter(self._archive_fd, self._write_view)
             except BaseException:
                 self.close()
                 raise
@@ -218,6 +232,8 @@ class SeriesExtractor:
             self._check_totals()
             self._check_md5_list()
             files = tuple(self._files)
+            if self._archive is not None and self._archive_fd is not None:
+                files = (self._finish_archive(),)
             if self._zip_fd is not None:
                 zip_fd, self._zip_fd = self._zip_fd, None
                 self._sync_and_close(zip_fd, self._zip_name)
@@ -243,8 +259,14 @@ class SeriesExtractor:
         if self._closed:
             return
         self._closed = True
-        descriptors = [self._zip_fd, self._current.fd if self._current else None, self._dir_fd]
+        descriptors = [
+            self._zip_fd,
+            self._archive_fd,
+            self._current.fd if self._current else None,
+            self._dir_fd,
+        ]
         self._zip_fd = None
+        self._archive_fd = None
         self._dir_fd = None
         if self._current is not None:
             self._current.fd = None
@@ -282,7 +304,9 @@ class SeriesExtractor:
         if kind == "dicom":
             head_limit = DICOM_HEAD_BYTES if not self._dicom_md5 else DICOM_MAGIC_END
         fd = None
-        if self.keep == "dicom" and kind != "md5list":
+        if self.keep in ("dicom", "tar.zst") and kind != "md5list":
+            if header.name in (self._archive_name, MD5SUMS_NAME) and self.keep == "tar.zst":
+                raise UnsafeArchiveError(f"member name {header.name!r} is reserved for the tar.zst archive")
             fd = self._create(header.name)
         self._current = _OpenMember(
             name=header.name,
@@ -331,7 +355,11 @@ class SeriesExtractor:
             if not self._dicom_md5:
                 self._sop_class_uid = read_sop_class_uid(bytes(member.head))
             self._dicom_md5[member.name] = digest
-        if member.fd is not None:
+        if member.fd is not None and self._archive is not None:
+            fd, member.fd = member.fd, None
+            os.close(fd)
+            self._add_to_archive(member.name, member.size)
+        elif member.fd is not None:
             fd, member.fd = member.fd, None
             self._sync_and_close(fd, member.name)
         if member.kind != "md5list" and self.keep == "dicom":
@@ -403,7 +431,32 @@ class SeriesExtractor:
                     f"{name}: MD5 is {actual} but {MD5_LIST_NAME} says {listed[name]}"
                 )
 
+    # --- the tar.zst archive ------------------------------------------------------------------------
+
+    def _add_to_archive(self, name: str, size: int) -> None:
+        """Move a verified, spooled member into the archive (one member spooled at a time)."""
+        assert self._archive is not None
+        try:
+            self._archive.add_spooled(self._require_dir_fd(), name, size)
+        except OSError as exc:
+            raise self._storage_error(exc, "cannot add to the archive", name) from exc
+
+    def _finish_archive(self) -> VerifiedFile:
+        """Append MD5SUMS, end the zstd frame, and hand the archive to the usual fsync path."""
+        assert self._archive is not None and self._archive_fd is not None
+        try:
+            self._archive.add_bytes(MD5SUMS_NAME, md5sums_text(self._dicom_md5))
+            size, md5 = self._archive.finish()
+        except OSError as exc:
+            raise self._storage_error(exc, "cannot finish", self._archive_name) from exc
+        fd, self._archive_fd = self._archive_fd, None
+        self._sync_and_close(fd, self._archive_name)
+        return VerifiedFile(self._archive_name, size, md5, "tar.zst")
+
     # --- the file system -------------------------------------------------------------------------
+
+    def _write_view(self, fd: int, data: memoryview) -> None:
+        self._write(fd, data, self._archive_name)
 
     def _create(self, name: str) -> int:
         try:

@@ -73,6 +73,8 @@ def tree_fingerprint(out: Path) -> dict[str, str]:
         data = path.read_bytes()
         if rel.as_posix() == "metadata.csv":
             data = _stable_metadata_csv(path)
+        elif rel.as_posix() in ("catalog.parquet", "instances.parquet"):
+            data = _stable_parquet(path)
         result[rel.as_posix()] = hashlib.md5(data).hexdigest()
     return result
 
@@ -84,6 +86,15 @@ def _stable_metadata_csv(path: Path) -> bytes:
     varying = {"Download Timestamp", "Absolute Location"}
     stable = [{k: v for k, v in row.items() if k not in varying} for row in rows]
     return json.dumps(stable, sort_keys=True).encode()
+
+
+def _stable_parquet(path: Path) -> bytes:
+    """A Parquet catalog's rows without the download time (which differs between runs by design)."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(path).to_pylist()
+    stable = [{k: v for k, v in row.items() if k != "tcia_downloaded_at"} for row in rows]
+    return json.dumps(stable, sort_keys=True, default=str).encode()
 
 
 def leftovers(out: Path) -> list[Path]:

@@ -114,7 +114,10 @@ def test_error_names_file_and_key_path(tmp_path: Path) -> None:
         ("[download]\nattempts = 0\n", "job.toml: download.attempts: must be >= 1, got 0"),
         ("[download]\nstall_timeout_s = 0\n", "job.toml: download.stall_timeout_s: must be > 0, got 0"),
         ("[verify]\nmd5 = 1\n", "job.toml: verify.md5: must be true or false, got 1"),
-        ('[output]\nkeep = "tar"\n', "job.toml: output.keep: must be 'dicom' or 'zip', got the string 'tar'"),
+        (
+            '[output]\nkeep = "tar"\n',
+            "job.toml: output.keep: must be 'dicom', 'zip' or 'tar.zst', got the string 'tar'",
+        ),
         ("output = 3\n", "job.toml: output: must be a table, got 3"),
         (
             '[server]\nbase_url = "ftp://x/"\n',

@@ -1,0 +1,163 @@
+"""``python -m benchmarks.lake [--runs N] [--series N] [--out-dir DIR]``: data-lake destinations.
+
+Measures tcia-fetch itself (no peers) writing one job to four places: a local directory with
+``keep = dicom`` and with ``keep = tar.zst``, and an S3 bucket (moto's server on loopback) with
+``keep = tar.zst`` and ``keep = zip``. For each: wall time of the real CLI, objects (files)
+stored and bytes stored, run state excluded. The fake NBIA server runs in this process
+(unthrottled) and the CLI is a child process, as a user runs it; each run gets a fresh
+destination. moto keeps objects in memory, so "to S3" here measures tcia-fetch's side of the
+work (archive, multipart upload, state in the bucket), not a network: a real endpoint adds its
+own latency and bandwidth.
+
+Results: ``<out-dir>/lake-latest.json`` (every run, medians) and ``lake-latest.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report import git_commit, machine_info
+from tcia_fetch.campaign.process import serve_in_thread, start_cli
+from tcia_fetch.testing import Catalog, FakeNBIA
+from tcia_fetch.testing.s3 import MotoS3, list_keys, s3_env
+
+DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
+TARGETS = (("disk", "dicom"), ("disk", "tar.zst"), ("s3", "tar.zst"), ("s3", "zip"))
+
+
+def _catalog(series: int) -> Catalog:
+    return Catalog.generate(
+        seed=97,
+        collections=2,
+        patients_per_collection=max(1, series // 8),
+        series_per_study=4,
+        instances_per_series=(20, 120),
+        instance_bytes=(30_000, 160_000),
+    )
+
+
+def _disk_holdings(root: Path) -> tuple[int, int]:
+    objects = stored = 0
+    for path in root.rglob("*"):
+        if ".tcia-fetch" in path.parts or not path.is_file():
+            continue
+        if path.name in ("metadata.csv", "catalog.parquet", "instances.parquet"):
+            continue
+        objects += 1
+        stored += path.stat().st_size
+    return objects, stored
+
+
+def _run_once(
+    target: str, keep: str, job: Path, base_url: str, moto: MotoS3, scratch: Path, n: int
+) -> dict[str, Any]:
+    env: dict[str, str] = {}
+    if target == "s3":
+        bucket = f"bench-{os.getpid()}-{n}-{keep.replace('.', '')}"
+        client = moto.client()
+        client.create_bucket(Bucket=bucket)
+        env = s3_env(moto.endpoint, scratch / f"work-{n}", scratch)
+        env["TCIA_FETCH_S3_PART_BYTES"] = str(8 << 20)
+        dest = f"s3://{bucket}/lake"
+    else:
+        dest = str(scratch / f"out-{n}")
+    args = ["run", str(job), "--out", dest, "--base-url", base_url, "--keep", keep, "--quiet"]
+    started = time.perf_counter()
+    proc = start_cli(args, env=env, stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=1800)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{target}/{keep} exited {proc.returncode}: {err.decode(errors='replace')[-500:]}")
+    if target == "s3":
+        keys = {
+            key: size
+            for key, size in list_keys(moto.client(), bucket).items()
+            if "/.tcia-fetch/" not in key and not key.endswith((".csv", ".parquet"))
+        }
+        objects, stored = len(keys), sum(keys.values())
+    else:
+        objects, stored = _disk_holdings(Path(dest))
+    return {"target": target, "keep": keep, "seconds": round(elapsed, 3), "objects": objects, "bytes": stored}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.lake", description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--series", type=int, default=32, help="about this many series")
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
+    args = parser.parse_args(argv)
+    catalog = _catalog(args.series)
+    dicom_bytes = sum(series.total_bytes for series in catalog.series)
+    instances = sum(series.instance_count for series in catalog.series)
+    runs: list[dict[str, Any]] = []
+    moto = MotoS3()
+    try:
+        with tempfile.TemporaryDirectory(prefix="tcia-fetch-lake-bench-") as temp:
+            scratch = Path(temp)
+            job = scratch / "list.tcia"
+            uids = "\n".join(series.uid for series in catalog.series)
+            job.write_text(f"manifestVersion=3.0\nListOfSeriesToDownload=\n{uids}\n")
+            with serve_in_thread(FakeNBIA(catalog)) as server:
+                n = 0
+                for run in range(args.runs):
+                    for target, keep in TARGETS:  # interleaved: machine drift is shared
+                        n += 1
+                        result = _run_once(target, keep, job, server.base_url, moto, scratch, n)
+                        result["run"] = run
+                        runs.append(result)
+                        print(json.dumps(result), flush=True)
+    finally:
+        moto.stop()
+    medians = []
+    for target, keep in TARGETS:
+        mine = [r for r in runs if r["target"] == target and r["keep"] == keep]
+        seconds = statistics.median(r["seconds"] for r in mine)
+        medians.append(
+            {
+                "target": target,
+                "keep": keep,
+                "median_seconds": seconds,
+                "verified_MB_per_s": round(dicom_bytes / seconds / 1e6, 1),
+                "objects": mine[0]["objects"],
+                "bytes": mine[0]["bytes"],
+                "bytes_vs_dicom": round(mine[0]["bytes"] / dicom_bytes, 3),
+            }
+        )
+    document = {
+        "benchmark": "lake",
+        "commit": git_commit(),
+        "machine": machine_info(),
+        "job": {"series": len(catalog.series), "instances": instances, "dicom_bytes": dicom_bytes},
+        "runs": runs,
+        "medians": medians,
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "lake-latest.json").write_text(json.dumps(document, indent=2) + "\n")
+    lines = [
+        f"# Data-lake destinations ({len(catalog.series)} series, {instances} instances, "
+        f"{dicom_bytes / 1e6:.1f} MB DICOM; median of {args.runs} runs)",
+        "",
+        "| destination | keep | time (s) | verified MB/s | objects stored | bytes stored | vs DICOM bytes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in medians:
+        lines.append(
+            f"| {row['target']} | {row['keep']} | {row['median_seconds']:.2f} | {row['verified_MB_per_s']} "
+            f"| {row['objects']} | {row['bytes']} | {row['bytes_vs_dicom']} |"
+        )
+    (args.out_dir / "lake-latest.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The S3 part of the campaign: object-store faults and SIGKILLs against an s3:// destination.
+
+moto's S3 server runs on loopback behind a fault proxy (:mod:`tcia_fetch.testing.s3`) that
+injects, on a seeded schedule, 503 SlowDown and 500 on parts, connection resets mid-part,
+failing CompleteMultipartUploads and a 503 on a journal append. The real CLI is started with
+``--out s3://... --keep tar.zst`` and SIGKILLed at random moments; after every kill the bucket is
+inspected as a lister would see it. Then the job is run to its end, and once more.
+
+Data lost (each must be 0): an archive visible under a final key that is not whole
+(``partial_visible``), a series the journal calls done whose object is missing or damaged, or a
+series of the job not stored whole at the end (``lost``), a committed series fetched again by
+the last run (``refetched``), and multipart uploads left open at the end (``open_uploads``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tcia_fetch.campaign.process import serve_in_thread, start_cli
+from tcia_fetch.series.archive import check_tar_zst
+from tcia_fetch.testing import Catalog, FakeNBIA, LoadModel
+
+__all__ = ["S3Result", "run_s3_campaign"]
+
+_RUN_TIMEOUT_S = 300.0
+
+
+@dataclass
+class S3Result:
+    kills: int = 0
+    series: int = 0
+    faults_injected: int = 0
+    partial_visible: int = 0
+    lost: int = 0
+    refetched: int = 0
+    open_uploads: int = 0
+    #: Multipart uploads found open right after a kill (kills that landed mid-upload); the next
+    #: run must abort them.
+    uploads_cut_by_kills: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def data_lost(self) -> dict[str, int]:
+        return {
+            "s3_partial_visible": self.partial_visible,
+            "s3_lost": self.lost,
+            "s3_refetched": self.refetched,
+            "s3_open_uploads": self.open_uploads,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kills": self.kills,
+            "series": self.series,
+            "faults_injected": self.faults_injected,
+            "uploads_cut_by_kills": self.uploads_cut_by_kills,
+            **self.data_lost(),
+            "problems": self.problems,
+        }
+
+
+def _catalog(seed: int) -> Catalog:
+    return Catalog.generate(
+        seed=seed,
+        collections=1,
+        patients_per_collection=2,
+        series_per_study=3,
+        instances_per_series=(3, 6),
+        instance_bytes=(30_000, 60_000),
+    )
+
+
+def run_s3_campaign(
+    root: Path, *, kills: int, seed: int = 7, progress: Callable[[str], None] | None = None
+) -> S3Result:
+    """Faults and ``kills`` SIGKILLs against a moto bucket; see the module docstring."""
+    from tcia_fetch.testing.s3 import Fault, FaultProxy, MotoS3, list_keys, open_uploads, s3_env
+
+    say = progress or (lambda _message: None)
+    rng = random.Random(seed)
+    result = S3Result()
+    catalog = _catalog(seed)
+    result.series = len(catalog.series)
+    root.mkdir(parents=True, exist_ok=True)
+    job = root / "list.tcia"
+    job.write_text(
+        "manifestVersion=3.0\nListOfSeriesToDownload=\n" + "\n".join(s.uid for s in catalog.series) + "\n"
+    )
+    moto = MotoS3()
+    faults = [
+        Fault("503", "PUT", "partNumber=", times=rng.randint(1, 3)),
+        Fault("500", "PUT", "partNumber=", times=rng.randint(1, 3)),
+        Fault("reset", "PUT", "partNumber=", times=rng.randint(1, 2)),
+        Fault("500", "POST", "uploadId=", times=rng.randint(1, 2)),
+        Fault("503", "PUT", "/.tcia-fetch/journal/", times=1),
+    ]
+    proxy = FaultProxy(moto.endpoint, faults)
+    try:
+        client = moto.client()
+        bucket = f"campaign-{seed}-{os.getpid()}"
+        client.create_bucket(Bucket=bucket)
+        env = s3_env(proxy.endpoint, root / "work", root)
+        dest = f"s3://{bucket}/lake"
+        fake = FakeNBIA(catalog, load=LoadModel(bytes_per_s_per_connection=600_000))
+        with serve_in_thread(fake) as server:
+            args = ["run", str(job), "--out", dest, "--base-url", server.base_url]
+            args += ["--keep", "tar.zst", "--quiet"]
+            for _ in range(kills):
+                proc = start_cli(args, env=env)
+                time.sleep(rng.uniform(0.3, 2.5))
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                    result.kills += 1
+                proc.wait(timeout=_RUN_TIMEOUT_S)
+                result.partial_visible += _broken_archives(client, bucket, list_keys, result.problems)
+                result.uploads_cut_by_kills += len(open_uploads(client, bucket))
+            say(f"s3: {result.kills} kills, {result.uploads_cut_by_kills} uploads cut open")
+            final = _run(args, env, root / "final.json")
+            if final != 0:
+                result.problems.append(f"the run to the end exited {final}")
+            again = _run(args, env, root / "again.json")
+            report = json.loads((root / "again.json").read_text()) if (root / "again.json").is_file() else {}
+            result.refetched = int(report.get("done", 0))
+            if again != 0:
+                result.problems.append(f"the repeated run exited {again}")
+        keys = list_keys(client, bucket)
+        result.partial_visible += _broken_archives(client, bucket, list_keys, result.problems)
+        stored = {key.rsplit("/", 1)[-1].removesuffix(".tar.zst") for key in keys if ".tar.zst" in key}
+        result.lost = sum(1 for series in catalog.series if series.uid not in stored)
+        result.open_uploads = len(open_uploads(client, bucket))
+        result.faults_injected = sum(fault.hits for fault in faults)
+    finally:
+        proxy.stop()
+        moto.stop()
+    say(f"s3: data lost {result.data_lost()}")
+    return result
+
+
+def _run(args: list[str], env: dict[str, str], report: Path) -> int:
+    proc = start_cli([*args, "--report", str(report)], env=env, stderr=subprocess.DEVNULL)
+    return proc.wait(timeout=_RUN_TIMEOUT_S)
+
+
+def _broken_archives(
+    client: Any, bucket: str, list_keys: Callable[[Any, str], dict[str, int]], problems: list[str]
+) -> int:
+    broken = 0
+    for key in list_keys(client, bucket):
+        if key.endswith(".tar.zst"):
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            found = check_tar_zst(iter([body])).problems
+            if found:
+                broken += 1
+                problems.append(f"{key} is visible but not whole: {found[0]}")
+    return broken

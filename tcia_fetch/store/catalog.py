@@ -1,0 +1,174 @@
+"""``catalog.parquet`` and ``instances.parquet``: the destination's holdings as Parquet tables.
+
+Derived from the journal, never a second source of truth: written at the end of each run and
+on demand (``tcia-fetch catalog DEST``) from the journal's latest ``done`` records, streamed in
+record batches so a 600k-series destination never sits in memory as one table.
+
+``catalog.parquet``: one row per verified series. Every ``getSeriesMetadata`` column (the
+server's v4 names, as strings exactly as the journal recorded them; a column the server left out
+is null), then tcia-fetch's own columns: ``tcia_path`` (the series' path under the destination
+root, which is also its key under the bucket prefix), ``tcia_files`` (the stored file names),
+``tcia_instance_count``, ``tcia_dicom_bytes``, ``tcia_stored_bytes`` (what the stored files take),
+``tcia_downloaded_at`` (UTC) and ``tcia_sop_class_uid``; metadata keys outside the v4 list go to
+``tcia_extra_metadata`` (JSON).
+
+``instances.parquet``: one row per stored file: ``SeriesInstanceUID``, ``file_name``, ``path``,
+``size``, ``md5``. For ``keep = "zip"``/``"tar.zst"`` the stored file is the series archive (the
+per-instance MD5s are inside a tar.zst's ``MD5SUMS``).
+
+The only module that imports pyarrow (lazily: the CLI does not pay for it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from tcia_fetch.errors import DestinationError
+from tcia_fetch.store.records import SeriesRecord
+
+if TYPE_CHECKING:
+    import pyarrow
+
+__all__ = ["CATALOG_NAME", "INSTANCES_NAME", "METADATA_COLUMNS", "catalog_available", "write_catalogs"]
+
+CATALOG_NAME: Final = "catalog.parquet"
+INSTANCES_NAME: Final = "instances.parquet"
+_BATCH_ROWS: Final = 4096
+
+
+def _metadata_columns() -> tuple[str, ...]:
+    from tcia_fetch.api.models import SeriesMetadataRow
+
+    return tuple(str(field.alias) for field in SeriesMetadataRow.model_fields.values())
+
+
+METADATA_COLUMNS: Final = _metadata_columns()
+
+
+def catalog_available() -> bool:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError as exc:
+        raise DestinationError(
+            "the Parquet catalog needs the optional dependency pyarrow: pip install 'tcia-fetch[parquet]'"
+        ) from exc
+    return pyarrow
+
+
+def _schemas(pa: Any) -> tuple[pyarrow.Schema, pyarrow.Schema]:
+    series = pa.schema(
+        [
+            *(pa.field(name, pa.string()) for name in METADATA_COLUMNS),
+            pa.field("tcia_path", pa.string()),
+            pa.field("tcia_files", pa.list_(pa.string())),
+            pa.field("tcia_instance_count", pa.int64()),
+            pa.field("tcia_dicom_bytes", pa.int64()),
+            pa.field("tcia_stored_bytes", pa.int64()),
+            pa.field("tcia_downloaded_at", pa.timestamp("s", tz="UTC")),
+            pa.field("tcia_sop_class_uid", pa.string()),
+            pa.field("tcia_extra_metadata", pa.string()),
+        ]
+    )
+    instances = pa.schema(
+        [
+            pa.field("SeriesInstanceUID", pa.string()),
+            pa.field("file_name", pa.string()),
+            pa.field("path", pa.string()),
+            pa.field("size", pa.int64()),
+            pa.field("md5", pa.string()),
+        ]
+    )
+    return series, instances
+
+
+def _series_row(record: SeriesRecord) -> dict[str, object]:
+    metadata = dict(record.metadata or {})
+    metadata.setdefault("SeriesInstanceUID", record.series_uid)
+    row: dict[str, object] = {
+        name: (None if metadata.get(name) is None else str(metadata[name])) for name in METADATA_COLUMNS
+    }
+    extra = {key: value for key, value in metadata.items() if key not in row}
+    row.update(
+        tcia_path=record.path,
+        tcia_files=[entry.name for entry in record.files],
+        tcia_instance_count=record.instance_count,
+        tcia_dicom_bytes=record.dicom_bytes,
+        tcia_stored_bytes=record.total_file_bytes,
+        tcia_downloaded_at=int(record.at),
+        tcia_sop_class_uid=record.sop_class_uid,
+        tcia_extra_metadata=json.dumps(extra, sort_keys=True) if extra else None,
+    )
+    return row
+
+
+def _instance_rows(record: SeriesRecord) -> Iterator[dict[str, object]]:
+    for entry in record.files:
+        yield {
+            "SeriesInstanceUID": record.series_uid,
+            "file_name": entry.name,
+            "path": f"{record.path}/{entry.name}" if record.path else entry.name,
+            "size": entry.size,
+            "md5": entry.md5,
+        }
+
+
+def write_catalogs(records: Iterable[SeriesRecord], directory: Path) -> tuple[Path, Path]:
+    """Write both tables into ``directory`` (each atomically: temporary file, then rename).
+
+    ``records`` may be any iterable of journal records (only ``done`` ones are written), read
+    once, in order; rows go out in batches of a few thousand.
+    """
+    pa = _pyarrow()
+    import pyarrow.parquet as pq
+
+    series_schema, instance_schema = _schemas(pa)
+    catalog_path = directory / CATALOG_NAME
+    instances_path = directory / INSTANCES_NAME
+    # Named like store.atomic's temporaries, so startup cleanup removes those of killed writers.
+    catalog_tmp = directory / f".{CATALOG_NAME}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    instances_tmp = directory / f".{INSTANCES_NAME}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    try:
+        with (
+            pq.ParquetWriter(catalog_tmp, series_schema, compression="zstd") as series_out,
+            pq.ParquetWriter(instances_tmp, instance_schema, compression="zstd") as instances_out,
+        ):
+            series_rows: list[dict[str, object]] = []
+            instance_rows: list[dict[str, object]] = []
+            for record in records:
+                if record.status != "done":
+                    continue
+                series_rows.append(_series_row(record))
+                instance_rows.extend(_instance_rows(record))
+                if len(series_rows) >= _BATCH_ROWS:
+                    series_out.write_batch(pa.RecordBatch.from_pylist(series_rows, schema=series_schema))
+                    series_rows.clear()
+                if len(instance_rows) >= _BATCH_ROWS:
+                    batch = pa.RecordBatch.from_pylist(instance_rows, schema=instance_schema)
+                    instances_out.write_batch(batch)
+                    instance_rows.clear()
+            series_out.write_batch(pa.RecordBatch.from_pylist(series_rows, schema=series_schema))
+            instances_out.write_batch(pa.RecordBatch.from_pylist(instance_rows, schema=instance_schema))
+        os.replace(catalog_tmp, catalog_path)
+        os.replace(instances_tmp, instances_path)
+    except OSError as exc:
+        raise DestinationError(
+            f"cannot write the Parquet catalog in {directory}: {exc.strerror or exc}"
+        ) from exc
+    finally:
+        for leftover in (catalog_tmp, instances_tmp):
+            leftover.unlink(missing_ok=True)
+    return catalog_path, instances_path

@@ -1,0 +1,88 @@
+"""The destination contract the engine writes to, and its two homes: a directory or a bucket.
+
+The engine needs, per series: a private staging directory, a verified commit (``publish``, or
+``replace`` for a repair) and a way to discard; per run: a lock, the journal, startup
+reconciliation (committed-series check, leftovers of dead writers), and a place for the report
+files. :class:`SeriesHome` is that per-series protocol; the functions below are the per-run
+part, so ``engine/run.py`` never asks which home it has.
+
+* POSIX home: :class:`~tcia_fetch.store.destination.Destination` (staging dir + ``rename``).
+* Object-store home: :class:`~tcia_fetch.store.objhome.BucketDestination` (local staging +
+  one-object upload completed after verification). Imported lazily: only s3:// runs pay for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Protocol
+
+from tcia_fetch.store.destination import Destination
+from tcia_fetch.store.journal import Journal
+from tcia_fetch.store.location import DestinationLocation
+from tcia_fetch.store.lock import acquire_destination
+from tcia_fetch.store.reconcile import Reconciliation, reconcile
+
+if TYPE_CHECKING:
+    from tcia_fetch.engine.retry import RetryPolicy
+    from tcia_fetch.store.objhome import BucketDestination
+
+__all__ = [
+    "RunLock",
+    "SeriesHome",
+    "home_journal",
+    "home_lock",
+    "open_home",
+    "reconcile_home",
+    "upload_home_outputs",
+]
+
+
+class SeriesHome(Protocol):
+    """What a worker needs from a destination for one series."""
+
+    def new_staging(self, series_uid: str) -> Path: ...
+    def discard(self, staging: Path) -> None: ...
+    def publish(self, staging: Path, relative: PurePosixPath) -> object: ...
+    def replace(self, staging: Path, relative: PurePosixPath) -> object: ...
+
+
+class RunLock(Protocol):
+    def heartbeat(self) -> None: ...
+    def release(self) -> None: ...
+
+
+
+def open_home(
+    location: DestinationLocation, *, keep: str, policy: RetryPolicy | None = None
+) -> Destination | BucketDestination:
+    """The home of ``location``, not yet prepared (call ``prepare()``; it checks access)."""
+    if isinstance(location, Path):
+        return Destination(location)
+    from tcia_fetch.store.objhome import BucketDestination, refuse_unsupported_keep
+
+    refuse_unsupported_keep(keep)
+    return BucketDestination(location, policy=policy)
+
+
+def home_lock(home: Destination | BucketDestination, run_id: str) -> RunLock:
+    if isinstance(home, Destination):
+        return acquire_destination(home.state_dir, run_id=run_id)
+    return home.acquire_lock(run_id)
+
+
+def home_journal(home: Destination | BucketDestination, run_id: str) -> Journal:
+    if isinstance(home, Destination):
+        return Journal.open(home.state_dir, run_id=run_id)
+    return home.open_journal(run_id)
+
+
+def reconcile_home(home: Destination | BucketDestination, journal: Journal) -> Reconciliation:
+    if isinstance(home, Destination):
+        return reconcile(home, journal)
+    return home.reconcile(journal)
+
+
+def upload_home_outputs(home: Destination | BucketDestination) -> None:
+    """Bucket: upload the files the run wrote to its local mirrors. Directory: nothing to do."""
+    if not isinstance(home, Destination):
+        home.upload_outputs()

@@ -1,0 +1,343 @@
+"""The object-store home of a destination: ``s3://bucket/prefix`` with the guarantees of a directory.
+
+Atomicity (the contract, documented in the README): a series is stored as ONE object, its
+verified archive (``keep = "tar.zst"`` or ``"zip"``) at ``<prefix>/<layout path>/<file>``. The
+archive is built and verified completely in a private local staging directory first; only then
+is it uploaded, in one PUT or by a multipart upload that is completed last. S3 makes a key
+visible only when its PUT or CompleteMultipartUpload succeeds, so whoever lists the bucket sees
+a series whole, after it verified, or not at all, even after a SIGKILL. ``keep = "dicom"`` is
+refused for buckets (exit 2): S3 has no atomic multi-object publish, so a lister could see part
+of a series while its objects were copied into place, whatever the staging scheme.
+
+The journal's ``done`` record is written after the upload completed (the worker's usual
+order: ``verified`` -> publish -> ``done``); reconciliation adopts a series whose object exists
+with the verified size when the run died before ``done``, and a rerun never fetches a committed
+series again. Under the bucket lock, startup aborts every multipart upload left open under the
+prefix (only a dead run can own one) and removes local staging of dead runs.
+
+Local working space (staging, the journal mirror, report files before upload) lives in
+``$TCIA_FETCH_WORK_DIR`` or ``$XDG_CACHE_HOME/tcia-fetch/s3/<bucket>-<hash>`` (``~/.cache/...``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Final
+
+from tcia_fetch.engine.retry import RetryPolicy
+from tcia_fetch.errors import DestinationBusyError, FinalPathExistsError, InputError
+from tcia_fetch.series.archive import ARCHIVE_SUFFIX, check_tar_zst
+from tcia_fetch.store._fs import host_name
+from tcia_fetch.store._objstore import ObjectInfo, ObjectStore, open_object_store
+from tcia_fetch.store.destination import Destination, _checked_parts
+from tcia_fetch.store.journal import Journal
+from tcia_fetch.store.location import BucketLocation
+from tcia_fetch.store.lock import DEFAULT_STALE_AFTER_S
+from tcia_fetch.store.objjournal import BucketJournal, open_bucket_journal
+from tcia_fetch.store.objstate import STATE_PREFIX, ObjectStateStorage
+from tcia_fetch.store.reconcile import Damage, Reconciliation
+
+__all__ = ["BucketDestination", "BucketLock", "refuse_unsupported_keep"]
+
+LOCK_NAME: Final = "lock"
+#: Files the run writes at the destination root and in the state area, uploaded at the end.
+ROOT_OUTPUTS: Final = ("metadata.csv", "catalog.parquet", "instances.parquet")
+STATE_OUTPUTS: Final = ("last-report.json", "last-plan.json")
+
+
+def refuse_unsupported_keep(keep: str) -> None:
+    """keep=dicom cannot be published atomically to a bucket: refuse it before any traffic."""
+    if keep == "dicom":
+        raise InputError(
+            "keep = 'dicom' is not supported for s3:// destinations: S3 cannot publish many objects "
+            "atomically, so a listing could show part of a series. Use --keep tar.zst (one "
+            "compressed archive per series) or --keep zip",
+            source="--keep",
+        )
+
+
+def default_work_dir(location: BucketLocation) -> Path:
+    explicit = os.environ.get("TCIA_FETCH_WORK_DIR")
+    if explicit:
+        base = Path(explicit)
+    else:
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        base = Path(cache) / "tcia-fetch" / "s3"
+    digest = hashlib.sha256(location.url.encode("utf-8")).hexdigest()[:12]
+    return base / f"{location.bucket}-{digest}"
+
+
+class BucketDestination:
+    """One ``s3://`` destination. Same per-series methods as :class:`Destination`."""
+
+    def __init__(
+        self,
+        location: BucketLocation,
+        *,
+        store: ObjectStore | None = None,
+        work_dir: Path | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self.location = location
+        self.store = store or open_object_store(location, policy=policy)
+        self.state = ObjectStateStorage(self.store, location)
+        work = work_dir or default_work_dir(location)
+        self._local = Destination(work)
+        #: Local mirrors: files written here by the run are uploaded by :meth:`upload_outputs`.
+        self.root = self._local.root / "out"
+        self.state_dir = self._local.root / "state"
+
+    def __str__(self) -> str:
+        return self.location.url
+
+    # --- setup -----------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Check bucket and credentials (fatal exit 3 before any download), set up local staging."""
+        self.store.check_bucket()
+        self._local.prepare()
+        self.root.mkdir(exist_ok=True)
+        self.state_dir.mkdir(exist_ok=True)
+
+    def final_key(self, relative: PurePosixPath, name: str) -> str:
+        return self.location.key("/".join((*_checked_parts(relative), name)))
+
+    # --- staging and publishing ------------------------------------------------------------------
+
+    def new_staging(self, series_uid: str) -> Path:
+        return self._local.new_staging(series_uid)
+
+    def discard(self, staging: Path) -> None:
+        self._local.discard(staging)
+
+    def publish(self, staging: Path, relative: PurePosixPath) -> str:
+        """Upload the staged archive to its final key (never over an existing one); return the key."""
+        return self._upload(staging, relative, overwrite=False)
+
+    def replace(self, staging: Path, relative: PurePosixPath) -> str:
+        """Swap a damaged series' object for a freshly verified one (one PUT replaces atomically)."""
+        return self._upload(staging, relative, overwrite=True)
+
+    def _upload(self, staging: Path, relative: PurePosixPath, *, overwrite: bool) -> str:
+        files = sorted(staging.iterdir())
+        if len(files) != 1 or not files[0].is_file():
+            raise InputError("a bucket destination stores one archive per series (keep zip or tar.zst)")
+        key = self.final_key(relative, files[0].name)
+        if not overwrite and self.store.head(key) is not None:
+            raise FinalPathExistsError(
+                f"s3://{self.store.bucket}/{key} already exists; tcia-fetch never overwrites an object "
+                "it did not record (remove it, or use --repair for a series this destination recorded)"
+            )
+        self.store.upload_file(key, files[0])
+        self._local.discard(staging)
+        return key
+
+    # --- leftovers ----------------------------------------------------------------------------------
+
+    def cleanup_leftovers(self) -> int:
+        """Local staging of dead runs, and every multipart upload left open under the prefix.
+
+        Called under the bucket lock, so no live run of ours can own an open upload here.
+        """
+        removed = self._local.cleanup_leftovers()
+        prefix = self.location.prefix + "/" if self.location.prefix else ""
+        for upload in self.store.open_uploads(prefix):
+            self.store.abort_upload(upload.key, upload.upload_id)
+            removed += 1
+        return removed
+
+    # --- run state ---------------------------------------------------------------------------------
+
+    def open_journal(self, run_id: str) -> BucketJournal:
+        return open_bucket_journal(self.state, self.state_dir, run_id=run_id)
+
+    def acquire_lock(self, run_id: str) -> BucketLock:
+        return BucketLock.acquire(self, run_id=run_id)
+
+    def upload_outputs(self) -> None:
+        """Upload metadata.csv, the catalog and the report files the run wrote locally."""
+        for name in ROOT_OUTPUTS:
+            path = self.root / name
+            if path.is_file():
+                self.store.upload_file(self.location.key(name), path)
+        for name in STATE_OUTPUTS:
+            path = self.state_dir / name
+            if path.is_file():
+                self.state.write(name, path.read_bytes())
+        reports = self.state_dir / "reports"
+        if reports.is_dir():
+            for path in sorted(reports.iterdir()):
+                self.state.write(f"reports/{path.name}", path.read_bytes())
+            shutil.rmtree(reports, ignore_errors=True)
+
+    # --- checks ----------------------------------------------------------------------------------------
+
+    def stored_objects(self) -> dict[str, ObjectInfo]:
+        """Every object under the prefix except the state area, by key (one paged listing)."""
+        prefix = self.location.prefix + "/" if self.location.prefix else ""
+        state = self.location.key(STATE_PREFIX) + "/"
+        return {info.key: info for info in self.store.list(prefix) if not info.key.startswith(state)}
+
+    def inspect(
+        self,
+        record_path: str | None,
+        files: tuple[tuple[str, int, str | None], ...],
+        stored: dict[str, ObjectInfo],
+    ) -> tuple[tuple[str, ...], bool]:
+        """(problems, exists) of one recorded series against a listing: keys present, sizes equal."""
+        if record_path is None:
+            return ("no key recorded",), False
+        problems: list[str] = []
+        exists = False
+        for name, size, _ in files:
+            key = self.final_key(PurePosixPath(record_path), name)
+            info = stored.get(key)
+            if info is None:
+                problems.append(f"s3://{self.store.bucket}/{key} is missing")
+                continue
+            exists = True
+            if info.size != size:
+                problems.append(f"{key} has {info.size} bytes, recorded {size}")
+        return tuple(problems), exists
+
+    def reconcile(self, journal: Journal) -> Reconciliation:
+        """The bucket version of store.reconcile.reconcile: same outcomes, one listing."""
+        removed = self.cleanup_leftovers()
+        stored = self.stored_objects()
+        done: list[str] = []
+        adopted: list[str] = []
+        damaged: list[Damage] = []
+        pending: list[str] = []
+        for uid, record in sorted(journal.latest().items()):
+            if record.status == "failed":
+                continue
+            files = tuple((f.name, f.size, f.md5) for f in record.files)
+            problems, exists = self.inspect(record.path, files, stored)
+            if record.status == "done":
+                (damaged.append(Damage(uid, record.path, problems)) if problems else done.append(uid))
+            elif not exists:
+                pending.append(uid)
+            elif problems:
+                reasons = ("found after a crash but unlike the record", *problems)
+                damaged.append(Damage(uid, record.path, reasons))
+            else:
+                journal.append(record.with_status("done", run_id=journal.run_id))
+                adopted.append(uid)
+                done.append(uid)
+        return Reconciliation(removed, tuple(done), tuple(adopted), tuple(damaged), tuple(pending))
+
+    def recheck(self, journal: Journal, *, check_md5: bool) -> list[Damage]:
+        """``verify``: sizes from one listing; with ``check_md5`` every object is re-read and re-hashed
+        (a tar.zst member by member against its MD5SUMS). S3 ETags are not used as checksums: a
+        multipart ETag is not an MD5 of the object."""
+        stored = self.stored_objects()
+        found: list[Damage] = []
+        for uid, record in sorted(journal.latest().items()):
+            if record.status != "done":
+                continue
+            files = tuple((f.name, f.size, f.md5) for f in record.files)
+            problems = list(self.inspect(record.path, files, stored)[0])
+            if check_md5 and not problems and record.path is not None:
+                for name, _, md5 in files:
+                    key = self.final_key(PurePosixPath(record.path), name)
+                    problems += self._rehash(key, name, md5, record)
+            if problems:
+                found.append(Damage(uid, record.path, tuple(problems)))
+        return found
+
+    def _rehash(self, key: str, name: str, md5: str | None, record: object) -> list[str]:
+        blocks = self.store.iter_blocks(key)
+        if blocks is None:
+            return [f"{key} is missing"]
+        if name.endswith(ARCHIVE_SUFFIX):
+            check = check_tar_zst(blocks)
+            problems = list(check.problems)
+            digest = check.md5
+            count = getattr(record, "instance_count", None)
+            if count is not None and check.dicom_files != count:
+                problems.append(f"{name} holds {check.dicom_files} DICOM files, recorded {count}")
+        else:
+            hasher = hashlib.md5(usedforsecurity=False)
+            for block in blocks:
+                hasher.update(block)
+            digest, problems = hasher.hexdigest(), []
+        if md5 is not None and digest != md5.lower():
+            problems.append(f"{name} has MD5 {digest}, recorded {md5}")
+        return problems
+
+
+@dataclass(slots=True)
+class BucketLock:
+    """The destination lock in a bucket: a create-exclusive PUT with owner info and a heartbeat.
+
+    Staleness is by age only (another host's pid cannot be checked): a lock whose object was
+    last written (server time, ``LastModified``) more than ``stale_after_s`` ago is taken over.
+    """
+
+    home: BucketDestination
+    token: str
+    body: dict[str, object]
+    released: bool = False
+
+    @classmethod
+    def acquire(
+        cls, home: BucketDestination, *, run_id: str, stale_after_s: float = DEFAULT_STALE_AFTER_S
+    ) -> BucketLock:
+        token = secrets.token_hex(8)
+        body: dict[str, object] = {
+            "host": host_name(),
+            "pid": os.getpid(),
+            "run_id": run_id,
+            "started_at": time.time(),
+            "token": token,
+        }
+        key = home.location.key(f"{STATE_PREFIX}/{LOCK_NAME}")
+        for _ in range(5):
+            if home.state.create(LOCK_NAME, json.dumps(body).encode("utf-8")):
+                return cls(home, token, body)
+            info = home.store.head(key)
+            if info is None:
+                continue  # released meanwhile
+            if time.time() - info.modified <= stale_after_s:
+                holder = _holder(home.state.read(LOCK_NAME))
+                raise DestinationBusyError(
+                    f"{home.location.url} is in use by {holder} (lock s3://{home.store.bucket}/{key}, "
+                    f"refreshed {time.time() - info.modified:.0f}s ago; taken over after "
+                    f"{stale_after_s:.0f}s without a heartbeat)"
+                )
+            home.state.delete(LOCK_NAME)  # stale by age: take it over
+        raise DestinationBusyError(f"could not take the lock of {home.location.url}: other runs keep racing")
+
+    def heartbeat(self) -> None:
+        current = self.home.state.read(LOCK_NAME)
+        if current is None or json.loads(current).get("token") != self.token:
+            raise DestinationBusyError(
+                f"lost the lock of {self.home.location.url}: {_holder(current)} took it"
+            )
+        self.body["heartbeat_at"] = time.time()
+        self.home.state.write(LOCK_NAME, json.dumps(self.body).encode("utf-8"))
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        current = self.home.state.read(LOCK_NAME)
+        if current is not None and json.loads(current).get("token") == self.token:
+            self.home.state.delete(LOCK_NAME)
+
+
+def _holder(data: bytes | None) -> str:
+    if data is None:
+        return "nobody"
+    try:
+        doc = json.loads(data)
+        return f"pid {doc.get('pid')} on host {doc.get('host')} (run {doc.get('run_id')})"
+    except ValueError:
+        return "an unreadable lock"
