@@ -16,9 +16,12 @@ One :class:`Transport` wraps one ``aiohttp.ClientSession``. What a caller may re
   (see :mod:`tcia_fetch.api.status`) with a body excerpt and the redacted URL.
 * Streaming bodies are read in chunks of at least 256 KiB and never held whole in memory.
 
-The number of requests in flight is capped by a semaphore equal to the connection limit,
-acquired before the header deadline starts, so time spent queueing for a connection never
-counts as a slow server.
+Streams (downloads) and small requests (queries) queue on separate semaphores, each acquired
+before the header deadline starts, so time spent queueing for a connection never counts as a
+slow server. The connection pool holds exactly ``max_connections + query_connections``: every
+download slot has its own connection, and queries (planner metadata, size refreshes) have a
+few of their own, so neither can starve the other and nothing below the caller's download
+concurrency silently caps it.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from tcia_fetch.errors import (
 
 __all__ = [
     "MIN_CHUNK_SIZE_BYTES",
+    "QUERY_CONNECTIONS",
     "BufferedResponse",
     "StreamingResponse",
     "Transport",
@@ -59,6 +63,9 @@ __all__ = [
 ]
 
 MIN_CHUNK_SIZE_BYTES = 256 * 1024
+#: Connections reserved for small requests (planner metadata, size refreshes) on top of the
+#: download slots: enough for the planner's few concurrent queries, never taken by a stream.
+QUERY_CONNECTIONS = 4
 _ERROR_BODY_READ_BYTES = 4096
 
 Phase = Literal["request", "body"]
@@ -198,6 +205,7 @@ class Transport:
         self,
         *,
         max_connections: int = 8,
+        query_connections: int = QUERY_CONNECTIONS,
         connect_timeout_s: float = 30.0,
         first_byte_timeout_s: float = 120.0,
         stall_timeout_s: float = 120.0,
@@ -207,6 +215,8 @@ class Transport:
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if query_connections < 1:
+            raise ValueError("query_connections must be at least 1")
         for name, value in (
             ("connect_timeout_s", connect_timeout_s),
             ("first_byte_timeout_s", first_byte_timeout_s),
@@ -216,6 +226,7 @@ class Transport:
             if not value > 0:
                 raise ValueError(f"{name} must be positive")
         self._max_connections = max_connections
+        self._query_connections = query_connections
         self._connect_timeout_s = connect_timeout_s
         self._first_byte_timeout_s = first_byte_timeout_s
         self._stall_timeout_s = stall_timeout_s
@@ -224,6 +235,12 @@ class Transport:
         self._user_agent = user_agent or default_user_agent()
         self._session: aiohttp.ClientSession | None = None
         self._slots = anyio.Semaphore(max_connections)
+        self._query_slots = anyio.Semaphore(query_connections)
+
+    @property
+    def pool_size(self) -> int:
+        """Connections the pool may hold at once: one per stream slot plus the query headroom."""
+        return self._max_connections + self._query_connections
 
     async def __aenter__(self) -> Self:
         self._open()
@@ -236,9 +253,7 @@ class Transport:
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, limit_per_host=self._max_connections, ssl=True
-            )
+            connector = aiohttp.TCPConnector(limit=self.pool_size, limit_per_host=self.pool_size, ssl=True)
             # total=None: no whole-request deadline (downloads can take hours). Header and
             # stall deadlines are enforced around each await instead.
             timeout = aiohttp.ClientTimeout(
@@ -327,7 +342,7 @@ class Transport:
         :class:`~tcia_fetch.errors.TransportError` subclass or an HTTP status error.
         """
         display_url = self._display_url(url, params)
-        async with self._slots:
+        async with self._query_slots:
             with map_aiohttp_errors(url=display_url, series_uid=series_uid, phase="request"):
                 with anyio.fail_after(self._query_timeout_s):
                     response = await self._start(

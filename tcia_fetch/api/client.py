@@ -44,7 +44,11 @@ from tcia_fetch.errors import InputError, ResponseFormatError, UnauthorizedError
 from tcia_fetch.transport import BufferedResponse, StreamingResponse, Transport
 from tcia_fetch.uid import uid_problem
 
-__all__ = ["NBIAClient"]
+__all__ = ["DEFAULT_DOWNLOAD_SLOTS", "NBIAClient"]
+
+#: Download connections when neither the caller (a run passes its ``--concurrency``) nor the
+#: config file's ``max_connections`` says otherwise.
+DEFAULT_DOWNLOAD_SLOTS = 8
 
 #: What the ``stream_*`` methods return: ``async with`` it to get a StreamingResponse.
 _StreamContext = AbstractAsyncContextManager[StreamingResponse]
@@ -65,6 +69,9 @@ class NBIAClient:
         base_url: shortcut overriding ``settings.base_url`` (derived NLST and token URLs
             follow it unless set explicitly in ``settings``).
         clock: monotonic seconds for token expiry; injectable for tests.
+        download_slots: how many downloads may stream at once (a run passes its
+            ``--concurrency``); beats ``settings.max_connections``. Queries always have
+            connections of their own on top.
     """
 
     def __init__(
@@ -73,6 +80,7 @@ class NBIAClient:
         *,
         base_url: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        download_slots: int | None = None,
     ) -> None:
         settings = settings or ClientSettings()
         if base_url is not None:
@@ -82,7 +90,7 @@ class NBIAClient:
         self.settings = settings
         self._clock = clock
         self._transport = Transport(
-            max_connections=settings.max_connections,
+            max_connections=download_slots or settings.max_connections or DEFAULT_DOWNLOAD_SLOTS,
             connect_timeout_s=settings.connect_timeout_s,
             first_byte_timeout_s=settings.first_byte_timeout_s,
             stall_timeout_s=settings.stall_timeout_s,

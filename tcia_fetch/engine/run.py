@@ -49,6 +49,7 @@ from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.lock import acquire_destination
 from tcia_fetch.store.metadata_csv import metadata_csv_row, write_metadata_csv
 from tcia_fetch.store.reconcile import DAMAGED_ON_DISK, reconcile
+from tcia_fetch.transport import QUERY_CONNECTIONS
 
 __all__ = ["RunOptions", "fetch", "plan", "resolve_client_settings", "run"]
 
@@ -186,6 +187,10 @@ async def fetch(
     concurrency = options.concurrency or spec.download.concurrency
     if concurrency < 1:
         raise InputError(f"--concurrency must be at least 1, got {concurrency}")
+    warnings = _concurrency_warnings(settings, concurrency)
+    for warning in warnings:
+        if on_event is not None:
+            on_event(RunEvent("warning", "", warning))
     layout = options.layout or spec.output.layout
     series_job = SeriesJob(
         layout=layout,
@@ -228,7 +233,7 @@ async def fetch(
         max_rps = options.max_requests_per_s or spec.download.max_requests_per_s or None
         max_bps = options.max_bytes_per_s or spec.download.max_bytes_per_s or None
         limiter = AdaptiveLimiter(concurrency, clock=clock)
-        async with NBIAClient(settings) as client:
+        async with NBIAClient(settings, download_slots=concurrency) as client:
             planner = Planner(
                 client,
                 spec,
@@ -263,6 +268,7 @@ async def fetch(
             await _run_pool(planner, worker, concurrency, lock.heartbeat, stats)
         report.engine = {
             "concurrency_cap": concurrency,
+            "warnings": warnings,
             "limiter": _stats_dict(limiter.statistics()),
             "pacer": _stats_dict(worker.pacer.statistics()),
             "breaker": _stats_dict(worker.breaker.statistics()),
@@ -400,6 +406,23 @@ async def _finish(
     if planner is not None and not report.interrupted:
         plan_text = json.dumps({"run_id": report.run_id, "series": planner.named}) + "\n"
         await write_text_atomic(destination.state_dir / "last-plan.json", plan_text)
+
+
+def _concurrency_warnings(settings: ClientSettings, concurrency: int) -> list[str]:
+    """Say so when a config file's ``max_connections`` disagrees with the run's concurrency.
+
+    ``--concurrency`` (or the job's ``concurrency``) is the number of downloads in flight, end
+    to end: the pool is sized from it. A lower ``max_connections`` from a config file used to
+    cap it silently; now it is overruled, and the user is told rather than left guessing.
+    """
+    configured = settings.max_connections
+    if configured is None or configured >= concurrency:
+        return []
+    return [
+        f"config max_connections = {configured} is below the run's concurrency {concurrency}; "
+        f"the connection pool is sized from the concurrency ({concurrency} downloads, plus "
+        f"{QUERY_CONNECTIONS} connections for queries)"
+    ]
 
 
 def _first_fatal(group: BaseExceptionGroup[BaseException]) -> TciaFetchError | None:
