@@ -31,7 +31,7 @@ import anyio.to_thread
 from tcia_fetch.engine.breaker import CircuitBreaker
 from tcia_fetch.engine.clock import Clock
 from tcia_fetch.engine.commit import GroupCommit
-from tcia_fetch.engine.concurrency import AdaptiveLimiter
+from tcia_fetch.engine.concurrency import AdaptiveLimiter, Slot
 from tcia_fetch.engine.pacer import ByteRateLimiter, Pacer
 from tcia_fetch.engine.report import RunEvent, RunStats, SeriesFailure
 from tcia_fetch.engine.retry import RetryPolicy, RetryState
@@ -197,12 +197,17 @@ class SeriesWorker:
         self, item: PlannedSeries, expectation: SeriesExpectation, progress: _Progress
     ) -> None:
         await self.breaker.wait_closed()
-        async with self.limiter.slot():
+        async with self.limiter.slot() as slot:
             await self.pacer.wait_turn()
             started = self.clock.monotonic()
             self.stats.in_flight += 1
             try:
-                verified, staging = await self._download(item, expectation, progress)
+                verified, staging = await self._download(item, expectation, progress, slot)
+            except TciaFetchError as exc:
+                # Before the slot is given back: a waiting worker must not start into the same
+                # 429, and the limiter must count what the server took alongside this one.
+                self._signal(exc, slot)
+                raise
             finally:
                 self.stats.in_flight -= 1
             try:
@@ -215,7 +220,7 @@ class SeriesWorker:
             self.pacer.on_success()
 
     async def _download(
-        self, item: PlannedSeries, expectation: SeriesExpectation, progress: _Progress
+        self, item: PlannedSeries, expectation: SeriesExpectation, progress: _Progress, slot: Slot
     ) -> tuple[VerifiedSeries, Path]:
         staging = await anyio.to_thread.run_sync(self.destination.new_staging, item.series_uid)
         extractor = SeriesExtractor(
@@ -234,10 +239,11 @@ class SeriesWorker:
                 )
             async with stream_cm as stream:
                 self.breaker.on_success()  # response headers arrived: the server is alive
-                self.limiter.on_admitted()
+                slot.admitted()
                 batch: list[bytes] = []
                 batch_size = 0
                 async for chunk in stream:
+                    self.limiter.on_bytes(len(chunk))
                     if self.bandwidth is not None:
                         await self.bandwidth.consume(len(chunk))
                     batch.append(chunk)
@@ -316,16 +322,25 @@ class SeriesWorker:
             self._emit(RunEvent("retry", "", "server refuses IncludeMD5; using getImageWithMD5Hash"))
         return True
 
+    def _signal(self, exc: TciaFetchError, slot: Slot) -> None:
+        """Tell the pacer and the limiter what a failed download says, while it holds its slot."""
+        if isinstance(exc, RateLimitedError):
+            self.pacer.on_throttle(exc.retry_after_s)
+            slot.congestion("throttle")
+        elif isinstance(exc, (StallError, RequestTimeoutError)):
+            slot.congestion("timeout")
+        elif (
+            exc.retryable and not isinstance(exc, IntegrityError) and not self._fall_back_for_md5_pending(exc)
+        ):
+            slot.congestion("transient")
+
+    def _fall_back_for_md5_pending(self, exc: TciaFetchError) -> bool:
+        return isinstance(exc, InvalidParameterError) and "IncludeMD5" in exc.body_excerpt
+
     def _feedback(self, series_uid: str, exc: TciaFetchError) -> None:
-        """Tell the shared controls what this failure says about the server."""
+        """Tell the run's figures and the breaker what this failure says about the server."""
         if isinstance(exc, RateLimitedError):
             self.stats.throttled += 1
-            self.pacer.on_throttle(exc.retry_after_s)
-            self.limiter.on_congestion("throttle")
-        elif isinstance(exc, (StallError, RequestTimeoutError)):
-            self.limiter.on_congestion("timeout")
-        elif exc.retryable and not isinstance(exc, IntegrityError):
-            self.limiter.on_congestion("transient")
         self.breaker.on_failure(series_uid, exc)
 
     async def _refresh_expectation(

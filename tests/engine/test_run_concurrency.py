@@ -67,3 +67,19 @@ async def test_no_warning_without_a_conflicting_config(tmp_path: Path, catalog: 
     assert report.done == len(catalog.series)
     assert stats.peak_concurrent_downloads <= 4
     assert not [event for event in events if event.kind == "warning"]
+
+
+async def test_a_server_cap_is_learned_from_its_first_429s_and_held(tmp_path: Path, catalog: Catalog) -> None:
+    # The server takes 6 downloads at once and answers 429 + Retry-After: 1 above that; the
+    # run asks for 16. A wave of starts would be refused wholesale: spaced starts cost a few.
+    load = LoadModel(first_byte_delay_s=0.3, max_concurrent_downloads=6, retry_after_s=1.0)
+    async with FakeNBIA(catalog, load=load).serve() as server:
+        report = await fetch(
+            _job(tmp_path, catalog),
+            RunOptions(out=tmp_path / "out", base_url=server.base_url, concurrency=16),
+        )
+        stats = server.stats()
+    assert report.done == len(catalog.series), stats
+    assert stats.peak_concurrent_downloads == 6, (stats, report.engine)
+    assert 1 <= stats.rate_limited_responses <= 4, (stats, report.engine)  # learning + a rare probe
+    assert report.engine["limiter"]["learned_cap"] == 6, (stats, report.engine)
