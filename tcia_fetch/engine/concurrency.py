@@ -123,6 +123,8 @@ class AimdController:
         self._ceiling: int | None = None
         self._ceiling_from_goodput = False
         self._learned_cap: int | None = None
+        #: Refinements of a cap learned this epoch stay above this (at most a halving per epoch).
+        self._cut_floor = 0
         self._probe_wait_epochs = self.probe_after_epochs
         self._clean_streak = 0
         self._limit = min(initial if initial is not None else 2, max_limit)
@@ -228,6 +230,13 @@ class AimdController:
         self._trial_from = None
         self._probe_from = None
         if self._decreased_this_epoch:
+            refine = kind == "throttle" and self._learned_cap is not None
+            if refine and self._cut_floor < others < self._limit:
+                # A request that was already on its way when the cap was learned came back
+                # refused too: the server took fewer than we thought. Refine, do not cut again.
+                self._learned_cap = others
+                self._ceiling = others + 1
+                self._set_limit(others, now)
             return False
         if self._ceiling is not None and self._limit >= self._ceiling:
             self._probe_wait_epochs = min(self.max_probe_after_epochs, self._probe_wait_epochs * 2)
@@ -241,6 +250,7 @@ class AimdController:
             # then only the downloads it has really answered count (the others in flight may
             # be refused too).
             half = math.floor(self._limit * 0.5 + 0.5)
+            self._cut_floor = half - 1
             repeated = self._learned_cap is not None and self._limit <= self._learned_cap
             accepted = streaming if repeated and streaming > 0 else others
             new_limit = max(1, min(self._limit - 1, max(accepted, half)))

@@ -18,7 +18,7 @@ def catalog() -> Catalog:
     return Catalog.generate(
         seed=5,
         collections=1,
-        patients_per_collection=10,
+        patients_per_collection=12,
         series_per_study=8,
         instances_per_series=(1, 1),
         instance_bytes=(2_000, 3_000),
@@ -38,7 +38,7 @@ async def test_concurrency_32_reaches_32_in_flight_despite_a_lower_config_pool(
     # A slow first byte keeps every admitted download open long enough to pile up on the server.
     config = tmp_path / "config.toml"
     config.write_text("[server]\nmax_connections = 8\n")
-    fake = FakeNBIA(catalog, load=LoadModel(first_byte_delay_s=0.6))
+    fake = FakeNBIA(catalog, load=LoadModel(first_byte_delay_s=1.0))
     events: list[RunEvent] = []
     async with fake.serve() as server:
         report = await fetch(
@@ -47,7 +47,7 @@ async def test_concurrency_32_reaches_32_in_flight_despite_a_lower_config_pool(
             on_event=events.append,
         )
         stats = server.stats()
-    assert report.done == len(catalog.series) == 80
+    assert report.done == len(catalog.series) == 96
     assert stats.peak_concurrent_downloads == 32
     assert stats.rate_limited_responses == 0
     warnings = [event.message for event in events if event.kind == "warning"]
