@@ -14,7 +14,8 @@ One :class:`Transport` wraps one ``aiohttp.ClientSession``. What a caller may re
   :func:`map_aiohttp_errors`, ``raise … from exc``; none escapes this module.
 * An error status becomes the matching :class:`~tcia_fetch.errors.HTTPStatusError`
   (see :mod:`tcia_fetch.api.status`) with a body excerpt and the redacted URL.
-* Streaming bodies are read in chunks of at least 256 KiB and never held whole in memory.
+* Streaming bodies are read in chunks of at most ``chunk_size_bytes`` (256 KiB by default, never
+  below 64 KiB) and never held whole in memory; aiohttp's own buffer per connection is bounded.
 
 Streams (downloads) and small requests (queries) queue on separate semaphores, each acquired
 before the header deadline starts, so time spent queueing for a connection never counts as a
@@ -54,6 +55,7 @@ from tcia_fetch.errors import (
 )
 
 __all__ = [
+    "MAX_CHUNK_SIZE_BYTES",
     "MIN_CHUNK_SIZE_BYTES",
     "QUERY_CONNECTIONS",
     "BufferedResponse",
@@ -62,11 +64,14 @@ __all__ = [
     "map_aiohttp_errors",
 ]
 
-MIN_CHUNK_SIZE_BYTES = 256 * 1024
+MIN_CHUNK_SIZE_BYTES = 64 * 1024
+#: The default read size of a streamed body (a run picks less when many streams share memory).
+MAX_CHUNK_SIZE_BYTES = 256 * 1024
 #: Connections reserved for small requests (planner metadata, size refreshes) on top of the
 #: download slots: enough for the planner's few concurrent queries, never taken by a stream.
 QUERY_CONNECTIONS = 4
 _ERROR_BODY_READ_BYTES = 4096
+_READ_BUFFER_BYTES = 64 * 1024
 
 Phase = Literal["request", "body"]
 
@@ -211,7 +216,7 @@ class Transport:
         stall_timeout_s: float = 120.0,
         query_timeout_s: float = 300.0,
         user_agent: str | None = None,
-        chunk_size_bytes: int = 1024 * 1024,
+        chunk_size_bytes: int = MAX_CHUNK_SIZE_BYTES,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -261,6 +266,9 @@ class Transport:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                # aiohttp stops reading a socket once about twice this much is buffered: with 64
+                # streams, its own buffers stay a few MiB (the engine budgets everything past them).
+                read_bufsize=_READ_BUFFER_BYTES,
                 timeout=timeout,
                 headers={"Accept": "*/*", "User-Agent": self._user_agent},
                 trust_env=True,

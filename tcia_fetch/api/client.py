@@ -41,7 +41,7 @@ from tcia_fetch.api.models import (
 from tcia_fetch.api.parse import Row, parse_rows
 from tcia_fetch.config import ClientSettings
 from tcia_fetch.errors import InputError, ResponseFormatError, UnauthorizedError
-from tcia_fetch.transport import BufferedResponse, StreamingResponse, Transport
+from tcia_fetch.transport import MAX_CHUNK_SIZE_BYTES, BufferedResponse, StreamingResponse, Transport
 from tcia_fetch.uid import uid_problem
 
 __all__ = ["DEFAULT_DOWNLOAD_SLOTS", "NBIAClient"]
@@ -72,6 +72,8 @@ class NBIAClient:
         download_slots: how many downloads may stream at once (a run passes its
             ``--concurrency``); beats ``settings.max_connections``. Queries always have
             connections of their own on top.
+        download_read_bytes: the most one read of a download returns (a run sizes it so that
+            all its streams fit one memory budget); 256 KiB by default.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class NBIAClient:
         base_url: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         download_slots: int | None = None,
+        download_read_bytes: int | None = None,
     ) -> None:
         settings = settings or ClientSettings()
         if base_url is not None:
@@ -96,6 +99,7 @@ class NBIAClient:
             stall_timeout_s=settings.stall_timeout_s,
             query_timeout_s=settings.query_timeout_s,
             user_agent=settings.user_agent,
+            chunk_size_bytes=download_read_bytes or MAX_CHUNK_SIZE_BYTES,
         )
         self._token_managers: dict[str, TokenManager] = {}
 

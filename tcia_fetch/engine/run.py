@@ -33,6 +33,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from tcia_fetch.api.client import NBIAClient
 from tcia_fetch.config import DEFAULT_BASE_URL, ClientSettings, load_client_settings
 from tcia_fetch.engine.breaker import CircuitBreaker
+from tcia_fetch.engine.budget import budget_for
 from tcia_fetch.engine.clock import Clock, SystemClock
 from tcia_fetch.engine.concurrency import AdaptiveLimiter
 from tcia_fetch.engine.pacer import ByteRateLimiter, Pacer
@@ -233,7 +234,10 @@ async def fetch(
         max_rps = options.max_requests_per_s or spec.download.max_requests_per_s or None
         max_bps = options.max_bytes_per_s or spec.download.max_bytes_per_s or None
         limiter = AdaptiveLimiter(concurrency, clock=clock)
-        async with NBIAClient(settings, download_slots=concurrency) as client:
+        budget = budget_for(concurrency)
+        async with NBIAClient(
+            settings, download_slots=concurrency, download_read_bytes=budget.read_bytes
+        ) as client:
             planner = Planner(
                 client,
                 spec,
@@ -264,6 +268,7 @@ async def fetch(
                 stats=stats,
                 on_event=on_event,
                 damaged=damaged,
+                budget=budget,
             )
             await _run_pool(planner, worker, concurrency, lock.heartbeat, stats)
         report.engine = {

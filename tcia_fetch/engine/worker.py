@@ -29,6 +29,7 @@ import anyio
 import anyio.to_thread
 
 from tcia_fetch.engine.breaker import CircuitBreaker
+from tcia_fetch.engine.budget import ByteBudget, budget_for
 from tcia_fetch.engine.clock import Clock
 from tcia_fetch.engine.commit import GroupCommit
 from tcia_fetch.engine.concurrency import AdaptiveLimiter, Slot
@@ -151,6 +152,8 @@ class SeriesWorker:
     #: deployment older than 2025-11): MD5 lists then come from ``getImageWithMD5Hash``.
     md5_via_legacy_endpoint: bool = False
     rng: random.Random = field(default_factory=random.Random)
+    #: Body bytes held by all downloads together (see engine/budget.py); the run sizes it.
+    budget: ByteBudget = field(default_factory=lambda: budget_for(8))
 
     def __post_init__(self) -> None:
         self.commit = GroupCommit(self.journal)
@@ -222,11 +225,15 @@ class SeriesWorker:
     async def _download(
         self, item: PlannedSeries, expectation: SeriesExpectation, progress: _Progress, slot: Slot
     ) -> tuple[VerifiedSeries, Path]:
-        staging = await anyio.to_thread.run_sync(self.destination.new_staging, item.series_uid)
-        extractor = SeriesExtractor(
-            expectation, staging, keep=self.job.keep, require_md5=self.job.verify_md5, fsync=self.job.fsync
-        )
+        # The staging directory and the extractor are made in the first thread hop, together with
+        # the first batch: a refused request (429) costs no directory, and a tiny series costs one
+        # hop for staging, bytes and final checks together.
+        target = _Target(self.destination, item.series_uid, expectation, self.job)
+        budget = self.budget
+        read_bytes = budget.read_bytes
         counted = 0
+        held = 0
+        batch: list[bytes] = []
         try:
             if self.md5_via_legacy_endpoint:
                 stream_cm = self.source.stream_image_with_md5(item.series_uid, collection=item.collection)
@@ -240,38 +247,62 @@ class SeriesWorker:
             async with stream_cm as stream:
                 self.breaker.on_success()  # response headers arrived: the server is alive
                 slot.admitted()
-                batch: list[bytes] = []
-                batch_size = 0
-                async for chunk in stream:
-                    self.limiter.on_bytes(len(chunk))
+                chunks = aiter(stream)
+                while True:
+                    # Reserve the next read before making it, so that the bytes every stream
+                    # holds stay within one global budget (a read returns at most read_bytes).
+                    if not budget.try_acquire(read_bytes):
+                        if batch:  # hand over what we hold before waiting for others to
+                            await anyio.to_thread.run_sync(target.feed, batch)
+                            budget.release(held)
+                            batch, held = [], 0
+                            counted = self._count_progress(target, counted)
+                            progress.dicom_bytes = counted
+                        await budget.acquire(read_bytes)
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        budget.release(read_bytes)
+                        break
+                    except BaseException:
+                        budget.release(read_bytes)
+                        raise
+                    size = len(chunk)
+                    kept = min(size, read_bytes)  # a transport set to read more is still bounded
+                    budget.release(read_bytes - kept)
+                    held += kept
+                    self.limiter.on_bytes(size)
                     if self.bandwidth is not None:
-                        await self.bandwidth.consume(len(chunk))
+                        await self.bandwidth.consume(size)
                     batch.append(chunk)
-                    batch_size += len(chunk)
-                    if batch_size >= FEED_BATCH_BYTES:
-                        await anyio.to_thread.run_sync(extractor.feed, b"".join(batch))
-                        batch.clear()
-                        batch_size = 0
-                        counted = self._count_progress(extractor, counted)
+                    if held >= FEED_BATCH_BYTES:
+                        await anyio.to_thread.run_sync(target.feed, batch)
+                        budget.release(held)
+                        batch, held = [], 0
+                        counted = self._count_progress(target, counted)
                         progress.dicom_bytes = counted
-                tail = b"".join(batch)
             # The last batch and the final checks share one thread hand-off: for the many tiny
             # series of a big manifest that is one of the few per-series costs left to trim.
-            verified = await anyio.to_thread.run_sync(_feed_and_finish, extractor, tail)
-            self._count_progress(extractor, counted)
-            return verified, staging
+            verified = await anyio.to_thread.run_sync(target.feed_and_finish, batch)
+            budget.release(held)
+            batch, held = [], 0
+            self._count_progress(target, counted)
+            assert target.staging is not None
+            return verified, target.staging
         except BaseException:
+            if held:
+                budget.release(held)
             self.stats.dicom_bytes -= counted
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(extractor.close)
-                await anyio.to_thread.run_sync(self.destination.discard, staging)
+                await anyio.to_thread.run_sync(target.discard)
             raise
         finally:
-            extractor.close()
+            target.close()
 
-    def _count_progress(self, extractor: SeriesExtractor, counted: int) -> int:
-        self.stats.dicom_bytes += extractor.dicom_bytes - counted
-        return extractor.dicom_bytes
+    def _count_progress(self, target: _Target, counted: int) -> int:
+        dicom_bytes = target.dicom_bytes
+        self.stats.dicom_bytes += dicom_bytes - counted
+        return dicom_bytes
 
     async def _publish(self, item: PlannedSeries, verified: VerifiedSeries, staging: Path) -> None:
         relative = render_series_path(self.job.layout, item.metadata)
@@ -394,7 +425,52 @@ class SeriesWorker:
             self.on_event(event)
 
 
-def _feed_and_finish(extractor: SeriesExtractor, tail: bytes) -> VerifiedSeries:
-    if tail:
-        extractor.feed(tail)
-    return extractor.finish()
+class _Target:
+    """Where one attempt's bytes go: a staging directory and its extractor, made on first use.
+
+    Every method except :meth:`close` and the property runs in a worker thread (they create,
+    write and remove files); the worker calls them one at a time.
+    """
+
+    def __init__(
+        self, destination: Destination, series_uid: str, expectation: SeriesExpectation, job: SeriesJob
+    ) -> None:
+        self._destination = destination
+        self._series_uid = series_uid
+        self._expectation = expectation
+        self._job = job
+        self.staging: Path | None = None
+        self._extractor: SeriesExtractor | None = None
+
+    @property
+    def dicom_bytes(self) -> int:
+        return 0 if self._extractor is None else self._extractor.dicom_bytes
+
+    def _open(self) -> SeriesExtractor:
+        if self._extractor is None:
+            self.staging = self._destination.new_staging(self._series_uid)
+            job = self._job
+            self._extractor = SeriesExtractor(
+                self._expectation, self.staging, keep=job.keep, require_md5=job.verify_md5, fsync=job.fsync
+            )
+        return self._extractor
+
+    def feed(self, chunks: list[bytes]) -> None:
+        extractor = self._open()
+        for chunk in chunks:
+            extractor.feed(chunk)
+
+    def feed_and_finish(self, chunks: list[bytes]) -> VerifiedSeries:
+        self.feed(chunks)
+        return self._open().finish()
+
+    def discard(self) -> None:
+        """Close the extractor and remove the staging directory (after a failure)."""
+        if self._extractor is not None:
+            self._extractor.close()
+        if self.staging is not None:
+            self._destination.discard(self.staging)
+
+    def close(self) -> None:
+        if self._extractor is not None:
+            self._extractor.close()

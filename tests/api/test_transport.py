@@ -32,7 +32,7 @@ from tcia_fetch.errors import (
     TLSError,
     UnauthorizedError,
 )
-from tcia_fetch.transport import MIN_CHUNK_SIZE_BYTES, Transport
+from tcia_fetch.transport import MAX_CHUNK_SIZE_BYTES, MIN_CHUNK_SIZE_BYTES, Transport
 
 pytestmark = pytest.mark.anyio
 
@@ -233,8 +233,8 @@ async def test_stream_reads_big_body_in_large_chunks(server: TestServer) -> None
         chunks = [chunk async for chunk in response]
         assert response.finished
     assert sum(len(chunk) for chunk in chunks) == 3 * 1024 * 1024
-    assert max(len(chunk) for chunk in chunks) <= 1024 * 1024
-    assert MIN_CHUNK_SIZE_BYTES == 256 * 1024
+    assert max(len(chunk) for chunk in chunks) <= MAX_CHUNK_SIZE_BYTES  # the default read size
+    assert MIN_CHUNK_SIZE_BYTES == 64 * 1024
 
 
 async def test_slow_live_stream_is_not_a_stall(server: TestServer) -> None:
