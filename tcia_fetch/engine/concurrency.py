@@ -95,7 +95,7 @@ class AimdController:
         probe_after_epochs: int = 2,
         max_probe_after_epochs: int = 64,
         min_used_fraction: float = 0.5,
-        ramp_interval_s: float = 0.025,
+        ramp_interval_s: float = 0.05,
         gain_tolerance: float = 0.05,
         min_measured_bytes: int = 16 << 20,
     ) -> None:
@@ -520,7 +520,7 @@ class AdaptiveLimiter:
         probe_after_epochs: int = 2,
         max_probe_after_epochs: int = 64,
         min_used_fraction: float = 0.5,
-        ramp_interval_s: float = 0.025,
+        ramp_interval_s: float = 0.05,
         gain_tolerance: float = 0.05,
         min_measured_bytes: int = 16 << 20,
     ) -> None:

@@ -19,6 +19,7 @@ this module and stop the run.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,9 @@ __all__ = ["FEED_BATCH_BYTES", "ImageSource", "SeriesJob", "SeriesWorker"]
 #: Network chunks are gathered into batches of about this size before one hop to a thread:
 #: large enough that thread hand-offs cost nothing next to inflating and hashing.
 FEED_BATCH_BYTES = 1 << 20
+
+#: See ``SeriesWorker.extractors``: a few more than the cores, so that fsync waits overlap work.
+EXTRACTOR_THREADS = max(6, 2 * (os.cpu_count() or 1) + 2)
 
 #: Verification failures that may mean the series changed on the server after planning: the
 #: worker asks ``getSeriesSize`` once more before spending its integrity budget on them.
@@ -150,6 +154,10 @@ class SeriesWorker:
     failures: list[SeriesFailure] = field(default_factory=list)
     commit: GroupCommit = field(init=False)
     publisher: GroupPublisher = field(init=False)
+    #: Threads inflating, hashing and writing at once. The work is CPU-bound: threads beyond the
+    #: cores add nothing but memory (each holds its output and grows its own malloc arena), so
+    #: 64 streams share a few extractor threads; their batches wait within the byte budget.
+    extractors: anyio.CapacityLimiter = field(init=False)
     #: Set for the rest of the run when the server refuses ``IncludeMD5`` on getImage (a
     #: deployment older than 2025-11): MD5 lists then come from ``getImageWithMD5Hash``.
     md5_via_legacy_endpoint: bool = False
@@ -160,6 +168,7 @@ class SeriesWorker:
     def __post_init__(self) -> None:
         self.commit = GroupCommit(self.journal)
         self.publisher = GroupPublisher(self.journal)
+        self.extractors = anyio.CapacityLimiter(EXTRACTOR_THREADS)
 
     async def fetch(self, item: PlannedSeries) -> bool:
         """Fetch one series until it is verified on disk or its budget is spent. True when done."""
@@ -256,7 +265,7 @@ class SeriesWorker:
                     # holds stay within one global budget (a read returns at most read_bytes).
                     if not budget.try_acquire(read_bytes):
                         if batch:  # hand over what we hold before waiting for others to
-                            await anyio.to_thread.run_sync(target.feed, batch)
+                            await anyio.to_thread.run_sync(target.feed, batch, limiter=self.extractors)
                             budget.release(held)
                             batch, held = [], 0
                             counted = self._count_progress(target, counted)
@@ -279,14 +288,14 @@ class SeriesWorker:
                         await self.bandwidth.consume(size)
                     batch.append(chunk)
                     if held >= FEED_BATCH_BYTES:
-                        await anyio.to_thread.run_sync(target.feed, batch)
+                        await anyio.to_thread.run_sync(target.feed, batch, limiter=self.extractors)
                         budget.release(held)
                         batch, held = [], 0
                         counted = self._count_progress(target, counted)
                         progress.dicom_bytes = counted
             # The last batch and the final checks share one thread hand-off: for the many tiny
             # series of a big manifest that is one of the few per-series costs left to trim.
-            verified = await anyio.to_thread.run_sync(target.feed_and_finish, batch)
+            verified = await anyio.to_thread.run_sync(target.feed_and_finish, batch, limiter=self.extractors)
             budget.release(held)
             batch, held = [], 0
             self._count_progress(target, counted)
