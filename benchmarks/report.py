@@ -39,6 +39,10 @@ _MEDIAN_KEYS = (
     "background_cpu_s",
     "server.rate_limited_429",
     "server.download_requests",
+    "extras.limiter_limit",
+    "extras.limiter_learned_cap",
+    "extras.limiter_peak_in_flight",
+    "cpu_s",
     "server.share_429",
     "time_over_limit",
     "plan_s",
@@ -192,7 +196,80 @@ def evaluate_targets(scenario: str, medians: dict[str, JsonDict]) -> list[JsonDi
                 "429s / (downloads started + 429s)",
             )
         )
+    elif scenario in ("cap24", "tiny-latency"):
+        ours_name = "tcia-fetch@32"
+        bound = 1.2 if scenario == "cap24" else 1.25
+        versus = 0.4 if scenario == "cap24" else 0.5
+        over = get(ours_name, "time_over_limit")
+        targets.append(
+            _target(
+                f"{ours_name} time / limit <= {bound}",
+                over,
+                check(over, (over or 0) <= bound),
+                "limit = zip bytes / (cap x rate) + ceil(series / cap) x first-byte delay",
+            )
+        )
+        share = get(ours_name, "server.share_429")
+        targets.append(
+            _target(
+                f"{ours_name} < 5% of download requests answered 429",
+                share,
+                check(share, (share or 0) < 0.05),
+                "429s / (downloads started + 429s)",
+            )
+        )
+        ratio = _ratio(get(ours_name, "wall_s"), get("tcia-utils", "wall_s"))
+        targets.append(
+            _target(
+                f"{ours_name} time <= {versus}x tcia-utils defaults",
+                ratio,
+                check(ratio, (ratio or 0) <= versus),
+                "tcia-fetch wall / tcia-utils wall",
+            )
+        )
+    elif scenario == "bandwidth":
+        ours_name = "tcia-fetch@32"
+        settled = get(ours_name, "extras.limiter_limit")
+        targets.append(
+            _target(
+                f"{ours_name} settles where throughput stops growing: final limit <= 12 (link full at ~7)",
+                settled,
+                check(settled, (settled or 0) <= 12),
+                "the limiter's limit at the end of the run (its report)",
+            )
+        )
+        over = get(ours_name, "time_over_limit")
+        targets.append(
+            _target(
+                f"{ours_name} time / link limit <= 1.2",
+                over,
+                check(over, (over or 0) <= 1.2),
+                "limit = zip bytes / total bandwidth",
+            )
+        )
+    elif scenario == "mem64":
+        rss = get("tcia-fetch@64", "peak_rss_mb")
+        targets.append(_target("tcia-fetch@64 peak RSS < 100 MB", rss, check(rss, (rss or 0) < 100), "MiB"))
+    elif scenario == "tiny600":
+        ratio = _ratio(get("tcia-fetch@8", "wall_s"), get("tcia-utils@8", "wall_s"))
+        targets.append(
+            _target(
+                "tcia-fetch@8 time <= 1.0x tcia-utils@8 (full verification and fsync)",
+                ratio,
+                check(ratio, (ratio or 0) <= 1.0),
+                "tcia-fetch wall / tcia-utils wall",
+            )
+        )
     elif scenario == "loopback":
+        cpu_ratio = _ratio(get("tcia-fetch", "cpu_s"), get("tcia-utils", "cpu_s"))
+        targets.append(
+            _target(
+                "tcia-fetch CPU-seconds <= tcia-utils' own",
+                cpu_ratio,
+                check(cpu_ratio, (cpu_ratio or 0) <= 1.0),
+                "tcia-fetch user+sys / tcia-utils user+sys",
+            )
+        )
         speedup = _ratio(get("tcia-utils", "wall_s"), get("tcia-fetch", "wall_s"))
         targets.append(
             _target(

@@ -113,6 +113,7 @@ def measure_zip_bytes(options: ServerOptions, uids: list[str], scratch: Path) ->
         first_byte_delay_s=0.0,
         max_concurrent_downloads=None,
         query_delay_s=0.0,
+        total_rate_bytes_per_s=None,
     )
     with FakeServer.start(unthrottled, scratch / "calibration") as server, ThreadPoolExecutor(4) as pool:
         return sum(
@@ -149,6 +150,7 @@ def _process_numbers(measured: ProcessMeasurement, verified_bytes: int) -> dict[
         "wall_s": round(measured.wall_s, 3),
         "cpu_user_s": round(measured.cpu_user_s, 3),
         "cpu_sys_s": round(measured.cpu_sys_s, 3),
+        "cpu_s": round(measured.cpu_s, 3),
         "mb_per_s": round(verified_bytes / MB / measured.wall_s, 2) if measured.wall_s > 0 else 0.0,
         "cpu_s_per_gb": round(measured.cpu_s / gigabytes, 2) if gigabytes > 0 else None,
         "peak_rss_mb": round(max(measured.peak_tree_rss_bytes, measured.max_single_hwm_bytes) / 2**20, 1),
@@ -387,6 +389,17 @@ def run_scenario(
             zip_bytes = measure_zip_bytes(options, uids, scratch)
             limit_s = zip_bytes / (options.max_concurrent_downloads * options.rate_bytes_per_s)
             log(f"  limit: {zip_bytes / MB:.1f} MB of zips / (cap x rate) = {limit_s:.2f} s")
+        elif scenario.limit_from_link:
+            options = scenario.server
+            assert options.total_rate_bytes_per_s is not None
+            zip_bytes = measure_zip_bytes(options, uids, scratch)
+            limit_s = zip_bytes / options.total_rate_bytes_per_s
+            log(f"  limit: {zip_bytes / MB:.1f} MB of zips / total rate = {limit_s:.2f} s")
+        if limit_s and scenario.limit_includes_first_byte:
+            options = scenario.server
+            slots = options.max_concurrent_downloads or len(uids)
+            limit_s += -(-len(uids) // slots) * options.first_byte_delay_s
+            log(f"  limit with first-byte waits: {limit_s:.2f} s")
         log(
             f"  {len(uids)} series, {dicom_bytes / MB:.1f} MB of DICOM; contenders: "
             f"{', '.join(c.name for c in contenders) or 'none'}"

@@ -28,6 +28,7 @@ class Scenario:
 
     ``limit_from_cap``: compute the server-imposed lower bound on wall time,
     zip bytes ÷ (download cap × per-connection rate), and report each contender's time ÷ limit.
+    ``limit_from_link``: the same bound for a server whose total bandwidth is capped.
     ``min_free_disk_factor``: contenders that keep zips next to the extracted files (aria2, curl) are
     skipped when free space under the temporary directory is below this many times the DICOM bytes.
     """
@@ -39,6 +40,11 @@ class Scenario:
     default_runs: int = 3
     kind: str = "download"
     limit_from_cap: bool = False
+    #: ``link``: the limit is zip bytes ÷ the server's total bandwidth (no per-connection cap).
+    limit_from_link: bool = False
+    #: Targets of issue 9 count the first-byte waits in the limit:
+    #: ``limit + ceil(series ÷ concurrent downloads) × first_byte_delay_s``.
+    limit_includes_first_byte: bool = False
     timeout_s: float = 600.0
     min_free_disk_factor: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -142,6 +148,116 @@ SCENARIOS: dict[str, Scenario] = {
             ),
             contenders=_ALL,
             timeout_s=600.0,
+        ),
+        # --- issue 9: real concurrency, a learned cap, flat memory, cheap tiny series ------------
+        Scenario(
+            name="cap24",
+            description=(
+                "A server that allows 24 concurrent downloads (more get 429 + Retry-After: 1), 3 MB/s "
+                "per connection, 0.4 s to the first body byte: 48 series of ~10 MB zips. tcia-fetch "
+                "asks for 32 (above the cap) and must learn it; tcia-utils runs its defaults (10 threads)."
+            ),
+            server=ServerOptions(
+                seed=71,
+                collections=1,
+                patients_per_collection=12,
+                series_per_study=4,
+                instances_per_series=(26, 30),
+                instance_bytes=(950_000, 1_050_000),
+                rate_bytes_per_s=3_000_000,
+                first_byte_delay_s=0.4,
+                max_concurrent_downloads=24,
+                retry_after_s=1.0,
+            ),
+            contenders=("tcia-fetch@32", "tcia-fetch@64", "tcia-utils"),
+            default_runs=2,
+            limit_from_cap=True,
+            limit_includes_first_byte=True,
+            timeout_s=240.0,
+        ),
+        Scenario(
+            name="tiny-latency",
+            description=(
+                "600 series of 1-3 small instances behind the cap24 server (24 concurrent downloads, "
+                "0.4 s to the first byte, 429 + Retry-After: 1 above the cap): per-series latency."
+            ),
+            server=ServerOptions(
+                seed=72,
+                collections=3,
+                patients_per_collection=20,
+                series_per_study=10,
+                instances_per_series=(1, 3),
+                instance_bytes=(2_000, 20_000),
+                rate_bytes_per_s=3_000_000,
+                first_byte_delay_s=0.4,
+                max_concurrent_downloads=24,
+                retry_after_s=1.0,
+            ),
+            contenders=("tcia-fetch@32", "tcia-utils"),
+            default_runs=2,
+            limit_from_cap=True,
+            limit_includes_first_byte=True,
+            timeout_s=240.0,
+        ),
+        Scenario(
+            name="bandwidth",
+            description=(
+                "A server whose whole uplink is 30 MB/s (at most 5 MB/s per connection, no download "
+                "cap, 0.1 s to the first byte): past about 7 streams (6 to fill the link, plus the "
+                "first-byte gaps) more connections add nothing. 160 series of ~2.5 MB zips; "
+                "tcia-fetch asks for 32 and should settle well below it."
+            ),
+            server=ServerOptions(
+                seed=73,
+                collections=2,
+                patients_per_collection=20,
+                series_per_study=4,
+                instances_per_series=(6, 8),
+                instance_bytes=(950_000, 1_050_000),
+                rate_bytes_per_s=5_000_000,
+                total_rate_bytes_per_s=30_000_000,
+                first_byte_delay_s=0.1,
+            ),
+            contenders=("tcia-fetch@32", "tcia-fetch@6", "tcia-utils"),
+            default_runs=2,
+            limit_from_link=True,
+            timeout_s=240.0,
+        ),
+        Scenario(
+            name="mem64",
+            description=(
+                "Concurrency 64 on loopback, no throttling: 96 series of ~10 MB of DICOM each. Peak "
+                "RSS must stay under 100 MB however many streams are open."
+            ),
+            server=ServerOptions(
+                seed=74,
+                collections=2,
+                patients_per_collection=12,
+                series_per_study=4,
+                instances_per_series=(9, 11),
+                instance_bytes=(950_000, 1_050_000),
+            ),
+            contenders=("tcia-fetch@64",),
+            default_runs=2,
+            timeout_s=300.0,
+        ),
+        Scenario(
+            name="tiny600",
+            description=(
+                "600 series of 1-3 small instances on loopback, 8 at a time: per-series CPU and "
+                "bookkeeping with full verification and fsync."
+            ),
+            server=ServerOptions(
+                seed=75,
+                collections=3,
+                patients_per_collection=20,
+                series_per_study=10,
+                instances_per_series=(1, 3),
+                instance_bytes=(2_000, 20_000),
+            ),
+            contenders=("tcia-fetch@8", "tcia-utils@8", "curl@8"),
+            default_runs=3,
+            timeout_s=300.0,
         ),
         Scenario(
             name="planning",

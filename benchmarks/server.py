@@ -56,6 +56,7 @@ class ServerOptions:
     max_concurrent_downloads: int | None = None
     retry_after_s: float = 1.0
     query_delay_s: float = 0.0
+    total_rate_bytes_per_s: float | None = None
     pixel_cache_bytes: int = 256 * 1024 * 1024
 
     def catalog_kwargs(self) -> dict[str, object]:
@@ -92,6 +93,8 @@ class ServerOptions:
             args.append(f"--rate-bytes-per-s={self.rate_bytes_per_s}")
         if self.max_concurrent_downloads is not None:
             args.append(f"--max-concurrent-downloads={self.max_concurrent_downloads}")
+        if self.total_rate_bytes_per_s is not None:
+            args.append(f"--total-rate-bytes-per-s={self.total_rate_bytes_per_s}")
         return args
 
     def as_dict(self) -> dict[str, object]:
@@ -104,6 +107,7 @@ class ServerOptions:
             "max_concurrent_downloads": self.max_concurrent_downloads,
             "retry_after_s": self.retry_after_s,
             "query_delay_s": self.query_delay_s,
+            "total_rate_bytes_per_s": self.total_rate_bytes_per_s,
         }
 
 

@@ -87,7 +87,12 @@ class ClientSettings(BaseModel):
     first_byte_timeout_s: float = Field(default=180.0, gt=0, description="deadline for response headers")
     stall_timeout_s: float = Field(default=120.0, gt=0, description="longest gap with no body bytes")
     query_timeout_s: float = Field(default=600.0, gt=0, description="deadline for a whole query")
-    max_connections: int = Field(default=8, ge=1, le=256, description="connection pool size")
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="download connections; a run sizes its pool from --concurrency (8 for queries alone)",
+    )
     user_agent: str = Field(default_factory=default_user_agent, min_length=1)
     username: str = Field(default=GUEST_USERNAME, description="legacy API user (env or credentials file)")
     password: SecretStr = Field(default=SecretStr(""), description="legacy API password (never logged)")

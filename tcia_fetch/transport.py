@@ -14,11 +14,15 @@ One :class:`Transport` wraps one ``aiohttp.ClientSession``. What a caller may re
   :func:`map_aiohttp_errors`, ``raise … from exc``; none escapes this module.
 * An error status becomes the matching :class:`~tcia_fetch.errors.HTTPStatusError`
   (see :mod:`tcia_fetch.api.status`) with a body excerpt and the redacted URL.
-* Streaming bodies are read in chunks of at least 256 KiB and never held whole in memory.
+* Streaming bodies are read in chunks of at most ``chunk_size_bytes`` (256 KiB by default, never
+  below 64 KiB) and never held whole in memory; aiohttp's own buffer per connection is bounded.
 
-The number of requests in flight is capped by a semaphore equal to the connection limit,
-acquired before the header deadline starts, so time spent queueing for a connection never
-counts as a slow server.
+Streams (downloads) and small requests (queries) queue on separate semaphores, each acquired
+before the header deadline starts, so time spent queueing for a connection never counts as a
+slow server. The connection pool holds exactly ``max_connections + query_connections``: every
+download slot has its own connection, and queries (planner metadata, size refreshes) have a
+few of their own, so neither can starve the other and nothing below the caller's download
+concurrency silently caps it.
 """
 
 from __future__ import annotations
@@ -51,15 +55,23 @@ from tcia_fetch.errors import (
 )
 
 __all__ = [
+    "MAX_CHUNK_SIZE_BYTES",
     "MIN_CHUNK_SIZE_BYTES",
+    "QUERY_CONNECTIONS",
     "BufferedResponse",
     "StreamingResponse",
     "Transport",
     "map_aiohttp_errors",
 ]
 
-MIN_CHUNK_SIZE_BYTES = 256 * 1024
+MIN_CHUNK_SIZE_BYTES = 64 * 1024
+#: The default read size of a streamed body (a run picks less when many streams share memory).
+MAX_CHUNK_SIZE_BYTES = 256 * 1024
+#: Connections reserved for small requests (planner metadata, size refreshes) on top of the
+#: download slots: enough for the planner's few concurrent queries, never taken by a stream.
+QUERY_CONNECTIONS = 4
 _ERROR_BODY_READ_BYTES = 4096
+_READ_BUFFER_BYTES = 64 * 1024
 
 Phase = Literal["request", "body"]
 
@@ -198,15 +210,18 @@ class Transport:
         self,
         *,
         max_connections: int = 8,
+        query_connections: int = QUERY_CONNECTIONS,
         connect_timeout_s: float = 30.0,
         first_byte_timeout_s: float = 120.0,
         stall_timeout_s: float = 120.0,
         query_timeout_s: float = 300.0,
         user_agent: str | None = None,
-        chunk_size_bytes: int = 1024 * 1024,
+        chunk_size_bytes: int = MAX_CHUNK_SIZE_BYTES,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if query_connections < 1:
+            raise ValueError("query_connections must be at least 1")
         for name, value in (
             ("connect_timeout_s", connect_timeout_s),
             ("first_byte_timeout_s", first_byte_timeout_s),
@@ -216,6 +231,7 @@ class Transport:
             if not value > 0:
                 raise ValueError(f"{name} must be positive")
         self._max_connections = max_connections
+        self._query_connections = query_connections
         self._connect_timeout_s = connect_timeout_s
         self._first_byte_timeout_s = first_byte_timeout_s
         self._stall_timeout_s = stall_timeout_s
@@ -224,6 +240,12 @@ class Transport:
         self._user_agent = user_agent or default_user_agent()
         self._session: aiohttp.ClientSession | None = None
         self._slots = anyio.Semaphore(max_connections)
+        self._query_slots = anyio.Semaphore(query_connections)
+
+    @property
+    def pool_size(self) -> int:
+        """Connections the pool may hold at once: one per stream slot plus the query headroom."""
+        return self._max_connections + self._query_connections
 
     async def __aenter__(self) -> Self:
         self._open()
@@ -236,9 +258,7 @@ class Transport:
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, limit_per_host=self._max_connections, ssl=True
-            )
+            connector = aiohttp.TCPConnector(limit=self.pool_size, limit_per_host=self.pool_size, ssl=True)
             # total=None: no whole-request deadline (downloads can take hours). Header and
             # stall deadlines are enforced around each await instead.
             timeout = aiohttp.ClientTimeout(
@@ -246,6 +266,9 @@ class Transport:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                # aiohttp stops reading a socket once about twice this much is buffered: with 64
+                # streams, its own buffers stay a few MiB (the engine budgets everything past them).
+                read_bufsize=_READ_BUFFER_BYTES,
                 timeout=timeout,
                 headers={"Accept": "*/*", "User-Agent": self._user_agent},
                 trust_env=True,
@@ -327,7 +350,7 @@ class Transport:
         :class:`~tcia_fetch.errors.TransportError` subclass or an HTTP status error.
         """
         display_url = self._display_url(url, params)
-        async with self._slots:
+        async with self._query_slots:
             with map_aiohttp_errors(url=display_url, series_uid=series_uid, phase="request"):
                 with anyio.fail_after(self._query_timeout_s):
                     response = await self._start(

@@ -41,10 +41,14 @@ from tcia_fetch.api.models import (
 from tcia_fetch.api.parse import Row, parse_rows
 from tcia_fetch.config import ClientSettings
 from tcia_fetch.errors import InputError, ResponseFormatError, UnauthorizedError
-from tcia_fetch.transport import BufferedResponse, StreamingResponse, Transport
+from tcia_fetch.transport import MAX_CHUNK_SIZE_BYTES, BufferedResponse, StreamingResponse, Transport
 from tcia_fetch.uid import uid_problem
 
-__all__ = ["NBIAClient"]
+__all__ = ["DEFAULT_DOWNLOAD_SLOTS", "NBIAClient"]
+
+#: Download connections when neither the caller (a run passes its ``--concurrency``) nor the
+#: config file's ``max_connections`` says otherwise.
+DEFAULT_DOWNLOAD_SLOTS = 8
 
 #: What the ``stream_*`` methods return: ``async with`` it to get a StreamingResponse.
 _StreamContext = AbstractAsyncContextManager[StreamingResponse]
@@ -65,6 +69,11 @@ class NBIAClient:
         base_url: shortcut overriding ``settings.base_url`` (derived NLST and token URLs
             follow it unless set explicitly in ``settings``).
         clock: monotonic seconds for token expiry; injectable for tests.
+        download_slots: how many downloads may stream at once (a run passes its
+            ``--concurrency``); beats ``settings.max_connections``. Queries always have
+            connections of their own on top.
+        download_read_bytes: the most one read of a download returns (a run sizes it so that
+            all its streams fit one memory budget); 256 KiB by default.
     """
 
     def __init__(
@@ -73,6 +82,8 @@ class NBIAClient:
         *,
         base_url: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        download_slots: int | None = None,
+        download_read_bytes: int | None = None,
     ) -> None:
         settings = settings or ClientSettings()
         if base_url is not None:
@@ -82,12 +93,13 @@ class NBIAClient:
         self.settings = settings
         self._clock = clock
         self._transport = Transport(
-            max_connections=settings.max_connections,
+            max_connections=download_slots or settings.max_connections or DEFAULT_DOWNLOAD_SLOTS,
             connect_timeout_s=settings.connect_timeout_s,
             first_byte_timeout_s=settings.first_byte_timeout_s,
             stall_timeout_s=settings.stall_timeout_s,
             query_timeout_s=settings.query_timeout_s,
             user_agent=settings.user_agent,
+            chunk_size_bytes=download_read_bytes or MAX_CHUNK_SIZE_BYTES,
         )
         self._token_managers: dict[str, TokenManager] = {}
 

@@ -15,6 +15,7 @@ import hashlib
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import click
@@ -28,12 +29,16 @@ from tcia_fetch.cli.runcmd import print_report
 from tcia_fetch.engine.report import RunReport, RunStats
 from tcia_fetch.engine.run import RunOptions, fetch
 from tcia_fetch.store.journal import Journal
-from tcia_fetch.testing import Catalog, FakeNBIA, FaultKind, FaultPlan, FaultRule, SeriesEntry
+
+if TYPE_CHECKING:  # the fake server is imported when the demo runs: `tcia-fetch run` never pays for it
+    from tcia_fetch.testing import Catalog, FaultPlan, SeriesEntry
 
 __all__ = ["demo"]
 
 
 def _demo_catalog() -> Catalog:
+    from tcia_fetch.testing import Catalog
+
     return Catalog.generate(
         seed=2026,
         collections=3,
@@ -46,6 +51,8 @@ def _demo_catalog() -> Catalog:
 
 
 def _faults(catalog: Catalog) -> tuple[FaultPlan, SeriesEntry, SeriesEntry]:
+    from tcia_fetch.testing import FaultKind, FaultPlan, FaultRule
+
     series = catalog.series
     unsafe, restricted = series[-1], series[-2]
     rules = [
@@ -144,6 +151,8 @@ def demo(out: Path | None, quiet: bool) -> None:
     destination = workdir / "data"
 
     async def main() -> tuple[RunReport, RunReport]:
+        from tcia_fetch.testing import FakeNBIA
+
         fake = FakeNBIA(catalog, faults=faults, restricted_series=frozenset({restricted.uid}))
         async with fake.serve() as server:
             console.rule("tcia-fetch demo")

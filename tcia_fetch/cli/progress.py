@@ -91,7 +91,9 @@ class ProgressReporter:
         """Print notable events: failures always (unless quiet), retries and pauses in logs."""
         if self._mode == "quiet":
             return
-        if event.kind == "failed":
+        if event.kind == "warning":
+            self._console.print(f"[yellow]warning[/yellow] {event.message}", soft_wrap=True)
+        elif event.kind == "failed":
             self._console.print(f"[red]failed[/red] {event.series_uid}: {event.message}", soft_wrap=True)
         elif event.kind == "retry" and self._mode == "lines":
             message = f"retry {event.series_uid} in {event.delay_s:.1f}s: {event.message}"

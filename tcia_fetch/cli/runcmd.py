@@ -72,7 +72,7 @@ def _options(**kwargs: object) -> RunOptions:
 @click.option(
     "--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="Config file (TOML)."
 )
-@click.option("--concurrency", "-j", type=click.IntRange(1, 64), help="Most downloads in flight at once.")
+@click.option("--concurrency", "-j", type=click.IntRange(1, 256), help="Most downloads in flight at once.")
 @click.option(
     "--report",
     "report_path",

@@ -10,12 +10,15 @@ caller returns before its own record is on disk.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
 import anyio
 import anyio.to_thread
 
 from tcia_fetch.store.journal import Journal, SeriesRecord
 
-__all__ = ["GroupCommit"]
+__all__ = ["GroupCommit", "GroupPublisher"]
 
 
 class GroupCommit:
@@ -48,3 +51,107 @@ class GroupCommit:
                 raise
             self._flushed_seq = upto
             self.flushes += 1
+
+
+class _Publication:
+    """One series waiting to be published by :class:`GroupPublisher`."""
+
+    __slots__ = ("done", "error", "event", "publish", "published", "staging", "taken", "verified")
+
+    def __init__(
+        self,
+        verified: SeriesRecord,
+        done: SeriesRecord,
+        publish: Callable[[Path, PurePosixPath], object],
+        staging: Path,
+        relative: PurePosixPath,
+    ) -> None:
+        self.verified = verified
+        self.done = done
+        self.publish = (publish, staging, relative)
+        self.staging = staging
+        self.taken = False
+        self.published = False
+        self.error: BaseException | None = None
+        self.event = anyio.Event()
+
+
+class GroupPublisher:
+    """The publish protocol for many finished series at once, in one thread hop.
+
+    For each series the order is the one every crash window is proven safe for
+    (tests/store/test_crash_windows.py): its ``verified`` record is durable, then its staging
+    directory is renamed into place, then its ``done`` record is durable. Here the series that
+    finished while the previous batch was being published go together: ONE journal write and
+    fsync for all their ``verified`` records, their renames, ONE write and fsync for their
+    ``done`` records, all in one worker thread. A tiny series thus costs a fraction of a thread
+    hand-off and of two fsyncs instead of three hand-offs and two fsyncs of its own.
+
+    A series that fails to publish (its final path taken, say) gets its own error; the others
+    go on. A caller cancelled before its series was taken leaves the queue untouched; one taken
+    already waits (shielded) for the outcome, since its files may be in place.
+    """
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self._lock = anyio.Lock()
+        self._queue: list[_Publication] = []
+        self.flushes = 0
+
+    async def publish(
+        self,
+        verified: SeriesRecord,
+        done: SeriesRecord,
+        publish: Callable[[Path, PurePosixPath], object],
+        staging: Path,
+        relative: PurePosixPath,
+    ) -> None:
+        """Return once the series is published and its ``done`` record durable; raise if not."""
+        entry = _Publication(verified, done, publish, staging, relative)
+        self._queue.append(entry)
+        try:
+            async with self._lock:
+                if not entry.taken:
+                    batch, self._queue = self._queue, []
+                    for item in batch:
+                        item.taken = True
+                    try:
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(self._flush, batch)
+                    finally:
+                        for item in batch:
+                            item.event.set()
+        except BaseException:
+            if not entry.taken:
+                self._queue.remove(entry)
+                raise
+            with anyio.CancelScope(shield=True):
+                await entry.event.wait()
+            raise
+        await entry.event.wait()
+        if entry.error is not None:
+            raise entry.error
+
+    def _flush(self, batch: list[_Publication]) -> None:
+        self.flushes += 1
+        try:
+            self._journal.extend([item.verified for item in batch])
+        except BaseException as exc:
+            for item in batch:
+                item.error = exc
+            return
+        placed: list[_Publication] = []
+        for item in batch:
+            publish, staging, relative = item.publish
+            try:
+                publish(staging, relative)
+            except BaseException as exc:
+                item.error = exc
+            else:
+                item.published = True
+                placed.append(item)
+        try:
+            self._journal.extend([item.done for item in placed])
+        except BaseException as exc:
+            for item in placed:
+                item.error = exc

@@ -1,13 +1,33 @@
-"""Adaptive concurrency: how many series download at once, steered by AIMD (reliability.md §4.6).
+"""Adaptive concurrency: how many series download at once (reliability.md §4.6).
 
 Each download is a long stream, so the number of concurrent series is the control variable
 (Little's law: throughput = concurrency / time per series). :class:`AimdController` is the pure
-decision logic (times passed in, no awaits): additive increase of 1 per clean epoch in which the
-limit was actually used, multiplicative decrease (x0.5 on throttle, x0.75 on transient errors
-and timeouts, rounded half up but always at least one slot) at most once per epoch, then a
-freeze, floor 1, and the user's ``--concurrency`` as a hard ceiling. :class:`AdaptiveLimiter`
-is the async gate the workers enter; it consults the controller. Lowering the limit never
-cancels work in flight: it only holds back new starts.
+decision logic (times passed in, no awaits); :class:`AdaptiveLimiter` is the async gate the
+workers enter. Lowering the limit never cancels work in flight: it only holds back new starts.
+
+What the controller does, and why:
+
+* **Ramp.** From the start (and after an outage) the limit rises by one slot every
+  ``ramp_interval_s`` while every slot is busy, up to the user's ``--concurrency``. Starts are
+  spaced rather than sent in waves, so a server with a concurrency cap refuses one request, not
+  a whole wave: its 429 comes back before the next start.
+* **Learn the cap.** A throttle (429) says the server would not take one more: the limit drops
+  to the number of downloads in flight when it came (what the server did accept), and the
+  level above is remembered as the server's cap. Growing back to it needs ``probe_after_epochs``
+  clean epochs, doubling per failed probe, so a hard cap is knocked on rarely.
+* **No idle connections.** Without a cap, once the ramp is over the controller compares the
+  goodput (body bytes per second) of whole epochs at neighbouring limits: when a quarter fewer
+  streams deliver as much, the extra streams added nothing (a shared link is full), the limit
+  stays lower and the next trial halves it, until fewer streams deliver less; the higher level
+  is remembered like a cap (probed rarely, kept only if it really adds goodput). Epochs that
+  moved fewer than ``min_measured_bytes`` say nothing about goodput and are not compared.
+* **Back off on trouble.** Timeouts and transient errors cut the limit to three quarters
+  (rounded half up, always at least one slot) at most once per epoch, then freeze growth.
+
+Epochs play TCP's round trip: an epoch lasts ``max(min_epoch_s, median recent series time)``
+(capped at ``max_epoch_s``). Growth needs a clean epoch in which the limit was used (every slot
+busy for ``min_used_fraction`` of it): an idle or slow-producer run does not inflate a limit it
+never tested.
 """
 
 from __future__ import annotations
@@ -24,16 +44,20 @@ import anyio
 
 from tcia_fetch.engine.clock import Clock
 
-__all__ = ["AdaptiveLimiter", "AimdController", "CongestionKind", "LimiterStatistics"]
+__all__ = ["AdaptiveLimiter", "AimdController", "CongestionKind", "LimiterStatistics", "Slot"]
 
 CongestionKind = Literal["throttle", "transient", "timeout"]
 
-_DECREASE_FACTORS: dict[str, float] = {"throttle": 0.5, "transient": 0.75, "timeout": 0.75}
+_DECREASE_FACTORS: dict[str, float] = {"transient": 0.75, "timeout": 0.75}
 
 
 @dataclass(frozen=True, slots=True)
 class LimiterStatistics:
-    """A snapshot of the controller: where the limit is and how it got there."""
+    """A snapshot of the controller: where the limit is and how it got there.
+
+    ``learned_cap`` is the most downloads the server accepted when it last throttled (None if
+    it never did); ``no_gain_limit`` the lowest level found to add no goodput (None if none).
+    """
 
     limit: int
     max_limit: int
@@ -45,27 +69,17 @@ class LimiterStatistics:
     successes: int
     bytes_completed: int
     epoch_s: float
+    learned_cap: int | None = None
+    no_gain_limit: int | None = None
 
 
 class AimdController:
-    """Pure AIMD over the number of concurrent series. All methods take ``now`` explicitly.
+    """Pure controller over the number of concurrent series. All methods take ``now`` explicitly.
 
-    Epochs play TCP's round-trip: an epoch lasts ``max(min_epoch_s, median recent series
-    time)`` (capped at ``max_epoch_s``), so the limit moves once per "generation" of downloads.
-    At the end of an epoch the limit grows by 1 only if the epoch was clean (no congestion), no
-    freeze is pending, and the limit was used: every slot busy for at least
-    ``min_used_fraction`` of the epoch (the app-limited guard, so an idle or slow-producer run
-    does not inflate a limit it never tested, and a slot filled in the epoch's last instant
-    does not count as a test passed).
-    A congestion signal cuts the limit at most once per epoch, restarts the epoch and freezes
-    growth for ``freeze_epochs`` epochs, so eight streams failing together after one event
-    cost one cut, not eight.
-
-    The limit at which the last cut happened is remembered as the known-bad level. Growing
-    back to it needs ``probe_after_epochs`` clean epochs in a row, and each failed probe at
-    that level doubles the wait (up to ``max_probe_after_epochs``); a clean epoch at or
-    above it forgets it. Without this memory AIMD would knock on a server's hard capacity
-    every few epochs forever (reliability.md F6: the 429 share must fall after convergence).
+    See the module docstring for the policy. ``_ceiling`` is the remembered level (a throttle's
+    learned cap plus one, or a level that added no goodput) that growth approaches only after
+    ``_probe_wait_epochs`` clean epochs in a row; a failed probe doubles that wait (up to
+    ``max_probe_after_epochs``).
     """
 
     def __init__(
@@ -81,6 +95,9 @@ class AimdController:
         probe_after_epochs: int = 2,
         max_probe_after_epochs: int = 64,
         min_used_fraction: float = 0.5,
+        ramp_interval_s: float = 0.05,
+        gain_tolerance: float = 0.05,
+        min_measured_bytes: int = 16 << 20,
     ) -> None:
         if max_limit < 1:
             raise ValueError(f"max_limit must be >= 1, not {max_limit}")
@@ -88,6 +105,8 @@ class AimdController:
             raise ValueError(f"initial must be >= 1 when given, not {initial}")
         if not (0 < min_epoch_s <= max_epoch_s):
             raise ValueError("need 0 < min_epoch_s <= max_epoch_s")
+        if ramp_interval_s < 0 or not (0 <= gain_tolerance < 1):
+            raise ValueError("need ramp_interval_s >= 0 and 0 <= gain_tolerance < 1")
         self.max_limit = max_limit
         self.min_epoch_s = min_epoch_s
         self.max_epoch_s = max_epoch_s
@@ -95,24 +114,43 @@ class AimdController:
         self.probe_after_epochs = max(1, probe_after_epochs)
         self.max_probe_after_epochs = max(self.probe_after_epochs, max_probe_after_epochs)
         self.min_used_fraction = min_used_fraction
+        self.ramp_interval_s = ramp_interval_s
+        self.gain_tolerance = gain_tolerance
+        #: An epoch that moved fewer body bytes says nothing about goodput (tiny series, idling).
+        self.min_measured_bytes = min_measured_bytes
         self._full_since: float | None = None
         self._full_s = 0.0
-        self._bad_limit: int | None = None
+        self._ceiling: int | None = None
+        self._ceiling_from_goodput = False
+        self._learned_cap: int | None = None
+        #: Refinements of a cap learned this epoch stay above this (at most a halving per epoch).
+        self._cut_floor = 0
         self._probe_wait_epochs = self.probe_after_epochs
         self._clean_streak = 0
         self._limit = min(initial if initial is not None else 2, max_limit)
-        #: TCP-style slow start: until the server first pushes back, a clean, fully used epoch
-        #: doubles the limit instead of adding one, so a healthy server is used fully within a
-        #: few epochs; the first congestion signal ends it for good (or until ``restart``).
-        self._slow_start = True
+        self._ramping = self._limit < max_limit
+        self._ramp_next_at = now
         self._durations: deque[float] = deque(maxlen=max(1, duration_window))
         self._epoch_start = now
         self._in_flight = 0
+        self._streaming = 0
         self._epoch_peak = 0
+        self._epoch_over_limit = False
+        self._epoch_bytes = 0
         self._overall_peak = 0
         self._congested_this_epoch = False
         self._decreased_this_epoch = False
         self._freeze_remaining = 0
+        #: Goodput (bytes/s) of the last valid epoch at each limit, for the no-gain comparison.
+        self._goodput: dict[int, float] = {}
+        #: While trying a lower limit: the limit it was tried from.
+        self._trial_from: int | None = None
+        #: While probing one slot above a no-gain level: the limit it probed from.
+        self._probe_from: int | None = None
+        #: Measured epochs to wait before the next trial of a lower limit (0: right after the
+        #: ramp); doubles each time a trial finds fewer streams worse, so noise cannot pin it.
+        self._trial_wait_epochs = 0
+        self._epochs_since_trial = 0
         self._increases = 0
         self._decreases = 0
         self._congestion_signals = 0
@@ -130,19 +168,43 @@ class AimdController:
         """Every change of the limit as ``(time, limit)``, starting with the initial value."""
         return tuple(self._trace)
 
+    @property
+    def ramping(self) -> bool:
+        """True while the limit still rises one slot per ramp interval."""
+        return self._ramping
+
     def epoch_s(self) -> float:
         """The current epoch length: the median recent series time, within the configured bounds."""
         if not self._durations:
             return self.min_epoch_s
         return min(self.max_epoch_s, max(self.min_epoch_s, stats.median(self._durations)))
 
+    def next_growth_at(self) -> float | None:
+        """When the ramp may next add a slot (None unless ramping with every slot busy).
+
+        The async gate sleeps until then instead of waiting for an event that would not come.
+        """
+        if self._ramping and self._limit < self.max_limit and self._in_flight >= self._limit:
+            return self._ramp_next_at
+        return None
+
     def observe_in_flight(self, in_flight: int, now: float) -> None:
         """The number of series in flight changed (a start or a finish)."""
         self.tick(now)
         self._in_flight = in_flight
         self._epoch_peak = max(self._epoch_peak, in_flight)
+        if in_flight > self._limit:
+            self._epoch_over_limit = True
         self._track_full_use(now)
         self._overall_peak = max(self._overall_peak, in_flight)
+
+    def observe_streaming(self, streaming: int) -> None:
+        """The number of downloads the server has answered (headers received) changed."""
+        self._streaming = streaming
+
+    def on_bytes(self, nbytes: int) -> None:
+        """Body bytes arrived (any series): the goodput the current limit delivers."""
+        self._epoch_bytes += nbytes
 
     def on_success(self, now: float, duration_s: float, nbytes: int = 0) -> None:
         """A series finished cleanly after ``duration_s`` seconds (feeds the epoch length)."""
@@ -152,23 +214,58 @@ class AimdController:
         if math.isfinite(duration_s) and duration_s >= 0:
             self._durations.append(duration_s)
 
-    def on_congestion(self, now: float, kind: CongestionKind) -> bool:
-        """The server pushed back. Returns True if this signal lowered the limit."""
+    def on_congestion(self, now: float, kind: CongestionKind, *, others_in_flight: int | None = None) -> bool:
+        """The server pushed back. Returns True if this signal lowered the limit.
+
+        ``others_in_flight`` is how many downloads were in flight besides the refused one (what
+        the server was serving alongside it); by default, everything in flight now (a caller
+        that has already left its slot).
+        """
         self.tick(now)
+        others = self._in_flight if others_in_flight is None else max(0, others_in_flight)
+        streaming = min(self._streaming, others)
         self._congestion_signals += 1
         self._congested_this_epoch = True
-        self._slow_start = False
+        self._ramping = False
+        self._trial_from = None
+        self._probe_from = None
         if self._decreased_this_epoch:
+            refine = kind == "throttle" and self._learned_cap is not None
+            if refine and self._cut_floor < others < self._limit:
+                # A request that was already on its way when the cap was learned came back
+                # refused too: the server took fewer than we thought. Refine, do not cut again.
+                self._learned_cap = others
+                self._ceiling = others + 1
+                self._set_limit(others, now)
             return False
-        if self._bad_limit is not None and self._limit >= self._bad_limit:
+        if self._ceiling is not None and self._limit >= self._ceiling:
             self._probe_wait_epochs = min(self.max_probe_after_epochs, self._probe_wait_epochs * 2)
         else:
             self._probe_wait_epochs = self.probe_after_epochs
-        self._bad_limit = self._limit
         self._clean_streak = 0
-        factor = _DECREASE_FACTORS[kind]
-        # Round half up, but always cut by at least one: x0.5 of 3 is 2, x0.75 of 3 is 2.
-        new_limit = max(1, min(self._limit - 1, math.floor(self._limit * factor + 0.5)))
+        if kind == "throttle":
+            # The server took ``in_flight`` and refused one more: hold there, remember the cap.
+            # Never more than a halving, though: a lone 429 at a quiet moment is no cap of 1.
+            # Throttled again at (or below) a cap already learned, the server's capacity fell:
+            # then only the downloads it has really answered count (the others in flight may
+            # be refused too).
+            half = math.floor(self._limit * 0.5 + 0.5)
+            self._cut_floor = half - 1
+            repeated = self._learned_cap is not None and self._limit <= self._learned_cap
+            accepted = streaming if repeated and streaming > 0 else others
+            new_limit = max(1, min(self._limit - 1, max(accepted, half)))
+            if accepted >= half:
+                self._learned_cap = new_limit
+                self._ceiling = new_limit + 1
+            else:
+                self._ceiling = self._limit
+            self._ceiling_from_goodput = False
+        else:
+            factor = _DECREASE_FACTORS[kind]
+            # Round half up, but always cut by at least one: x0.75 of 3 is 2.
+            new_limit = max(1, min(self._limit - 1, math.floor(self._limit * factor + 0.5)))
+            self._ceiling = self._limit
+            self._ceiling_from_goodput = False
         self._decreased_this_epoch = True
         self._freeze_remaining = self.freeze_epochs
         self._start_epoch(now)
@@ -177,30 +274,25 @@ class AimdController:
         return True
 
     def on_admitted(self, now: float) -> None:
-        """The server accepted a request (response headers, no error): in slow start, one more slot.
-
-        TCP grows its window per acknowledgement during slow start, not per round trip; a
-        download's "acknowledgement" is the server starting to send it. Against a server with a
-        concurrency cap this reaches the cap within the first few requests instead of after
-        several whole-series epochs; the first 429 ends slow start (see :meth:`on_congestion`).
-        """
+        """The server accepted a request (response headers, no error)."""
         self.tick(now)
-        if self._slow_start and self._limit < self.max_limit:
-            self._increases += 1
-            self._set_limit(self._limit + 1, now)
 
     def restart(self, now: float, limit: int = 1) -> None:
-        """Slow start after an outage (the circuit breaker closed): back to ``limit``, new epoch."""
+        """Ramp again after an outage (the circuit breaker closed): back to ``limit``, new epoch."""
         self._start_epoch(now)
         self._congested_this_epoch = False
         self._decreased_this_epoch = False
         self._freeze_remaining = 0
         self._clean_streak = 0
-        self._slow_start = True
+        self._trial_from = None
+        self._probe_from = None
+        self._ramping = True
+        self._ramp_next_at = now
         self._set_limit(max(1, min(limit, self.max_limit)), now)
 
     def tick(self, now: float) -> None:
-        """Close every epoch that has ended by ``now`` (called from each event; cheap)."""
+        """Close every epoch that has ended by ``now`` and advance the ramp (cheap)."""
+        self._ramp(now)
         epoch = self.epoch_s()
         # Beyond max_limit + freeze epochs nothing more can change, so long idle gaps stay O(1).
         for _ in range(self.max_limit + self.freeze_epochs + 1):
@@ -210,9 +302,24 @@ class AimdController:
         if now >= self._epoch_start + epoch:
             self._start_epoch(now)
 
+    def _ramp(self, now: float) -> None:
+        if not self._ramping:
+            return
+        if self._limit >= self.max_limit or (self._ceiling is not None and self._limit + 1 >= self._ceiling):
+            self._ramping = False
+            return
+        if self._in_flight >= self._limit and now >= self._ramp_next_at:
+            self._increases += 1
+            self._ramp_next_at = now + self.ramp_interval_s
+            self._set_limit(self._limit + 1, now)
+            if self._limit >= self.max_limit:
+                self._ramping = False
+
     def _start_epoch(self, now: float) -> None:
         self._epoch_start = now
         self._epoch_peak = self._in_flight
+        self._epoch_over_limit = self._in_flight > self._limit
+        self._epoch_bytes = 0
         self._full_s = 0.0
         self._full_since = now if self._in_flight >= self._limit else None
 
@@ -230,7 +337,20 @@ class AimdController:
         if self._full_since is not None:
             self._full_s += end - self._full_since
             self._full_since = end
-        used = self._full_s >= self.min_used_fraction * (end - self._epoch_start) - 1e-9
+        length = end - self._epoch_start
+        used = self._full_s >= self.min_used_fraction * length - 1e-9
+        # A goodput sample counts only for an epoch spent at its limit: busy, and never above
+        # it (just after a cut, downloads admitted under the old limit are still running).
+        measured = (
+            clean
+            and used
+            and not self._epoch_over_limit
+            and not self._ramping
+            and length > 0
+            and self._epoch_bytes >= self.min_measured_bytes
+        )
+        goodput = self._epoch_bytes / length if length > 0 else 0.0
+        limit = self._limit
         self._start_epoch(end)
         self._congested_this_epoch = False
         self._decreased_this_epoch = False
@@ -239,27 +359,95 @@ class AimdController:
         if self._freeze_remaining > 0:
             self._freeze_remaining -= 1
             return
-        if not (clean and used):
-            return
+        if measured:
+            self._goodput[limit] = goodput
+            if self._judge_goodput(limit, goodput, end):
+                return
+        pending = self._trial_from is not None or self._probe_from is not None
+        if self._ramping or not (clean and used) or pending:
+            return  # a pending goodput comparison waits for its measured epoch
         self._clean_streak += 1
-        if self._bad_limit is not None and self._limit >= self._bad_limit:
+        if self._ceiling is not None and limit >= self._ceiling and not self._ceiling_from_goodput:
             # A whole clean epoch at the old trouble level: the server has room again.
-            self._bad_limit = None
+            self._ceiling = None
             self._probe_wait_epochs = self.probe_after_epochs
-        if self._limit >= self.max_limit:
+        if limit >= self.max_limit:
             return
-        approaching_bad = self._bad_limit is not None and self._limit + 1 >= self._bad_limit
-        if approaching_bad and self._clean_streak < self._probe_wait_epochs:
+        approaching = self._ceiling is not None and limit + 1 >= self._ceiling
+        if approaching and self._clean_streak < self._probe_wait_epochs:
             return
         self._clean_streak = 0
+        if approaching and self._ceiling_from_goodput:
+            self._probe_from = limit
         self._increases += 1
-        step = self._limit if self._slow_start else 1
-        self._set_limit(min(self.max_limit, self._limit + step), end)
+        self._set_limit(limit + 1, end)
+
+    def _judge_goodput(self, limit: int, goodput: float, end: float) -> bool:
+        """The no-gain rule, after an epoch measured at ``limit``. True if it moved the limit.
+
+        Applies only to servers that never throttled (a learned cap already says where to be).
+        """
+        if self._learned_cap is not None:
+            return False
+        tolerance = self.gain_tolerance
+        if self._probe_from is not None:
+            base = self._goodput.get(self._probe_from)
+            source, self._probe_from = self._probe_from, None
+            if base is not None and goodput <= base * (1 + tolerance):
+                # One more stream added nothing: back down, and probe that level more rarely.
+                self._probe_wait_epochs = min(self.max_probe_after_epochs, self._probe_wait_epochs * 2)
+                self._clean_streak = 0
+                self._decreases += 1
+                self._set_limit(source, end)
+                return True
+            self._ceiling = None  # it did add goodput: no ceiling any more
+            self._ceiling_from_goodput = False
+            self._probe_wait_epochs = self.probe_after_epochs
+            return False
+        if self._trial_from is not None:
+            base = self._goodput.get(self._trial_from)
+            source, self._trial_from = self._trial_from, None
+            if base is not None and goodput >= base * (1 - tolerance):
+                # A quarter fewer streams delivered as much: the extra ones added nothing.
+                self._ceiling = source
+                self._ceiling_from_goodput = True
+                self._probe_wait_epochs = self.probe_after_epochs
+                self._clean_streak = 0
+                return self._try_lower(limit, end, step=max(1, limit // 2))
+            # Fewer streams delivered less: go back, and try again later (rarer each time). If
+            # an earlier trial found that more streams than ``source`` add nothing, nothing above
+            # it is worth holding either.
+            if self._ceiling_from_goodput:
+                self._ceiling = source + 1
+            self._trial_wait_epochs = min(
+                self.max_probe_after_epochs, max(self.probe_after_epochs, self._trial_wait_epochs * 2)
+            )
+            self._clean_streak = 0
+            self._increases += 1
+            self._set_limit(source, end)
+            return True
+        self._epochs_since_trial += 1
+        if self._epochs_since_trial > self._trial_wait_epochs:
+            # Is every stream of this limit worth having? Try a quarter fewer for an epoch.
+            return self._try_lower(limit, end, step=max(1, limit // 4))
+        return False
+
+    def _try_lower(self, limit: int, end: float, *, step: int) -> bool:
+        """Try ``limit - step`` for an epoch (a quarter first; half after a trial that passed)."""
+        if limit <= 1:
+            return False
+        self._epochs_since_trial = 0
+        self._trial_from = limit
+        self._decreases += 1
+        self._set_limit(max(1, limit - step), end)
+        return True
 
     def _set_limit(self, limit: int, now: float) -> None:
         if limit != self._limit:
             self._limit = limit
             self._trace.append((now, limit))
+            if self._in_flight > limit:
+                self._epoch_over_limit = True
             self._track_full_use(now)
 
     def statistics(self) -> LimiterStatistics:
@@ -274,7 +462,42 @@ class AimdController:
             successes=self._successes,
             bytes_completed=self._bytes_completed,
             epoch_s=self.epoch_s(),
+            learned_cap=self._learned_cap,
+            no_gain_limit=self._ceiling if self._ceiling_from_goodput else None,
         )
+
+
+class _Waiter:
+    """A task queued for a slot: ``event`` fires when it is granted one or must keep the ramp's time."""
+
+    __slots__ = ("event", "granted")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.granted = False
+
+
+class Slot:
+    """One held download slot (see :meth:`AdaptiveLimiter.slot`)."""
+
+    __slots__ = ("_limiter", "is_admitted")
+
+    def __init__(self, limiter: AdaptiveLimiter) -> None:
+        self._limiter = limiter
+        self.is_admitted = False
+
+    def congestion(self, kind: CongestionKind) -> None:
+        """This download was refused or failed (``throttle``, ``transient``, ``timeout``)."""
+        limiter = self._limiter
+        limiter.on_congestion(kind, others_in_flight=limiter.in_flight - 1)
+
+    def admitted(self) -> None:
+        """The server answered this download (response headers, no error)."""
+        if not self.is_admitted:
+            self.is_admitted = True
+            self._limiter._streaming += 1
+            self._limiter.controller.observe_streaming(self._limiter._streaming)
+            self._limiter.on_admitted()
 
 
 class AdaptiveLimiter:
@@ -297,6 +520,9 @@ class AdaptiveLimiter:
         probe_after_epochs: int = 2,
         max_probe_after_epochs: int = 64,
         min_used_fraction: float = 0.5,
+        ramp_interval_s: float = 0.05,
+        gain_tolerance: float = 0.05,
+        min_measured_bytes: int = 16 << 20,
     ) -> None:
         self._clock = clock
         self.controller = AimdController(
@@ -309,9 +535,13 @@ class AdaptiveLimiter:
             probe_after_epochs=probe_after_epochs,
             max_probe_after_epochs=max_probe_after_epochs,
             min_used_fraction=min_used_fraction,
+            ramp_interval_s=ramp_interval_s,
+            gain_tolerance=gain_tolerance,
+            min_measured_bytes=min_measured_bytes,
         )
         self._in_flight = 0
-        self._waiters: deque[anyio.Event] = deque()
+        self._streaming = 0
+        self._waiters: deque[_Waiter] = deque()
 
     @property
     def limit(self) -> int:
@@ -330,28 +560,48 @@ class AdaptiveLimiter:
         return len(self._waiters)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one download slot for the duration of the block."""
+    async def slot(self) -> AsyncIterator[Slot]:
+        """Hold one download slot for the duration of the block.
+
+        Call ``admitted()`` on the yielded :class:`Slot` when the server answers (headers): the
+        controller then counts that download as one the server accepted.
+        """
         await self._acquire()
+        held = Slot(self)
         try:
-            yield
+            yield held
         finally:
+            if held.is_admitted:
+                self._streaming -= 1
+                self.controller.observe_streaming(self._streaming)
             self._release()
 
     async def _acquire(self) -> None:
+        self.controller.tick(self._clock.monotonic())
         if not self._waiters and self._in_flight < self.controller.limit:
             self._take()
             return
-        ticket = anyio.Event()
-        self._waiters.append(ticket)
+        waiter = _Waiter()
+        self._waiters.append(waiter)
         try:
-            await ticket.wait()
+            while not waiter.granted:
+                grow_at = self.controller.next_growth_at()
+                if grow_at is not None and self._waiters and self._waiters[0] is waiter:
+                    # Ramping with every slot busy: the limit grows by the clock, not by an
+                    # event, so the first in line sleeps until then and hands the slot out.
+                    await self._clock.sleep(max(0.0, grow_at - self._clock.monotonic()))
+                    self._hand_out()
+                    continue
+                await waiter.event.wait()
+                if not waiter.granted:
+                    waiter.event = anyio.Event()  # woken to become the ramp's timekeeper
         except BaseException:
-            if ticket.is_set():
+            if waiter.granted:
                 # The slot was handed to us just as we were cancelled: pass it on.
                 self._release()
             else:
-                self._waiters.remove(ticket)
+                self._waiters.remove(waiter)
+                self._hand_out()  # if we kept the ramp's time, the next in line takes over
             raise
 
     def _take(self) -> None:
@@ -364,10 +614,14 @@ class AdaptiveLimiter:
         self._hand_out()
 
     def _hand_out(self) -> None:
+        self.controller.tick(self._clock.monotonic())
         while self._waiters and self._in_flight < self.controller.limit:
-            ticket = self._waiters.popleft()
+            waiter = self._waiters.popleft()
             self._take()
-            ticket.set()
+            waiter.granted = True
+            waiter.event.set()
+        if self._waiters and self.controller.next_growth_at() is not None:
+            self._waiters[0].event.set()
 
     def on_success(self, duration_s: float, nbytes: int = 0) -> None:
         """A download finished cleanly; the limit may grow at an epoch boundary."""
@@ -375,16 +629,24 @@ class AdaptiveLimiter:
         self._hand_out()
 
     def on_admitted(self) -> None:
-        """A download's response headers arrived: during slow start, let one more start."""
+        """A download's response headers arrived."""
         self.controller.on_admitted(self._clock.monotonic())
         self._hand_out()
 
-    def on_congestion(self, kind: CongestionKind) -> None:
+    def observe_streaming(self, streaming: int) -> None:
+        """The number of downloads the server has answered (headers received) changed."""
+        self._streaming = streaming
+
+    def on_bytes(self, nbytes: int) -> None:
+        """Body bytes arrived (for the goodput comparison)."""
+        self.controller.on_bytes(nbytes)
+
+    def on_congestion(self, kind: CongestionKind, *, others_in_flight: int | None = None) -> None:
         """The server pushed back (``throttle``, ``transient`` or ``timeout``)."""
-        self.controller.on_congestion(self._clock.monotonic(), kind)
+        self.controller.on_congestion(self._clock.monotonic(), kind, others_in_flight=others_in_flight)
 
     def restart(self, limit: int = 1) -> None:
-        """Slow start from ``limit`` (after the circuit breaker closes)."""
+        """Ramp again from ``limit`` (after the circuit breaker closes)."""
         self.controller.restart(self._clock.monotonic(), limit)
         self._hand_out()
 

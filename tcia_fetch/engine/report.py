@@ -43,7 +43,7 @@ class SeriesFailure:
 class RunEvent:
     """A notable moment worth a log line: a retry, a failure, a finished series, a pause."""
 
-    kind: Literal["done", "retry", "failed", "skipped", "paused", "planned"]
+    kind: Literal["done", "retry", "failed", "skipped", "paused", "planned", "warning"]
     series_uid: str
     message: str = ""
     delay_s: float = 0.0

@@ -35,6 +35,7 @@ from tcia_fetch._loop import run_sync
 from tcia_fetch.api.client import NBIAClient
 from tcia_fetch.config import DEFAULT_BASE_URL, ClientSettings, load_client_settings
 from tcia_fetch.engine.breaker import CircuitBreaker
+from tcia_fetch.engine.budget import budget_for
 from tcia_fetch.engine.clock import Clock, SystemClock
 from tcia_fetch.engine.concurrency import AdaptiveLimiter
 from tcia_fetch.engine.pacer import ByteRateLimiter, Pacer
@@ -54,6 +55,7 @@ from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.location import looks_like_url, parse_destination
 from tcia_fetch.store.metadata_csv import metadata_csv_row, write_metadata_csv
 from tcia_fetch.store.reconcile import DAMAGED_ON_DISK
+from tcia_fetch.transport import QUERY_CONNECTIONS
 
 if TYPE_CHECKING:
     from tcia_fetch.store.objhome import BucketDestination
@@ -197,6 +199,10 @@ async def fetch(
     concurrency = options.concurrency or spec.download.concurrency
     if concurrency < 1:
         raise InputError(f"--concurrency must be at least 1, got {concurrency}")
+    warnings = _concurrency_warnings(settings, concurrency)
+    for warning in warnings:
+        if on_event is not None:
+            on_event(RunEvent("warning", "", warning))
     layout = options.layout or spec.output.layout
     series_job = SeriesJob(
         layout=layout,
@@ -242,7 +248,10 @@ async def fetch(
         max_rps = options.max_requests_per_s or spec.download.max_requests_per_s or None
         max_bps = options.max_bytes_per_s or spec.download.max_bytes_per_s or None
         limiter = AdaptiveLimiter(concurrency, clock=clock)
-        async with NBIAClient(settings) as client:
+        budget = budget_for(concurrency)
+        async with NBIAClient(
+            settings, download_slots=concurrency, download_read_bytes=budget.read_bytes
+        ) as client:
             planner = Planner(
                 client,
                 spec,
@@ -273,10 +282,12 @@ async def fetch(
                 stats=stats,
                 on_event=on_event,
                 damaged=damaged,
+                budget=budget,
             )
             await _run_pool(planner, worker, concurrency, lock.heartbeat, stats)
         report.engine = {
             "concurrency_cap": concurrency,
+            "warnings": warnings,
             "limiter": _stats_dict(limiter.statistics()),
             "pacer": _stats_dict(worker.pacer.statistics()),
             "breaker": _stats_dict(worker.breaker.statistics()),
@@ -422,6 +433,23 @@ async def _finish(
         plan_text = json.dumps({"run_id": report.run_id, "series": planner.named}) + "\n"
         await write_text_atomic(destination.state_dir / "last-plan.json", plan_text)
     await anyio.to_thread.run_sync(upload_home_outputs, destination)
+
+
+def _concurrency_warnings(settings: ClientSettings, concurrency: int) -> list[str]:
+    """Say so when a config file's ``max_connections`` disagrees with the run's concurrency.
+
+    ``--concurrency`` (or the job's ``concurrency``) is the number of downloads in flight, end
+    to end: the pool is sized from it. A lower ``max_connections`` from a config file used to
+    cap it silently; now it is overruled, and the user is told rather than left guessing.
+    """
+    configured = settings.max_connections
+    if configured is None or configured >= concurrency:
+        return []
+    return [
+        f"config max_connections = {configured} is below the run's concurrency {concurrency}; "
+        f"the connection pool is sized from the concurrency ({concurrency} downloads, plus "
+        f"{QUERY_CONNECTIONS} connections for queries)"
+    ]
 
 
 def _first_fatal(group: BaseExceptionGroup[BaseException]) -> TciaFetchError | None:

@@ -8,8 +8,9 @@ Order of a successful attempt, and why each step is where it is:
    extractor checking names, CRCs, caps, counts, sizes and MD5s as bytes arrive (in a worker
    thread: inflating and hashing must not stall other downloads);
 3. record ``verified`` in the journal, rename the staging directory into place, record
-   ``done``. A crash between any two steps is repaired by startup reconciliation: nothing
-   unverified is ever at a final path, and a published series is never re-downloaded.
+   ``done`` (together with the other series that finished meanwhile: engine/commit.py's
+   GroupPublisher). A crash between any two steps is repaired by startup reconciliation:
+   nothing unverified is ever at a final path, and a published series is never re-downloaded.
 
 Failures of one series are retried under its :class:`RetryState` and finally recorded as
 ``failed`` with the reason; only fatal errors (disk full, destination unusable, auth) leave
@@ -18,6 +19,7 @@ this module and stop the run.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,9 +31,10 @@ import anyio
 import anyio.to_thread
 
 from tcia_fetch.engine.breaker import CircuitBreaker
+from tcia_fetch.engine.budget import ByteBudget, budget_for
 from tcia_fetch.engine.clock import Clock
-from tcia_fetch.engine.commit import GroupCommit
-from tcia_fetch.engine.concurrency import AdaptiveLimiter
+from tcia_fetch.engine.commit import GroupCommit, GroupPublisher
+from tcia_fetch.engine.concurrency import AdaptiveLimiter, Slot
 from tcia_fetch.engine.pacer import ByteRateLimiter, Pacer
 from tcia_fetch.engine.report import RunEvent, RunStats, SeriesFailure
 from tcia_fetch.engine.retry import RetryPolicy, RetryState
@@ -60,6 +63,9 @@ __all__ = ["FEED_BATCH_BYTES", "ImageSource", "SeriesJob", "SeriesWorker"]
 #: Network chunks are gathered into batches of about this size before one hop to a thread:
 #: large enough that thread hand-offs cost nothing next to inflating and hashing.
 FEED_BATCH_BYTES = 1 << 20
+
+#: See ``SeriesWorker.extractors``: a few more than the cores, so that fsync waits overlap work.
+EXTRACTOR_THREADS = max(6, 2 * (os.cpu_count() or 1) + 2)
 
 #: Verification failures that may mean the series changed on the server after planning: the
 #: worker asks ``getSeriesSize`` once more before spending its integrity budget on them.
@@ -147,13 +153,22 @@ class SeriesWorker:
     damaged: frozenset[str] = frozenset()
     failures: list[SeriesFailure] = field(default_factory=list)
     commit: GroupCommit = field(init=False)
+    publisher: GroupPublisher = field(init=False)
+    #: Threads inflating, hashing and writing at once. The work is CPU-bound: threads beyond the
+    #: cores add nothing but memory (each holds its output and grows its own malloc arena), so
+    #: 64 streams share a few extractor threads; their batches wait within the byte budget.
+    extractors: anyio.CapacityLimiter = field(init=False)
     #: Set for the rest of the run when the server refuses ``IncludeMD5`` on getImage (a
     #: deployment older than 2025-11): MD5 lists then come from ``getImageWithMD5Hash``.
     md5_via_legacy_endpoint: bool = False
     rng: random.Random = field(default_factory=random.Random)
+    #: Body bytes held by all downloads together (see engine/budget.py); the run sizes it.
+    budget: ByteBudget = field(default_factory=lambda: budget_for(8))
 
     def __post_init__(self) -> None:
         self.commit = GroupCommit(self.journal)
+        self.publisher = GroupPublisher(self.journal)
+        self.extractors = anyio.CapacityLimiter(EXTRACTOR_THREADS)
 
     async def fetch(self, item: PlannedSeries) -> bool:
         """Fetch one series until it is verified on disk or its budget is spent. True when done."""
@@ -197,12 +212,17 @@ class SeriesWorker:
         self, item: PlannedSeries, expectation: SeriesExpectation, progress: _Progress
     ) -> None:
         await self.breaker.wait_closed()
-        async with self.limiter.slot():
+        async with self.limiter.slot() as slot:
             await self.pacer.wait_turn()
             started = self.clock.monotonic()
             self.stats.in_flight += 1
             try:
-                verified, staging = await self._download(item, expectation, progress)
+                verified, staging = await self._download(item, expectation, progress, slot)
+            except TciaFetchError as exc:
+                # Before the slot is given back: a waiting worker must not start into the same
+                # 429, and the limiter must count what the server took alongside this one.
+                self._signal(exc, slot)
+                raise
             finally:
                 self.stats.in_flight -= 1
             try:
@@ -215,13 +235,17 @@ class SeriesWorker:
             self.pacer.on_success()
 
     async def _download(
-        self, item: PlannedSeries, expectation: SeriesExpectation, progress: _Progress
+        self, item: PlannedSeries, expectation: SeriesExpectation, progress: _Progress, slot: Slot
     ) -> tuple[VerifiedSeries, Path]:
-        staging = await anyio.to_thread.run_sync(self.destination.new_staging, item.series_uid)
-        extractor = SeriesExtractor(
-            expectation, staging, keep=self.job.keep, require_md5=self.job.verify_md5, fsync=self.job.fsync
-        )
+        # The staging directory and the extractor are made in the first thread hop, together with
+        # the first batch: a refused request (429) costs no directory, and a tiny series costs one
+        # hop for staging, bytes and final checks together.
+        target = _Target(self.destination, item.series_uid, expectation, self.job)
+        budget = self.budget
+        read_bytes = budget.read_bytes
         counted = 0
+        held = 0
+        batch: list[bytes] = []
         try:
             if self.md5_via_legacy_endpoint:
                 stream_cm = self.source.stream_image_with_md5(item.series_uid, collection=item.collection)
@@ -234,38 +258,63 @@ class SeriesWorker:
                 )
             async with stream_cm as stream:
                 self.breaker.on_success()  # response headers arrived: the server is alive
-                self.limiter.on_admitted()
-                batch: list[bytes] = []
-                batch_size = 0
-                async for chunk in stream:
+                slot.admitted()
+                chunks = aiter(stream)
+                while True:
+                    # Reserve the next read before making it, so that the bytes every stream
+                    # holds stay within one global budget (a read returns at most read_bytes).
+                    if not budget.try_acquire(read_bytes):
+                        if batch:  # hand over what we hold before waiting for others to
+                            await anyio.to_thread.run_sync(target.feed, batch, limiter=self.extractors)
+                            budget.release(held)
+                            batch, held = [], 0
+                            counted = self._count_progress(target, counted)
+                            progress.dicom_bytes = counted
+                        await budget.acquire(read_bytes)
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        budget.release(read_bytes)
+                        break
+                    except BaseException:
+                        budget.release(read_bytes)
+                        raise
+                    size = len(chunk)
+                    kept = min(size, read_bytes)  # a transport set to read more is still bounded
+                    budget.release(read_bytes - kept)
+                    held += kept
+                    self.limiter.on_bytes(size)
                     if self.bandwidth is not None:
-                        await self.bandwidth.consume(len(chunk))
+                        await self.bandwidth.consume(size)
                     batch.append(chunk)
-                    batch_size += len(chunk)
-                    if batch_size >= FEED_BATCH_BYTES:
-                        await anyio.to_thread.run_sync(extractor.feed, b"".join(batch))
-                        batch.clear()
-                        batch_size = 0
-                        counted = self._count_progress(extractor, counted)
+                    if held >= FEED_BATCH_BYTES:
+                        await anyio.to_thread.run_sync(target.feed, batch, limiter=self.extractors)
+                        budget.release(held)
+                        batch, held = [], 0
+                        counted = self._count_progress(target, counted)
                         progress.dicom_bytes = counted
-                tail = b"".join(batch)
             # The last batch and the final checks share one thread hand-off: for the many tiny
             # series of a big manifest that is one of the few per-series costs left to trim.
-            verified = await anyio.to_thread.run_sync(_feed_and_finish, extractor, tail)
-            self._count_progress(extractor, counted)
-            return verified, staging
+            verified = await anyio.to_thread.run_sync(target.feed_and_finish, batch, limiter=self.extractors)
+            budget.release(held)
+            batch, held = [], 0
+            self._count_progress(target, counted)
+            assert target.staging is not None
+            return verified, target.staging
         except BaseException:
+            if held:
+                budget.release(held)
             self.stats.dicom_bytes -= counted
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(extractor.close)
-                await anyio.to_thread.run_sync(self.destination.discard, staging)
+                await anyio.to_thread.run_sync(target.discard)
             raise
         finally:
-            extractor.close()
+            target.close()
 
-    def _count_progress(self, extractor: SeriesExtractor, counted: int) -> int:
-        self.stats.dicom_bytes += extractor.dicom_bytes - counted
-        return extractor.dicom_bytes
+    def _count_progress(self, target: _Target, counted: int) -> int:
+        dicom_bytes = target.dicom_bytes
+        self.stats.dicom_bytes += dicom_bytes - counted
+        return dicom_bytes
 
     async def _publish(self, item: PlannedSeries, verified: VerifiedSeries, staging: Path) -> None:
         relative = render_series_path(self.job.layout, item.metadata)
@@ -289,12 +338,12 @@ class SeriesWorker:
                 metadata=metadata,
             )
 
-        await self._append(record("verified"))
         publish = self.destination.replace if item.series_uid in self.damaged else self.destination.publish
-        await anyio.to_thread.run_sync(publish, staging, PurePosixPath(relative))
-        # From here the series is on disk: the done record must be written even if we are cancelled.
-        with anyio.CancelScope(shield=True):
-            await self._append(record("done"))
+        # verified record durable -> rename into place -> done record durable, shared with every
+        # series that finished meanwhile (one thread hop, two fsyncs for the whole group).
+        await self.publisher.publish(
+            record("verified"), record("done"), publish, staging, PurePosixPath(relative)
+        )
         self.stats.done_series += 1
         self.stats.done_bytes += verified.dicom_bytes
         self.stats.archive_bytes += verified.archive_bytes
@@ -316,16 +365,25 @@ class SeriesWorker:
             self._emit(RunEvent("retry", "", "server refuses IncludeMD5; using getImageWithMD5Hash"))
         return True
 
+    def _signal(self, exc: TciaFetchError, slot: Slot) -> None:
+        """Tell the pacer and the limiter what a failed download says, while it holds its slot."""
+        if isinstance(exc, RateLimitedError):
+            self.pacer.on_throttle(exc.retry_after_s)
+            slot.congestion("throttle")
+        elif isinstance(exc, (StallError, RequestTimeoutError)):
+            slot.congestion("timeout")
+        elif (
+            exc.retryable and not isinstance(exc, IntegrityError) and not self._fall_back_for_md5_pending(exc)
+        ):
+            slot.congestion("transient")
+
+    def _fall_back_for_md5_pending(self, exc: TciaFetchError) -> bool:
+        return isinstance(exc, InvalidParameterError) and "IncludeMD5" in exc.body_excerpt
+
     def _feedback(self, series_uid: str, exc: TciaFetchError) -> None:
-        """Tell the shared controls what this failure says about the server."""
+        """Tell the run's figures and the breaker what this failure says about the server."""
         if isinstance(exc, RateLimitedError):
             self.stats.throttled += 1
-            self.pacer.on_throttle(exc.retry_after_s)
-            self.limiter.on_congestion("throttle")
-        elif isinstance(exc, (StallError, RequestTimeoutError)):
-            self.limiter.on_congestion("timeout")
-        elif exc.retryable and not isinstance(exc, IntegrityError):
-            self.limiter.on_congestion("transient")
         self.breaker.on_failure(series_uid, exc)
 
     async def _refresh_expectation(
@@ -379,7 +437,52 @@ class SeriesWorker:
             self.on_event(event)
 
 
-def _feed_and_finish(extractor: SeriesExtractor, tail: bytes) -> VerifiedSeries:
-    if tail:
-        extractor.feed(tail)
-    return extractor.finish()
+class _Target:
+    """Where one attempt's bytes go: a staging directory and its extractor, made on first use.
+
+    Every method except :meth:`close` and the property runs in a worker thread (they create,
+    write and remove files); the worker calls them one at a time.
+    """
+
+    def __init__(
+        self, destination: SeriesHome, series_uid: str, expectation: SeriesExpectation, job: SeriesJob
+    ) -> None:
+        self._destination = destination
+        self._series_uid = series_uid
+        self._expectation = expectation
+        self._job = job
+        self.staging: Path | None = None
+        self._extractor: SeriesExtractor | None = None
+
+    @property
+    def dicom_bytes(self) -> int:
+        return 0 if self._extractor is None else self._extractor.dicom_bytes
+
+    def _open(self) -> SeriesExtractor:
+        if self._extractor is None:
+            self.staging = self._destination.new_staging(self._series_uid)
+            job = self._job
+            self._extractor = SeriesExtractor(
+                self._expectation, self.staging, keep=job.keep, require_md5=job.verify_md5, fsync=job.fsync
+            )
+        return self._extractor
+
+    def feed(self, chunks: list[bytes]) -> None:
+        extractor = self._open()
+        for chunk in chunks:
+            extractor.feed(chunk)
+
+    def feed_and_finish(self, chunks: list[bytes]) -> VerifiedSeries:
+        self.feed(chunks)
+        return self._open().finish()
+
+    def discard(self) -> None:
+        """Close the extractor and remove the staging directory (after a failure)."""
+        if self._extractor is not None:
+            self._extractor.close()
+        if self.staging is not None:
+            self._destination.discard(self.staging)
+
+    def close(self) -> None:
+        if self._extractor is not None:
+            self._extractor.close()

@@ -26,7 +26,6 @@ What a caller may rely on:
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
@@ -38,6 +37,7 @@ from tcia_fetch.errors import (
     NotAnArchiveError,
     UnsafeArchiveError,
 )
+from tcia_fetch.series.inflate import InflateError, Inflater, crc32, new_raw_inflater
 from tcia_fetch.series.zipformat import (
     CENTRAL_HEADER,
     CENTRAL_SIG,
@@ -77,8 +77,9 @@ __all__ = [
     "describe_body_start",
 ]
 
-#: Most decompressed bytes produced before the sink sees them (and can enforce its caps).
-INFLATE_OUTPUT_STEP = 1 << 20
+#: Most decompressed bytes produced before the sink sees them (and can enforce its caps). Small
+#: enough that many extractor threads at once hold little: each output is hashed, written, freed.
+INFLATE_OUTPUT_STEP = 256 << 10
 #: Most compressed bytes handed to zlib at once; bounds the copy zlib makes of unread input.
 INFLATE_INPUT_SLICE = 256 << 10
 #: A zip64 end record is 56 bytes plus an "extensible data sector" nobody uses; cap it.
@@ -204,7 +205,7 @@ class ZipStreamReader:
         self._member_raw: list[tuple[bytes, int, int]] = []  # raw name, flags, method
         self._entries: list[CentralEntry] = []
         self._current: _Member | None = None
-        self._inflater: zlib._Decompress | None = None
+        self._inflater: Inflater | None = None
         self._central_start: int | None = None
         self._central_end: int | None = None
         self._zip64_eocd_offset: int | None = None
@@ -414,7 +415,7 @@ class ZipStreamReader:
         self._sink.member_started(header)
         self._current = member
         if method == METHOD_DEFLATED:
-            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            self._inflater = new_raw_inflater()
             self._mode = _Mode.INFLATE
         else:
             self._mode = _Mode.STORED
@@ -426,7 +427,7 @@ class ZipStreamReader:
         assert member is not None
         take = min(len(view), member.declared_compressed - member.compressed_seen)
         chunk = view[:take]
-        member.crc = zlib.crc32(chunk, member.crc)
+        member.crc = crc32(chunk, member.crc)
         member.compressed_seen += take
         member.uncompressed_seen += take
         self._offset += take
@@ -456,7 +457,7 @@ class ZipStreamReader:
                 if not pending and len(out) < INFLATE_OUTPUT_STEP:
                     used = len(data)
                     break
-        except zlib.error as exc:
+        except InflateError as exc:
             raise ArchiveCorruptError(
                 f"{member.where}: invalid deflate data after about {member.compressed_seen} compressed "
                 f"bytes: {exc}"
@@ -474,7 +475,7 @@ class ZipStreamReader:
         return used
 
     def _emit(self, member: _Member, out: bytes) -> None:
-        member.crc = zlib.crc32(out, member.crc)
+        member.crc = crc32(out, member.crc)
         member.uncompressed_seen += len(out)
         if not member.streamed_sizes and member.uncompressed_seen > member.declared_uncompressed:
             raise ArchiveCorruptError(

@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--restricted", action="append", default=[], help="series UID answered as non-public")
     serve.add_argument("--fault", action="append", default=[], help="KIND[:UID|*|random=RATE][,key=value...]")
     serve.add_argument("--rate-bytes-per-s", type=float, default=None)
+    serve.add_argument("--total-rate-bytes-per-s", type=float, default=None, help="all downloads together")
     serve.add_argument("--first-byte-delay-s", type=float, default=0.0)
     serve.add_argument("--max-concurrent-downloads", type=int, default=None)
     serve.add_argument("--retry-after-s", type=float, default=1.0)
@@ -181,6 +182,7 @@ async def _serve(args: argparse.Namespace) -> int:
             max_concurrent_downloads=args.max_concurrent_downloads,
             retry_after_s=args.retry_after_s,
             query_delay_s=args.query_delay_s,
+            total_bytes_per_s=args.total_rate_bytes_per_s,
         ),
         restricted_series=frozenset(args.restricted),
         legacy=not args.no_legacy,

@@ -299,6 +299,7 @@ class _BodySender:
         self._stall_s = fault.param_float("stall_s") if fault is not None and kind is FaultKind.STALL else 0.0
         self._chunk = state.load.chunk_bytes(state.chunk_bytes)
         self._pacer = Pacer(state.load.bytes_per_s_per_connection)
+        self._link = state.link
         self.sent = 0
 
     async def _write(self, part: memoryview) -> None:
@@ -328,7 +329,7 @@ class _BodySender:
                     self._request.transport.close()
                 raise _CutError
             await self._write(part)
-            delay = self._pacer.delay_after(len(part))
+            delay = max(self._pacer.delay_after(len(part)), self._link.delay_after(len(part)))
             if delay > 0:
                 await asyncio.sleep(delay)
 

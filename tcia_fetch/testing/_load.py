@@ -4,7 +4,9 @@ The real NBIA has no documented rate limit; benchmarks still need a server that 
 one: each download connection is paced to ``bytes_per_s_per_connection``, the first body byte waits
 ``first_byte_delay_s`` (the real server runs its DB query inside the stream), queries wait
 ``query_delay_s``, and more than ``max_concurrent_downloads`` simultaneous downloads get ``429`` with
-``Retry-After`` (what a front-end limiter would send).
+``Retry-After`` (what a front-end limiter would send). ``total_bytes_per_s`` caps the bytes of every
+download together (a full uplink): the per-stream rate then falls as streams are added, and a client
+that opens more connections gains nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["LoadModel", "Pacer", "ServerStats", "StatsCounter", "retry_after_header"]
+__all__ = ["LoadModel", "Pacer", "ServerStats", "SharedLink", "StatsCounter", "retry_after_header"]
 
 
 @dataclass(frozen=True)
@@ -25,10 +27,13 @@ class LoadModel:
     max_concurrent_downloads: int | None = None
     retry_after_s: float = 1.0
     query_delay_s: float = 0.0
+    total_bytes_per_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.bytes_per_s_per_connection is not None and self.bytes_per_s_per_connection <= 0:
             raise ValueError("bytes_per_s_per_connection must be positive")
+        if self.total_bytes_per_s is not None and self.total_bytes_per_s <= 0:
+            raise ValueError("total_bytes_per_s must be positive")
         if self.max_concurrent_downloads is not None and self.max_concurrent_downloads < 1:
             raise ValueError("max_concurrent_downloads must be at least 1")
         if min(self.first_byte_delay_s, self.retry_after_s, self.query_delay_s) < 0:
@@ -36,9 +41,10 @@ class LoadModel:
 
     def chunk_bytes(self, default: int) -> int:
         """Write size: small enough that pacing is smooth (about 20 writes per second when paced)."""
-        if self.bytes_per_s_per_connection is None:
+        rates = [r for r in (self.bytes_per_s_per_connection, self.total_bytes_per_s) if r is not None]
+        if not rates:
             return default
-        return max(512, min(default, int(self.bytes_per_s_per_connection / 20)))
+        return max(512, min(default, int(min(rates) / 20)))
 
 
 def retry_after_header(seconds: float) -> str:
@@ -61,6 +67,26 @@ class Pacer:
             return 0.0
         due = self._start + self._sent / self._rate
         return max(0.0, due - time.monotonic())
+
+
+class SharedLink:
+    """One link of ``bytes_per_s`` shared by every download (event-loop thread only).
+
+    Each write books its bytes on the link after the bytes already booked: the delay returned
+    is when the link will have carried them. With k streams writing, each gets about 1/k.
+    """
+
+    def __init__(self, bytes_per_s: float | None) -> None:
+        self._rate = bytes_per_s
+        self._free_at = 0.0
+
+    def delay_after(self, sent_bytes: int) -> float:
+        """Seconds to wait after sending ``sent_bytes`` more bytes (0 when unlimited)."""
+        if self._rate is None:
+            return 0.0
+        now = time.monotonic()
+        self._free_at = max(self._free_at, now) + sent_bytes / self._rate
+        return self._free_at - now
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from tcia_fetch.testing._auth import TokenStore
 from tcia_fetch.testing._catalog import Catalog, SeriesEntry
 from tcia_fetch.testing._faults import FaultState
 from tcia_fetch.testing._formats import invalid_parameter_text
-from tcia_fetch.testing._load import LoadModel, StatsCounter
+from tcia_fetch.testing._load import LoadModel, SharedLink, StatsCounter
 
 __all__ = [
     "COMPLETED_KEY",
@@ -39,11 +39,15 @@ class ServerState:
     restricted: frozenset[str]
     tokens: TokenStore
     stats: StatsCounter = field(default_factory=StatsCounter)
+    link: SharedLink = field(init=False)
     chunk_bytes: int = 64 * 1024
     #: False plays a deployment older than 2025-11, whose getImage allow-list lacks IncludeMD5
     #: (reference/nbia-api.md §5.1 marks its production status UNCERTAIN).
     include_md5_supported: bool = True
     _visible: list[SeriesEntry] | None = None
+
+    def __post_init__(self) -> None:
+        self.link = SharedLink(self.load.total_bytes_per_s)
 
     def visible(self) -> list[SeriesEntry]:
         """Public series in catalog order (restricted ones are absent from every query)."""

@@ -32,7 +32,7 @@ from tcia_fetch.errors import (
     TLSError,
     UnauthorizedError,
 )
-from tcia_fetch.transport import MIN_CHUNK_SIZE_BYTES, Transport
+from tcia_fetch.transport import MAX_CHUNK_SIZE_BYTES, MIN_CHUNK_SIZE_BYTES, Transport
 
 pytestmark = pytest.mark.anyio
 
@@ -233,8 +233,8 @@ async def test_stream_reads_big_body_in_large_chunks(server: TestServer) -> None
         chunks = [chunk async for chunk in response]
         assert response.finished
     assert sum(len(chunk) for chunk in chunks) == 3 * 1024 * 1024
-    assert max(len(chunk) for chunk in chunks) <= 1024 * 1024
-    assert MIN_CHUNK_SIZE_BYTES == 256 * 1024
+    assert max(len(chunk) for chunk in chunks) <= MAX_CHUNK_SIZE_BYTES  # the default read size
+    assert MIN_CHUNK_SIZE_BYTES == 64 * 1024
 
 
 async def test_slow_live_stream_is_not_a_stall(server: TestServer) -> None:
@@ -411,7 +411,9 @@ async def test_connection_limit_caps_requests_in_flight() -> None:
     test_server = TestServer(app, host="127.0.0.1")
     async with (
         test_server,
-        Transport(max_connections=2, connect_timeout_s=0.05, first_byte_timeout_s=0.15) as transport,
+        Transport(
+            max_connections=5, query_connections=2, connect_timeout_s=0.05, first_byte_timeout_s=0.15
+        ) as transport,
     ):
         url = str(test_server.make_url("/slow"))
         async with anyio.create_task_group() as group:
@@ -420,3 +422,52 @@ async def test_connection_limit_caps_requests_in_flight() -> None:
     # the last requests queue ~0.2 s for a slot, longer than the 0.2 s header deadline: queueing
     # for a connection must not count as a slow server
     assert peak == 2
+
+
+async def test_streams_fill_every_slot_and_queries_still_get_through() -> None:
+    gate = asyncio.Event()
+    all_busy = asyncio.Event()
+    streaming = 0
+    peak = 0
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        nonlocal streaming, peak
+        streaming += 1
+        peak = max(peak, streaming)
+        if peak == 12:
+            all_busy.set()
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"x")
+        await gate.wait()
+        await response.write_eof()
+        streaming -= 1
+        return response
+
+    async def query(request: web.Request) -> web.Response:
+        return web.Response(body=b"[]")
+
+    app = web.Application()
+    app.router.add_get("/held", held)
+    app.router.add_get("/query", query)
+    test_server = TestServer(app, host="127.0.0.1")
+    answered: list[bytes] = []
+
+    async def one_stream(transport: Transport) -> None:
+        async with transport.stream("GET", str(test_server.make_url("/held"))) as response:
+            async for _ in response:
+                pass
+
+    async with test_server, Transport(max_connections=12, query_connections=1) as transport:
+        assert transport.pool_size == 13
+        async with anyio.create_task_group() as group:
+            for _ in range(16):
+                group.start_soon(one_stream, transport)
+            with anyio.fail_after(5):
+                await all_busy.wait()
+                # every download slot is busy: a query still has a connection of its own
+                answered.append((await transport.request("GET", str(test_server.make_url("/query")))).body)
+            await anyio.sleep(0.1)
+            assert peak == 12  # all 12 stream slots in use, never more
+            gate.set()
+    assert answered == [b"[]"]

@@ -1,4 +1,4 @@
-"""Peak memory does not grow with the size of a series: the archive is streamed, never held.
+"""Peak memory does not grow with the size of a series, nor with the number of streams.
 
 The CLI's peak RSS is measured for a ~2 MB series and for a series 150 times larger; the
 difference must stay within a small allowance for buffers, far below the larger series' size.
@@ -25,16 +25,24 @@ pytestmark = pytest.mark.e2e
 LARGE_INSTANCES = int(os.environ.get("TCIA_FETCH_MEMORY_TEST_INSTANCES", "60"))
 
 
-def peak_rss_mb(tmp_path: Path, instances: int, instance_bytes: int) -> float:
+#: Series of the concurrency-64 case (each streamed by its own connection at the same time).
+C64_SERIES_PER_STUDY = int(os.environ.get("TCIA_FETCH_MEMORY_TEST_C64_SERIES", "4"))
+
+
+def peak_rss_mb(
+    tmp_path: Path, instances: int, instance_bytes: int, *, series: int = 1, concurrency: int | None = None
+) -> float:
+    patients = max(1, series // C64_SERIES_PER_STUDY) if series > 1 else 1
+    per_study = series // patients
     sizing = [
         "--seed",
         "3",
         "--collections",
         "1",
         "--patients-per-collection",
-        "1",
+        str(patients),
         "--series-per-study",
-        "1",
+        str(per_study),
         "--instances-per-series",
         f"{instances},{instances}",
         "--instance-bytes",
@@ -43,14 +51,15 @@ def peak_rss_mb(tmp_path: Path, instances: int, instance_bytes: int) -> float:
     catalog = Catalog.generate(
         seed=3,
         collections=1,
-        patients_per_collection=1,
-        series_per_study=1,
+        patients_per_collection=patients,
+        series_per_study=per_study,
         instances_per_series=(instances, instances),
         instance_bytes=(instance_bytes, instance_bytes),
     )
     tmp_path.mkdir(parents=True, exist_ok=True)
     job = tmp_path / f"job-{instances}.tcia"
-    job.write_text("ListOfSeriesToDownload=\n" + catalog.series[0].uid + "\n")
+    job.write_text("ListOfSeriesToDownload=\n" + "\n".join(entry.uid for entry in catalog.series) + "\n")
+    extra = [] if concurrency is None else ["--concurrency", str(concurrency)]
     with fake_server_process(tmp_path, sizing) as base_url:
         proc = cli(
             "run",
@@ -60,6 +69,7 @@ def peak_rss_mb(tmp_path: Path, instances: int, instance_bytes: int) -> float:
             "--base-url",
             base_url,
             "--quiet",
+            *extra,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -100,3 +110,11 @@ def test_peak_memory_is_flat_in_series_size(tmp_path: Path) -> None:
     assert large < 150, (
         f"peak RSS {large:.0f} MB for a {large_series_mb} MB series (small series: {small:.0f} MB)"
     )
+
+
+def test_peak_memory_stays_under_100_mb_with_64_streams(tmp_path: Path) -> None:
+    # 64 series streamed at once (every one its own connection): buffers come from one shared
+    # budget, so they do not multiply with the concurrency.
+    series = 16 * C64_SERIES_PER_STUDY
+    peak = peak_rss_mb(tmp_path / "c64", 6, 600_000, series=series, concurrency=64)
+    assert peak < 100, f"peak RSS {peak:.0f} MB with {series} series at --concurrency 64"

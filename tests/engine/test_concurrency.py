@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,16 +28,28 @@ def test_starts_at_two_or_the_cap_or_the_given_initial() -> None:
         AimdController(0)
 
 
-def test_slow_start_doubles_per_clean_used_epoch_up_to_the_cap() -> None:
-    aimd = AimdController(5, min_epoch_s=1.0)
+def test_ramp_adds_one_slot_per_interval_while_every_slot_is_busy() -> None:
+    aimd = AimdController(5, min_epoch_s=10.0, ramp_interval_s=0.1)
     now = 0.0
+    aimd.observe_in_flight(2, now)  # both initial slots taken
+    assert aimd.next_growth_at() == 0.0
     for _ in range(10):
-        aimd.observe_in_flight(aimd.limit, now)  # the limit is fully used
-        now += 1.0
-        aimd.on_success(now, duration_s=1.0)
+        aimd.tick(now)
+        aimd.observe_in_flight(aimd.limit, now)  # the limiter fills the new slot at once
+        now += 0.1
     assert aimd.limit == 5
-    assert [limit for _, limit in aimd.trace] == [2, 4, 5]
-    assert aimd.statistics().increases == 2
+    assert [limit for _, limit in aimd.trace] == [2, 3, 4, 5]
+    assert [round(at, 6) for at, _ in aimd.trace[1:]] == [0.0, 0.1, 0.2]
+    assert not aimd.ramping and aimd.next_growth_at() is None
+
+
+def test_ramp_waits_while_slots_are_idle() -> None:
+    aimd = AimdController(8, ramp_interval_s=0.1)
+    aimd.observe_in_flight(1, 0.0)
+    for step in range(20):
+        aimd.tick(step * 0.1)
+    assert aimd.limit == 2
+    assert aimd.next_growth_at() is None
 
 
 def test_after_the_first_congestion_growth_is_one_per_epoch() -> None:
@@ -66,11 +79,13 @@ def test_app_limited_epochs_do_not_grow() -> None:
 def test_a_burst_of_throttles_halves_once_per_epoch_then_freezes() -> None:
     aimd = AimdController(8, initial=8, min_epoch_s=10.0, freeze_epochs=2)
     aimd.observe_in_flight(8, 0.0)
+    aimd.observe_in_flight(3, 5.0)  # the refused downloads left their slots; 3 still streaming
     cuts = [aimd.on_congestion(5.0 + i * 0.01, "throttle") for i in range(8)]
     assert cuts == [True] + [False] * 7
     assert aimd.limit == 4
     # a new epoch starts at the cut; a second burst one epoch later cuts once more
     assert not aimd.on_congestion(14.9, "throttle")
+    aimd.observe_in_flight(1, 14.95)
     assert aimd.on_congestion(15.0, "throttle")
     assert aimd.limit == 2
     stats = aimd.statistics()
@@ -149,7 +164,7 @@ async def test_never_more_in_flight_than_the_limit_and_lowering_cancels_nothing(
         nonlocal cut_done
         await clock.sleep(1.0)
         assert limiter.in_flight == 4
-        limiter.on_congestion("throttle")  # 4 -> 2 while four downloads are running
+        limiter.on_congestion("timeout")  # 4 -> 3 while four downloads are running
         cut_done = True
 
     async with anyio.create_task_group() as group:
@@ -157,11 +172,11 @@ async def test_never_more_in_flight_than_the_limit_and_lowering_cancels_nothing(
             group.start_soon(download, 5.0)
         group.start_soon(cut)
     assert finished == 12  # nothing was cancelled by the cut
-    assert limiter.limit == 2
+    assert limiter.limit == 3
     assert peak_after_cut <= 4
-    # the four running at the cut finished at t=5; after that never more than two at once
+    # the four running at the cut finished at t=5; after that never more than three at once
     assert limiter.statistics().peak_in_flight == 4
-    assert clock.monotonic() == 5.0 + 4 * 5.0  # 8 remaining series, two at a time
+    assert clock.monotonic() == 5.0 + 3 * 5.0  # 8 remaining series, three at a time
 
 
 async def test_waiters_are_served_first_in_first_out() -> None:
@@ -229,7 +244,7 @@ class SimulatedServer:
     active: int = 0
     requests: list[tuple[float, bool]] = field(default_factory=list)
 
-    async def download(self) -> bool:
+    async def download(self, admitted: Callable[[], None]) -> bool:
         now = self.clock.monotonic()
         if self.active >= self.capacity(now):
             self.requests.append((now, False))
@@ -237,6 +252,7 @@ class SimulatedServer:
             return False
         self.active += 1
         self.requests.append((now, True))
+        admitted()
         try:
             await self.clock.sleep(self.series_s)
         finally:
@@ -253,13 +269,13 @@ async def _run_pool(limiter: AdaptiveLimiter, server: SimulatedServer, *, worker
 
     async def worker() -> None:
         while clock.monotonic() < until:
-            async with limiter.slot():
+            async with limiter.slot() as slot:
                 started = clock.monotonic()
-                ok = await server.download()
+                ok = await server.download(slot.admitted)
                 if ok:
                     limiter.on_success(clock.monotonic() - started, 1000)
                 else:
-                    limiter.on_congestion("throttle")
+                    slot.congestion("throttle")
             if not ok:
                 await clock.sleep(0.5)
 
@@ -322,12 +338,78 @@ async def test_capacity_drop_from_ten_to_two_converges_and_throttling_fades() ->
     assert len(good) >= 0.8 * 2 * 300
 
 
-def test_slow_start_grows_per_admitted_request_until_the_first_throttle() -> None:
-    aimd = AimdController(8, min_epoch_s=1.0)
-    for now in (0.1, 0.2, 0.3):
-        aimd.on_admitted(now)
-    assert aimd.limit == 5
-    aimd.on_congestion(0.4, "throttle")
-    assert aimd.limit == 3  # halved (round half up), and slow start is over
-    aimd.on_admitted(0.5)
-    assert aimd.limit == 3
+def test_first_throttle_learns_the_cap_from_what_was_in_flight() -> None:
+    aimd = AimdController(32, ramp_interval_s=0.01, min_epoch_s=1.0)
+    now = 0.0
+    while aimd.limit < 25:
+        aimd.observe_in_flight(aimd.limit, now)
+        now += 0.01
+        aimd.tick(now)
+    # the 25th download was refused; it left its slot, 24 are streaming
+    aimd.observe_in_flight(24, now)
+    assert aimd.on_congestion(now, "throttle")
+    assert aimd.limit == 24 and not aimd.ramping
+    assert aimd.statistics().learned_cap == 24
+
+
+def test_a_learned_cap_is_probed_rarely_and_each_failed_probe_doubles_the_wait() -> None:
+    aimd = AimdController(32, initial=24, min_epoch_s=1.0, freeze_epochs=0, probe_after_epochs=2)
+    aimd.observe_in_flight(24, 0.0)
+    aimd.on_congestion(0.0, "throttle")  # 24 in flight, one refused: the cap is 24
+    now = 0.0
+    probes: list[float] = []
+    for _ in range(40):
+        aimd.observe_in_flight(aimd.limit, now)
+        now += 1.0
+        aimd.tick(now)
+        if aimd.limit == 25:
+            probes.append(now)
+            aimd.observe_in_flight(24, now)  # the 25th is refused again
+            aimd.on_congestion(now, "throttle")
+            assert aimd.limit == 24
+    gaps = [later - earlier for earlier, later in itertools.pairwise(probes)]
+    assert len(probes) >= 3
+    assert all(later > earlier for earlier, later in itertools.pairwise(gaps))  # rarer and rarer
+    assert max(limit for _, limit in aimd.trace) == 25
+
+
+def test_a_lone_throttle_at_a_quiet_moment_cuts_at_most_by_half() -> None:
+    aimd = AimdController(16, initial=16)
+    aimd.observe_in_flight(0, 0.0)
+    aimd.on_congestion(0.0, "throttle")
+    assert aimd.limit == 8
+
+
+def _run_epochs(aimd: AimdController, goodput_at: Callable[[int], float], epochs: int) -> None:
+    """Every slot busy; each one-second epoch moves ``goodput_at(streams)`` bytes."""
+    now = 0.0
+    for _ in range(epochs):
+        aimd.observe_in_flight(aimd.limit, now)
+        for _ in range(8):
+            aimd.on_bytes(int(goodput_at(aimd.limit) * 0.125))
+            now += 0.125
+            aimd.tick(now)
+            aimd.observe_in_flight(aimd.limit, now)
+
+
+def test_on_a_shared_link_the_limit_settles_where_goodput_stops_growing() -> None:
+    # 5 MB/s per stream, 40 MB/s in all: more than 8 streams add nothing
+    aimd = AimdController(32, initial=32, min_epoch_s=1.0, probe_after_epochs=4)
+    _run_epochs(aimd, lambda streams: min(5e6 * streams, 40e6), epochs=80)
+    late = [limit for at, limit in aimd.trace if at >= 40.0]
+    assert 8 <= aimd.limit <= 10
+    assert all(limit <= 11 for limit in late)
+    assert aimd.statistics().no_gain_limit is not None
+
+
+def test_where_every_stream_adds_goodput_the_limit_stays_at_the_user_cap() -> None:
+    aimd = AimdController(16, initial=16, min_epoch_s=1.0)
+    _run_epochs(aimd, lambda streams: 3e6 * streams, epochs=30)
+    assert aimd.limit == 16
+    # trials a quarter lower, each found worse and undone at once, rarer and rarer
+    trace = aimd.trace
+    assert {limit for _, limit in trace} == {16, 12}
+    trials = [at for at, limit in trace if limit == 12]
+    assert 2 <= len(trials) <= 4
+    gaps = [later - earlier for earlier, later in itertools.pairwise(trials)]
+    assert gaps == sorted(gaps)

@@ -2,8 +2,8 @@
 
 Row A1 of reliability.md at the level of the primitives: the server answers its 2nd and 3rd
 requests with 429 + ``Retry-After: 7``. Every worker must hold off for 7 s (I7), the adaptive
-limit halves once, the breaker stays closed (a throttle is not an outage), the bandwidth cap
-holds, and every series completes.
+limit drops once (to what was in flight), the breaker stays closed (a throttle is not an
+outage), the bandwidth cap holds, and every series completes.
 """
 
 from __future__ import annotations
@@ -107,10 +107,11 @@ async def test_throttle_gates_everyone_halves_concurrency_and_all_series_finish(
     first_throttle = server.throttled_at[0]
     assert not [at for at in server.starts if first_throttle <= at < first_throttle + 7.0]
     assert server.throttled_at[1] - first_throttle < 7.0  # the second 429 fell in the same window
-    # one halving for the burst of two throttles, then growth back toward the cap
+    # one cut for the burst of two throttles, to the two downloads the server kept serving
     stats = limiter.statistics()
     assert stats.decreases == 1
     assert min(limit for _, limit in limiter.trace) == 2
+    assert stats.learned_cap == 2
     assert stats.peak_in_flight <= 4
     # throttles are not outages
     assert breaker.statistics().state is BreakerState.CLOSED

@@ -38,6 +38,22 @@ async def test_stream_is_paced_to_the_configured_rate(medium: Catalog) -> None:
     assert 0.5 * rate <= measured <= 1.15 * rate
 
 
+async def test_a_shared_link_splits_its_rate_between_streams(medium: Catalog) -> None:
+    total = 200_000.0
+    uid = medium.series[0].uid
+    async with serving(FakeNBIA(medium, load=LoadModel(total_bytes_per_s=total))) as (server, session):
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(fetch(session, server.base_url + "getImage", SeriesInstanceUID=uid) for _ in range(4))
+        )
+        elapsed = time.monotonic() - started
+    sent = sum(len(body) for _, _, body in results)
+    assert all(status == 200 for status, _, _ in results)
+    # four streams together still move at most the link's rate (a per-stream cap would be 4x)
+    assert sent / elapsed <= 1.15 * total
+    assert sent / elapsed >= 0.5 * total
+
+
 async def test_first_byte_waits(medium: Catalog) -> None:
     uid = medium.series[0].uid
     async with serving(FakeNBIA(medium, load=LoadModel(first_byte_delay_s=0.4))) as (server, session):
