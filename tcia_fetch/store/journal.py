@@ -55,6 +55,7 @@ import threading
 import time
 from array import array
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,7 @@ __all__ = [
     "Journal",
     "JournalCounts",
     "JournalStatistics",
+    "Kind",
     "SeriesRecord",
     "UidSelection",
 ]
@@ -430,6 +432,26 @@ class Journal:
         except zstandard.ZstdError as exc:
             raise self._damaged_snapshot(exc) from exc
 
+    def _skip_lines(self, reader: io.BufferedReader[Any], count: int) -> bytes:
+        """Read past ``count`` lines (counting newlines chunk by chunk); the bytes read beyond them."""
+        remaining = count
+        while remaining:
+            chunk = reader.read(_CHUNK_BYTES)
+            if not chunk:
+                raise JournalError(
+                    f"{self._storage.describe(SNAPSHOT_NAME)}: the snapshot declares {count} records but "
+                    f"holds {count - remaining} (truncated?)"
+                )
+            found = chunk.count(b"\n")
+            if found < remaining:
+                remaining -= found
+                continue
+            position = -1
+            for _ in range(remaining):
+                position = chunk.index(b"\n", position + 1)
+            return chunk[position + 1 :]
+        return b""
+
     def _load_snapshot_index(self) -> int:
         opened = self._open_snapshot()
         if opened is None:
@@ -457,10 +479,10 @@ class Journal:
                 self._index = _Index.build(entries)
                 tail = reader.read(1)
             else:
-                for _ in self._snapshot_lines(reader, declared):
-                    pass  # the records are read by iter_latest; here only their count is checked
+                # The records are read by iter_latest; here only their count is checked, in C.
                 try:
-                    data = reader.read(declared * _INDEX_ENTRY_BYTES + 1)
+                    rest = self._skip_lines(reader, declared)
+                    data = rest + reader.read(max(0, declared * _INDEX_ENTRY_BYTES + 1 - len(rest)))
                 except zstandard.ZstdError as exc:
                     raise self._damaged_snapshot(exc) from exc
                 tail = data[declared * _INDEX_ENTRY_BYTES :]
@@ -605,16 +627,26 @@ class Journal:
         self._check_version(expected_version)
         if codes is None or any(code in codes for code in self._index.codes):
             yield from self._iter_snapshot(codes, overlay)
+        expected = Counter(entry[3] for entry in overlay.values())
         for number, name in segments:
             if name is None:
                 continue
+            matched = 0
             for line_number, record, _ in self._parse_segment(name):
                 digest = uid_digest(record.series_uid)
                 entry = overlay.get(digest)
                 if entry is None or (entry[3], entry[4]) != (number, line_number):
                     continue
+                matched += 1
                 if codes is None or entry[0] in codes:
                     yield record
+            if matched != expected[number]:
+                # The segment was folded and deleted by another process's compaction after this
+                # view was read (the snapshot had been replaced before we opened it).
+                raise _SnapshotReplacedError(
+                    f"{self._storage.describe(name)}: compacted by another process while being read; "
+                    "run the command again"
+                )
         self._check_version(expected_version)
 
     def _iter_snapshot(self, codes: set[int] | None, overlay: dict[int, _Entry]) -> Iterator[SeriesRecord]:
