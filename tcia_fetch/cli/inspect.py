@@ -14,8 +14,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Final, TypeVar
 
 import click
 from rich.console import Console
@@ -23,13 +25,17 @@ from rich.table import Table
 
 from tcia_fetch.cli.common import die
 from tcia_fetch.cli.progress import format_bytes
-from tcia_fetch.errors import EXIT_OK, EXIT_SOME_FAILED, DestinationError, TciaFetchError
+from tcia_fetch.errors import EXIT_OK, EXIT_SOME_FAILED, DestinationError, JournalError, TciaFetchError
 from tcia_fetch.store.destination import Destination
+from tcia_fetch.store.digests import LAST_PLAN_DIGESTS, SortedDigests
 from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.lock import acquire_destination
-from tcia_fetch.store.reconcile import DAMAGED_ON_DISK, Damage, recheck, summarize
+from tcia_fetch.store.reconcile import DAMAGED_ON_DISK, Damage, DestinationStatus, recheck, summarize
 
 __all__ = ["status", "verify"]
+
+_T = TypeVar("_T")
+_READ_ATTEMPTS: Final = 5
 
 
 def _open(dest: Path) -> tuple[Destination, Journal]:
@@ -41,13 +47,35 @@ def _open(dest: Path) -> tuple[Destination, Journal]:
     return destination, Journal.open(destination.state_dir, run_id="inspect")
 
 
-def _last_planned(destination: Destination) -> list[str] | None:
-    """Series UIDs the last run planned, from its plan file (None when no run wrote one)."""
+def _last_planned(destination: Destination) -> SortedDigests | None:
+    """UID digests of the series the last run planned (None when no run wrote a plan file).
+
+    Current runs write ``last-plan.digests`` (sorted 8-byte digests) beside a small JSON summary;
+    older ones listed every UID in ``last-plan.json``, which is still read.
+    """
     plan_file = destination.state_dir / "last-plan.json"
     if not plan_file.is_file():
         return None
-    document = json.loads(plan_file.read_text(encoding="utf-8"))
-    return [str(uid) for uid in document.get("series", [])]
+    try:
+        document = json.loads(plan_file.read_text(encoding="utf-8"))
+        if isinstance(document.get("series"), list):
+            return SortedDigests.of_uids(str(uid) for uid in document["series"])
+        digests_file = destination.state_dir / str(document.get("digests", LAST_PLAN_DIGESTS))
+        return SortedDigests.from_bytes(digests_file.read_bytes())
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DestinationError(f"{plan_file}: cannot read the last plan: {exc}") from exc
+
+
+def _with_retries(action: Callable[[], _T]) -> _T:
+    """Run a read of the journal again when another process's compaction replaced it meanwhile."""
+    for attempt in range(_READ_ATTEMPTS):
+        try:
+            return action()
+        except JournalError as exc:
+            if "compacted by another process" not in str(exc) or attempt == _READ_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
 
 
 @click.command("status")
@@ -57,22 +85,28 @@ def _last_planned(destination: Destination) -> list[str] | None:
 )
 def status(dest: Path, output_format: str) -> None:
     """Show what is done, failed and pending in DEST (from its journal; no network)."""
-    try:
+
+    def read() -> tuple[DestinationStatus, list[dict[str, str]], bool]:
         destination, journal = _open(dest)
         planned = _last_planned(destination)
         summary = summarize(journal, planned)
+        # Streamed: only the failed records are ever held (the table lists them all).
+        found = [
+            {"SeriesInstanceUID": record.series_uid, "reason": f"{record.reference}: {record.reason}"}
+            for record in journal.iter_latest("failed")
+        ]
+        found.sort(key=lambda item: item["SeriesInstanceUID"])
+        return summary, found, planned is not None
+
+    try:
+        summary, failures, has_plan = _with_retries(read)
     except TciaFetchError as exc:
         die(exc)
-    failures = [
-        {"SeriesInstanceUID": uid, "reason": f"{record.reference}: {record.reason}"}
-        for uid, record in sorted(journal.latest().items())
-        if record.status == "failed"
-    ]
     document: dict[str, object] = {
         "done": summary.done,
         "done_bytes": summary.done_bytes,
         "failed": summary.failed,
-        "pending": summary.pending if planned is not None else None,
+        "pending": summary.pending if has_plan else None,
         "failures": failures,
     }
     if output_format == "json":
@@ -81,7 +115,7 @@ def status(dest: Path, output_format: str) -> None:
     table = Table(title=f"tcia-fetch status: {dest}", show_header=False, box=None)
     table.add_row("done", f"{summary.done} series, {format_bytes(summary.done_bytes)}")
     table.add_row("failed", str(summary.failed))
-    table.add_row("pending", "unknown (no plan recorded)" if planned is None else str(summary.pending))
+    table.add_row("pending", str(summary.pending) if has_plan else "unknown (no plan recorded)")
     Console(highlight=False).print(table)
     if failures:
         failed = Table(title="failed series")
@@ -98,7 +132,7 @@ def _record_damage(destination: Destination, damage: list[Damage]) -> None:
     run_id = f"verify-{int(time.time())}-{os.getpid()}"
     with acquire_destination(destination.state_dir, run_id=run_id):
         writer = Journal.open(destination.state_dir, run_id=run_id)
-        latest = writer.latest()
+        latest = writer.records_for(item.series_uid for item in damage)
         for item in damage:
             record = latest.get(item.series_uid)
             if record is None:
@@ -126,14 +160,17 @@ def _record_damage(destination: Destination, damage: list[Damage]) -> None:
 )
 def verify(dest: Path, md5: bool, output_format: str) -> None:
     """Re-check every published series in DEST against what was verified; report damage."""
-    try:
+
+    def check() -> tuple[Destination, list[Damage], int]:
         destination, journal = _open(dest)
-        damage = recheck(destination, journal, check_md5=md5)
+        return destination, recheck(destination, journal, check_md5=md5), journal.counts().done
+
+    try:
+        destination, damage, done = _with_retries(check)
         if damage:
             _record_damage(destination, damage)
     except TciaFetchError as exc:
         die(exc)
-    done = sum(1 for record in journal.latest().values() if record.status == "done")
     rows = [
         {"SeriesInstanceUID": item.series_uid, "path": item.path or "", "reason": item.reason}
         for item in damage

@@ -19,7 +19,7 @@ this module and stop the run.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -144,7 +144,7 @@ class SeriesWorker:
     bandwidth: ByteRateLimiter | None
     stats: RunStats
     on_event: Callable[[RunEvent], None] | None = None
-    damaged: frozenset[str] = frozenset()
+    damaged: Container[str] = frozenset()
     failures: list[SeriesFailure] = field(default_factory=list)
     commit: GroupCommit = field(init=False)
     #: Set for the rest of the run when the server refuses ``IncludeMD5`` on getImage (a

@@ -14,7 +14,8 @@ A series that cannot be planned (not on the server, not public, no size) becomes
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Protocol, TypeVar
@@ -27,6 +28,7 @@ from tcia_fetch.errors import MetadataError, TciaFetchError
 from tcia_fetch.job.jobfile import JobSpec, SeriesQuery
 from tcia_fetch.plan.model import PlannedSeries, PlanProblem, PlanSummary, frozen_row
 from tcia_fetch.series.expectation import SeriesExpectation
+from tcia_fetch.store.digests import GrowingDigestSet, SortedDigests, sorted_unique, uid_digest
 
 __all__ = ["Planner", "PlannerOptions", "SeriesSource"]
 
@@ -119,8 +121,8 @@ class Planner:
         *,
         retry_policy: RetryPolicy,
         clock: Clock,
-        skip_uids: frozenset[str] = frozenset(),
-        only_uids: frozenset[str] | None = None,
+        skip_uids: Container[str] = frozenset(),
+        only_uids: Container[str] | None = None,
         options: PlannerOptions | None = None,
     ) -> None:
         self._source = source
@@ -130,11 +132,21 @@ class Planner:
         self._skip_uids = skip_uids
         self._only_uids = only_uids
         self._options = options or PlannerOptions()
-        self._seen: set[str] = set()
+        # Bookkeeping in compact digests (8 bytes per series, issue 13): a 600,000-series job
+        # must not hold a set and two lists of UID strings.
+        self._seen = GrowingDigestSet()
+        self._named = array("Q")
         self.summary = PlanSummary(duplicates=job.duplicates)
-        self.skipped: list[str] = []
-        #: Every unique series this run is responsible for (planned, skipped or unplannable).
-        self.named: list[str] = []
+        #: How many named series were skipped because they are already done.
+        self.skipped_count = 0
+
+    def named_digests(self) -> SortedDigests:
+        """Every unique series this run is responsible for (planned, skipped or unplannable)."""
+        return SortedDigests(sorted_unique(self._named))
+
+    @property
+    def named_count(self) -> int:
+        return len(self._named)
 
     async def run(self, emit: Emit) -> PlanSummary:
         """Plan the whole job, handing each series to ``emit`` as soon as it is known."""
@@ -157,15 +169,15 @@ class Planner:
     # -- claiming: de-duplication and skip/only filters (no await between check and add) --------
 
     def _claim(self, uid: str) -> bool:
-        if uid in self._seen:
+        digest = uid_digest(uid)
+        if not self._seen.add(digest):
             self.summary.duplicates += 1
             return False
-        self._seen.add(uid)
         if self._only_uids is not None and uid not in self._only_uids:
             return False
-        self.named.append(uid)
+        self._named.append(digest)
         if uid in self._skip_uids:
-            self.skipped.append(uid)
+            self.skipped_count += 1
             return False
         return True
 

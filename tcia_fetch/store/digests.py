@@ -20,9 +20,18 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Final
 
-__all__ = ["DigestSet", "GrowingDigestSet", "SortedDigests", "sorted_unique", "uid_digest"]
+__all__ = [
+    "LAST_PLAN_DIGESTS",
+    "DigestSet",
+    "GrowingDigestSet",
+    "SortedDigests",
+    "sorted_unique",
+    "uid_digest",
+]
 
 DIGEST_BYTES: Final = 8
+#: Sorted digests of the last run's plan, beside ``last-plan.json`` in the state directory.
+LAST_PLAN_DIGESTS: Final = "last-plan.digests"
 
 
 def uid_digest(uid: str) -> int:
@@ -67,6 +76,16 @@ class SortedDigests:
 
     def to_bytes(self) -> bytes:
         return self._values.tobytes()
+
+    def without(self, uids: Iterable[str]) -> SortedDigests:
+        """A copy without ``uids`` (a few: each removal is a bisect and a slice)."""
+        values = array("Q", self._values)
+        for uid in uids:
+            digest = uid_digest(uid)
+            index = bisect_left(values, digest)
+            if index < len(values) and values[index] == digest:
+                del values[index]
+        return SortedDigests(values)
 
     @property
     def values(self) -> array[int]:

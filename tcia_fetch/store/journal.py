@@ -56,7 +56,7 @@ import time
 from array import array
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -65,7 +65,7 @@ import zstandard
 
 from tcia_fetch.errors import DiskFullError, JournalError
 from tcia_fetch.store._fs import host_name, pid_is_alive
-from tcia_fetch.store.digests import uid_digest
+from tcia_fetch.store.digests import SortedDigests, sorted_unique, uid_digest
 from tcia_fetch.store.records import FileEntry, SeriesRecord, SeriesStatus
 from tcia_fetch.store.statestore import LocalStateStorage, StateStorage
 
@@ -80,7 +80,6 @@ __all__ = [
     "JournalStatistics",
     "Kind",
     "SeriesRecord",
-    "UidSelection",
 ]
 
 SNAPSHOT_NAME: Final = "snapshot.jsonl.zst"
@@ -260,22 +259,6 @@ class _Index:
         return out
 
 
-class UidSelection:
-    """A live ``Container[str]``: the UIDs whose latest status is one of ``kinds`` (no UID list)."""
-
-    __slots__ = ("_codes", "_exclude", "_journal")
-
-    def __init__(self, journal: Journal, codes: frozenset[int], exclude: frozenset[str]) -> None:
-        self._journal = journal
-        self._codes = codes
-        self._exclude = exclude
-
-    def __contains__(self, uid: object) -> bool:
-        if not isinstance(uid, str) or uid in self._exclude:
-            return False
-        return self._journal._code_of(uid_digest(uid)) in self._codes
-
-
 def _fast_uid(line: bytes) -> str:
     """The UID of a record line: read from our own fixed prefix, else by parsing the JSON."""
     if line.startswith(_UID_PREFIX):
@@ -308,6 +291,8 @@ class Journal:
         self._next_compaction = self._compact_every
         self._mutex = threading.RLock()
         self.statistics = JournalStatistics(0, 0, 0, 0)
+        #: Records this object has appended (0 on a rerun that found nothing to do).
+        self.appended = 0
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -553,16 +538,31 @@ class Journal:
         """Whether the latest record is ``verify``'s "damaged on disk" failure."""
         return self._code_of(uid_digest(series_uid)) == _DAMAGED
 
-    def select(self, *kinds: Kind, exclude: Iterable[str] = ()) -> UidSelection:
-        """A live container of the UIDs whose latest status is one of ``kinds``.
+    def digests(self, *kinds: Kind) -> SortedDigests:
+        """The UID digests whose latest status is one of ``kinds``, as of now (8 bytes each).
 
-        ``failed`` includes ``damaged`` (verify's failures). Used for the planner's skip set (done)
-        and ``--retry-failed`` (failed), without listing any UID.
+        ``failed`` includes ``damaged`` (verify's failures). A static copy: the planner's skip
+        set (done), ``--retry-failed`` (failed) and repairs (damaged) must not change under a
+        run that appends new records for those very series.
         """
         codes = {_CODE_OF_KIND[kind] for kind in kinds}
         if _FAILED in codes:
             codes.add(_DAMAGED)
-        return UidSelection(self, frozenset(codes), frozenset(exclude))
+        with self._mutex:
+            index, overlay = self._index, self._overlay
+            values = array(
+                "Q",
+                (
+                    digest
+                    for digest, code in zip(index.digests, index.codes, strict=True)
+                    if code in codes and digest not in overlay
+                ),
+            )
+            extra = [digest for digest, entry in overlay.items() if entry[0] in codes]
+        if not extra:
+            return SortedDigests(values)
+        values.extend(extra)
+        return SortedDigests(sorted_unique(values))
 
     def counts(self) -> JournalCounts:
         """Series per latest status and bytes of the done ones, from the compact view (fast)."""
@@ -758,6 +758,7 @@ class Journal:
                     self._own_lines + offset,
                 )
             self._own_lines += len(batch)
+            self.appended += len(batch)
             if self._own_lines >= _ROTATE_LINES:
                 self._finish_segment()
             if len(self._overlay) >= self._next_compaction and not self._compact(wait_s=0.0, forced=False):
@@ -790,20 +791,22 @@ class Journal:
 
     # --- compaction --------------------------------------------------------------------------
 
-    def compact(self, *, wait_s: float = 0.0) -> int:
+    def compact(self, *, wait_s: float = 0.0, then: Callable[[], None] | None = None) -> int:
         """Fold every finished segment this view holds into a new snapshot; delete those segments.
 
         Takes the compaction lease first (waiting up to ``wait_s`` seconds for another holder);
         without it nothing is changed. This writer's own segment is finished first (appending
         goes on in a new one). When nothing can be folded the existing snapshot is left as it
-        is. Returns the number of series in the merged view.
+        is. ``then`` runs afterwards while the lease is still held: files derived from the whole
+        journal (metadata.csv, a catalog) are written there, so two processes finishing at once
+        never race on them. Returns the number of series in the merged view.
         """
         with self._mutex:
             self._finish_segment()
-            self._compact(wait_s=wait_s, forced=True)
+            self._compact(wait_s=wait_s, forced=True, then=then)
             return len(self)
 
-    def _compact(self, *, wait_s: float, forced: bool) -> bool:
+    def _compact(self, *, wait_s: float, forced: bool, then: Callable[[], None] | None = None) -> bool:
         """Compact under the lease; False when another process holds it."""
         if not forced:
             self._finish_segment()
@@ -814,26 +817,28 @@ class Journal:
             if self._storage.version(SNAPSHOT_NAME) != self._snapshot_version:
                 self._reload()
             folded = sorted(number for number in self._foldable if self._segments[number] is not None)
-            if (
-                not folded
-                and self._snapshot_version is not None
-                and self._snapshot_format == _SNAPSHOT_FORMAT
-            ):
-                return True  # nothing new since the snapshot this view was read from
-            self._write_snapshot(folded)
-            for number in folded:
-                name = self._segments[number]
-                assert name is not None
-                self._storage.delete_log(name)
-                self._segments[number] = None
-            sync = getattr(self._storage, "sync_prefix", None)
-            if sync is not None and folded:
-                sync(SEGMENT_DIR)
-            self._foldable.difference_update(folded)
-            self._next_compaction = len(self._overlay) + self._compact_every
+            stale = self._snapshot_version is None or self._snapshot_format != _SNAPSHOT_FORMAT
+            if folded or stale:
+                self._fold(folded)
+            if then is not None:
+                then()
             return True
         finally:
             self._release_lease(token)
+
+    def _fold(self, folded: list[int]) -> None:
+        """Write the new snapshot, then delete the folded segments (the lease is held)."""
+        self._write_snapshot(folded)
+        for number in folded:
+            name = self._segments[number]
+            assert name is not None
+            self._storage.delete_log(name)
+            self._segments[number] = None
+        sync = getattr(self._storage, "sync_prefix", None)
+        if sync is not None and folded:
+            sync(SEGMENT_DIR)
+        self._foldable.difference_update(folded)
+        self._next_compaction = len(self._overlay) + self._compact_every
 
     def _reload(self) -> None:
         """Adopt the current state of the storage (another process compacted since we read)."""
