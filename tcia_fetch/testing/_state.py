@@ -45,8 +45,10 @@ class ServerState:
     include_md5_supported: bool = True
     _visible: list[SeriesEntry] | None = None
 
-    def visible(self) -> list[SeriesEntry]:
+    def visible(self) -> Sequence[SeriesEntry]:
         """Public series in catalog order (restricted ones are absent from every query)."""
+        if not self.restricted:
+            return self.catalog.series  # no copy: a lazy catalog stays lazy
         if self._visible is None:
             self._visible = [entry for entry in self.catalog.series if entry.uid not in self.restricted]
         return self._visible
