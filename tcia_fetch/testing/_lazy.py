@@ -125,6 +125,9 @@ class LazyCatalog(Catalog):
     def __len__(self) -> int:
         return self.count
 
+    def warm(self, *, md5: bool = False) -> None:
+        """Nothing to warm: entries are not kept, each request derives (and templates) its own."""
+
     @property
     def collections(self) -> list[str]:
         return [self._collection_name(index) for index in range(min(self._collections, self.count))]
