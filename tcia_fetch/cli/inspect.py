@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Final, TypeVar
@@ -27,15 +27,19 @@ from tcia_fetch.cli.common import die
 from tcia_fetch.cli.progress import format_bytes
 from tcia_fetch.errors import EXIT_OK, EXIT_SOME_FAILED, DestinationError, JournalError, TciaFetchError
 from tcia_fetch.store.destination import Destination
-from tcia_fetch.store.digests import LAST_PLAN_DIGESTS, SortedDigests
+from tcia_fetch.store.digests import LAST_PLAN_DIGESTS, GrowingDigestSet, SortedDigests, uid_digest
 from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.lock import acquire_destination
-from tcia_fetch.store.reconcile import DAMAGED_ON_DISK, Damage, DestinationStatus, recheck, summarize
+from tcia_fetch.store.reconcile import DAMAGED_ON_DISK, Damage, DestinationStatus, iter_damage, summarize
+from tcia_fetch.store.records import SeriesRecord
 
 __all__ = ["status", "verify"]
 
 _T = TypeVar("_T")
 _READ_ATTEMPTS: Final = 5
+#: Damaged series listed (with reasons) by ``verify``; all of them are counted and recorded.
+_DAMAGE_LISTED: Final = 10_000
+_DAMAGE_BATCH: Final = 1_000
 
 
 def _open(dest: Path) -> tuple[Destination, Journal]:
@@ -127,27 +131,44 @@ def status(dest: Path, output_format: str) -> None:
     sys.exit(EXIT_OK)
 
 
-def _record_damage(destination: Destination, damage: list[Damage]) -> None:
-    """Mark damaged series in the journal so the next run re-fetches them (under the run lock)."""
+def _record_damage(destination: Destination, damaged: SortedDigests, reasons: dict[str, str]) -> None:
+    """Mark damaged series in the journal so the next run re-fetches them (under the run lock).
+
+    Streams the journal once; ``reasons`` holds the reasons of the listed series (the rest, past
+    the listing limit, get a generic one), so memory stays bounded however much is damaged.
+    """
     run_id = f"verify-{int(time.time())}-{os.getpid()}"
     with acquire_destination(destination.state_dir, run_id=run_id):
-        writer = Journal.open(destination.state_dir, run_id=run_id)
-        latest = writer.records_for(item.series_uid for item in damage)
-        for item in damage:
-            record = latest.get(item.series_uid)
-            if record is None:
-                continue
-            writer.append(
+        # One view streams the done records while another appends: the writer never compacts
+        # (the next run does), so the streamed snapshot stays the one being read.
+        reader = Journal.open(destination.state_dir, run_id=run_id)
+        writer = Journal.open(destination.state_dir, run_id=run_id, compact_every=2**62)
+        batch: list[SeriesRecord] = []
+        for record in _done_records_in(reader, damaged):
+            reason = reasons.get(
+                record.series_uid, "files differ from the verified record (tcia-fetch verify)"
+            )
+            batch.append(
                 replace(
                     record,
                     status="failed",
                     at=time.time(),
                     run_id=run_id,
-                    reason=f"damaged on disk: {item.reason}",
+                    reason=f"damaged on disk: {reason}",
                     reference=DAMAGED_ON_DISK,
                 )
             )
+            if len(batch) >= _DAMAGE_BATCH:
+                writer.extend(batch)
+                batch = []
+        writer.extend(batch)
         writer.close()
+
+
+def _done_records_in(journal: Journal, digests: SortedDigests) -> Iterator[SeriesRecord]:
+    for record in journal.iter_latest("done"):
+        if record.series_uid in digests:
+            yield record
 
 
 @click.command("verify")
@@ -161,14 +182,21 @@ def _record_damage(destination: Destination, damage: list[Damage]) -> None:
 def verify(dest: Path, md5: bool, output_format: str) -> None:
     """Re-check every published series in DEST against what was verified; report damage."""
 
-    def check() -> tuple[Destination, list[Damage], int]:
+    def check() -> tuple[Destination, list[Damage], SortedDigests, int, int]:
         destination, journal = _open(dest)
-        return destination, recheck(destination, journal, check_md5=md5), journal.counts().done
+        listed: list[Damage] = []
+        found = GrowingDigestSet()
+        for item in iter_damage(destination, journal, check_md5=md5):
+            found.add(uid_digest(item.series_uid))
+            if len(listed) < _DAMAGE_LISTED:
+                listed.append(item)
+        listed.sort(key=lambda item: item.series_uid)
+        return destination, listed, found.freeze(), len(found), journal.counts().done
 
     try:
-        destination, damage, done = _with_retries(check)
-        if damage:
-            _record_damage(destination, damage)
+        destination, damage, damaged, damaged_count, done = _with_retries(check)
+        if damaged_count:
+            _record_damage(destination, damaged, {item.series_uid: item.reason for item in damage})
     except TciaFetchError as exc:
         die(exc)
     rows = [
@@ -176,20 +204,19 @@ def verify(dest: Path, md5: bool, output_format: str) -> None:
         for item in damage
     ]
     if output_format == "json":
-        click.echo(json.dumps({"checked": done, "damaged": rows}, indent=2))
+        click.echo(json.dumps({"checked": done, "damaged": rows, "damaged_count": damaged_count}, indent=2))
     else:
         console = Console(highlight=False)
         if not rows:
             console.print(f"[green]{done} series checked, no damage[/green]")
         else:
-            table = Table(title=f"{len(rows)} damaged series of {done}")
+            shown = "" if len(rows) == damaged_count else f" (the first {len(rows)} listed)"
+            table = Table(title=f"{damaged_count} damaged series of {done}{shown}")
             table.add_column("SeriesInstanceUID", overflow="fold")
             table.add_column("path")
             table.add_column("problem")
             for row in rows:
-                table.add_row(
-                    str(row["SeriesInstanceUID"]), str(row["path"]), "; ".join(map(str, row["problems"]))
-                )
+                table.add_row(str(row["SeriesInstanceUID"]), str(row["path"]), str(row["reason"]))
             console.print(table)
             console.print("rerun the job with the same --out to re-download damaged series")
-    sys.exit(EXIT_SOME_FAILED if rows else EXIT_OK)
+    sys.exit(EXIT_SOME_FAILED if damaged_count else EXIT_OK)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Final
@@ -43,6 +43,7 @@ __all__ = [
     "DestinationStatus",
     "Reconciliation",
     "check_published",
+    "iter_damage",
     "recheck",
     "reconcile",
     "summarize",
@@ -164,14 +165,16 @@ def reconcile(
 
 
 def recheck(destination: Destination, journal: Journal, *, check_md5: bool) -> list[Damage]:
-    """Check every ``done`` series on disk (streamed); with ``check_md5`` also re-hash each file."""
-    found: list[Damage] = []
+    """Check every ``done`` series on disk; with ``check_md5`` also re-hash each file (sorted list)."""
+    return sorted(iter_damage(destination, journal, check_md5=check_md5), key=lambda item: item.series_uid)
+
+
+def iter_damage(destination: Destination, journal: Journal, *, check_md5: bool) -> Iterator[Damage]:
+    """:func:`recheck` one record at a time, in journal order (for destinations of any size)."""
     for record in journal.iter_latest("done"):
         problems, _ = _inspect(destination, record, check_md5=check_md5)
         if problems:
-            found.append(Damage(record.series_uid, record.path, problems))
-    found.sort(key=lambda item: item.series_uid)
-    return found
+            yield Damage(record.series_uid, record.path, problems)
 
 
 def check_published(
