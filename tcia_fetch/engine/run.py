@@ -46,7 +46,7 @@ from tcia_fetch.plan.planner import Planner, PlannerOptions
 from tcia_fetch.store.atomic import write_bytes_atomic, write_text_atomic
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.digests import LAST_PLAN_DIGESTS, SortedDigests
-from tcia_fetch.store.journal import Journal
+from tcia_fetch.store.journal import SNAPSHOT_NAME, Journal
 from tcia_fetch.store.lock import acquire_destination
 from tcia_fetch.store.metadata_csv import metadata_csv_row, write_metadata_csv
 from tcia_fetch.store.reconcile import reconcile
@@ -409,8 +409,9 @@ class _UidUnion:
 class _Books:
     """metadata.csv and the report's instance count, from one streamed pass over the journal.
 
-    On a rerun that appended nothing and finds metadata.csv in place, the pass is skipped: the
-    file already holds exactly the journal's done series (it is rewritten after every change).
+    On a rerun that appended nothing and finds metadata.csv newer than the journal's snapshot,
+    the pass is skipped: the file already holds exactly the journal's done series (it is written
+    right after every compaction; a crash in between leaves it older, so it is written again).
     """
 
     def __init__(self, journal: Journal, destination: Destination, run_id: str, *, write_csv: bool) -> None:
@@ -422,7 +423,7 @@ class _Books:
 
     def write(self) -> None:
         csv_path = self._destination.root / "metadata.csv"
-        if self._journal.appended == 0 and (not self._write_csv or csv_path.exists()):
+        if self._journal.appended == 0 and (not self._write_csv or self._csv_is_current(csv_path)):
             return
 
         def rows() -> Iterator[dict[str, str]]:
@@ -441,9 +442,18 @@ class _Books:
 
         if self._write_csv:
             write_metadata_csv(csv_path, rows())
+            stamp = time.time_ns()  # the snapshot's clock (fine-grained), not the filesystem's
+            os.utime(csv_path, ns=(stamp, stamp))
         else:
             for _ in rows():
                 pass
+
+    def _csv_is_current(self, csv_path: Path) -> bool:
+        snapshot = self._destination.state_dir / SNAPSHOT_NAME
+        try:
+            return csv_path.stat().st_mtime_ns >= snapshot.stat().st_mtime_ns
+        except FileNotFoundError:
+            return csv_path.exists()  # no snapshot: nothing was ever recorded
 
 
 def _first_fatal(group: BaseExceptionGroup[BaseException]) -> TciaFetchError | None:
