@@ -152,19 +152,39 @@ class Planner:
         """Plan the whole job, handing each series to ``emit`` as soon as it is known."""
         limiter = anyio.CapacityLimiter(max(1, self._options.query_concurrency))
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self._plan_explicit, emit, limiter)
+            for index, query in enumerate(self._job.queries):
+                for filters in query.server_filter_sets():
+                    tg.start_soon(self._plan_query, index, query, filters, emit, limiter)
+        return self.summary
+
+    async def _plan_explicit(self, emit: Emit, limiter: anyio.CapacityLimiter) -> None:
+        """Explicit UIDs in chunks, with only a few chunks looked up ahead of the downloads.
+
+        A chunk holds its slot from its metadata lookup until its last series was handed to
+        ``emit``: without that bound every chunk of a 600,000-UID manifest would be looked up at
+        once and wait, rows in hand, for the pool (issue 13: memory grew with the job).
+        """
+        ahead = anyio.Semaphore(max(2, self._options.query_concurrency))
+
+        async def one_chunk(chunk: list[tuple[str, str]]) -> None:
+            try:
+                await self._plan_uids(chunk, emit, limiter)
+            finally:
+                ahead.release()
+
+        async with anyio.create_task_group() as tg:
             chunk: list[tuple[str, str]] = []
             for origin in self._job.explicit_uids:
                 if self._claim(origin.uid):
                     chunk.append((origin.uid, origin.origin))
                 if len(chunk) >= self._options.metadata_chunk:
-                    tg.start_soon(self._plan_uids, chunk, emit, limiter)
+                    await ahead.acquire()
+                    tg.start_soon(one_chunk, chunk)
                     chunk = []
             if chunk:
-                tg.start_soon(self._plan_uids, chunk, emit, limiter)
-            for index, query in enumerate(self._job.queries):
-                for filters in query.server_filter_sets():
-                    tg.start_soon(self._plan_query, index, query, filters, emit, limiter)
-        return self.summary
+                await ahead.acquire()
+                tg.start_soon(one_chunk, chunk)
 
     # -- claiming: de-duplication and skip/only filters (no await between check and add) --------
 
