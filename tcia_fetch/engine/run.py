@@ -126,8 +126,13 @@ async def plan(
     options: RunOptions | None = None,
     *,
     clock: Clock | None = None,
+    keep_series: bool = True,
 ) -> tuple[list[PlannedSeries], PlanSummary]:
-    """Expand a job into its plan without downloading anything (``tcia-fetch plan``)."""
+    """Expand a job into its plan without downloading anything (``tcia-fetch plan``).
+
+    With ``keep_series=False`` only the summary is kept (the list comes back empty): the totals of
+    a 600,000-series plan need no per-series memory, its list of rows does.
+    """
     options = options or RunOptions()
     spec = _as_job(job, options)
     clock = clock or SystemClock()
@@ -135,7 +140,8 @@ async def plan(
     items: list[PlannedSeries] = []
 
     async def collect(item: PlannedSeries) -> None:
-        items.append(item)
+        if keep_series:
+            items.append(item)
 
     async with NBIAClient(settings) as client:
         planner = Planner(
