@@ -98,8 +98,9 @@ _OPEN_ATTEMPTS: Final = 20
 _CHUNK_BYTES: Final = 1 << 20
 #: Records folded per compaction: bounds the overlay (~250 bytes per record) and crash recovery.
 DEFAULT_COMPACT_EVERY: Final = 20_000
-#: Lines per segment before the writer starts a new one: ``read_log`` returns a whole log.
-_ROTATE_LINES: Final = 10_000
+#: Lines per segment before the writer starts a new one: ``read_log`` returns a whole log, so
+#: this bounds what a reader holds at once (~3 MB of records; 10,000 lines cost ~35 MB at 10^4).
+_ROTATE_LINES: Final = 2_000
 _LEASE_STALE_S: Final = 3600.0
 _LEASE_POLL_S: Final = 0.2
 _INDEX_ENTRY_BYTES: Final = 25
