@@ -834,6 +834,8 @@ class Journal:
             name = self._segments[number]
             assert name is not None
             self._storage.delete_log(name)
+            # A writer that died left its registration behind; its segment is folded now.
+            self._storage.delete(f"{WRITERS_DIR}/{name.rsplit('/', 1)[-1]}")
             self._segments[number] = None
         sync = getattr(self._storage, "sync_prefix", None)
         if sync is not None and folded:
