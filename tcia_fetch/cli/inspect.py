@@ -16,9 +16,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import click
 from rich.console import Console
@@ -26,17 +27,26 @@ from rich.table import Table
 
 from tcia_fetch.cli.common import die
 from tcia_fetch.cli.progress import format_bytes
-from tcia_fetch.errors import EXIT_OK, EXIT_SOME_FAILED, DestinationError, TciaFetchError
+from tcia_fetch.errors import EXIT_OK, EXIT_SOME_FAILED, DestinationError, JournalError, TciaFetchError
 from tcia_fetch.store.archive_check import merge_damage, recheck_archives
 from tcia_fetch.store.destination import Destination
+from tcia_fetch.store.digests import LAST_PLAN_DIGESTS, GrowingDigestSet, SortedDigests, uid_digest
 from tcia_fetch.store.home import home_lock
 from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.location import BucketLocation, parse_destination
-from tcia_fetch.store.objjournal import open_bucket_journal
-from tcia_fetch.store.reconcile import DAMAGED_ON_DISK, Damage, recheck, summarize
+from tcia_fetch.store.reconcile import DAMAGED_ON_DISK, Damage, DestinationStatus, iter_damage, summarize
+from tcia_fetch.store.records import SeriesRecord
 
 if TYPE_CHECKING:
     from tcia_fetch.store.objhome import BucketDestination
+
+__all__ = ["catalog", "open_bucket_for_inspection", "status", "verify"]
+
+_T = TypeVar("_T")
+_READ_ATTEMPTS: Final = 5
+#: Damaged series listed (with reasons) by ``verify``; all of them are counted and recorded.
+_DAMAGE_LISTED: Final = 10_000
+_DAMAGE_BATCH: Final = 1_000
 
 
 def open_bucket_for_inspection(location: BucketLocation) -> tuple[BucketDestination, Journal]:
@@ -49,18 +59,11 @@ def open_bucket_for_inspection(location: BucketLocation) -> tuple[BucketDestinat
         raise DestinationError(
             f"{location.url} holds no tcia-fetch state (no .tcia-fetch/): nothing to inspect"
         )
-    mirror = Path(tempfile.mkdtemp(prefix="tcia-fetch-inspect-"))
-    try:
-        journal = open_bucket_journal(destination.state, mirror / "state", run_id="inspect")
-    finally:
-        shutil.rmtree(mirror, ignore_errors=True)
-    return destination, journal
-
-__all__ = ["status", "verify"]
+    return destination, Journal.open(destination.state, run_id="inspect")
 
 
-def _open(dest_text: str) -> tuple[Destination | BucketDestination, Journal]:
-    location = parse_destination(dest_text, source="DEST")
+def _open(dest_text: str | Path) -> tuple[Destination | BucketDestination, Journal]:
+    location = parse_destination(str(dest_text), source="DEST")
     if isinstance(location, BucketLocation):
         return open_bucket_for_inspection(location)
     dest = location
@@ -72,19 +75,47 @@ def _open(dest_text: str) -> tuple[Destination | BucketDestination, Journal]:
     return destination, Journal.open(destination.state_dir, run_id="inspect")
 
 
-def _last_planned(destination: Destination | BucketDestination) -> list[str] | None:
-    """Series UIDs the last run planned, from its plan file (None when no run wrote one)."""
+def _last_planned(destination: Destination | BucketDestination) -> SortedDigests | None:
+    """UID digests of the series the last run planned (None when no run wrote a plan file).
+
+    Current runs write ``last-plan.digests`` (sorted 8-byte digests) beside a small JSON summary;
+    older ones listed every UID in ``last-plan.json``, which is still read.
+    """
     if not isinstance(destination, Destination):
         text = destination.state.read("last-plan.json")
         if text is None:
             return None
-        document = json.loads(text)
-        return [str(uid) for uid in document.get("series", [])]
+        try:
+            document = json.loads(text)
+            if isinstance(document.get("series"), list):
+                return SortedDigests.of_uids(str(uid) for uid in document["series"])
+            raw = destination.state.read(str(document.get("digests", LAST_PLAN_DIGESTS)))
+            return SortedDigests.from_bytes(raw or b"")
+        except (ValueError, AttributeError) as exc:
+            raise DestinationError(f"{destination.state.describe('last-plan.json')}: {exc}") from exc
     plan_file = destination.state_dir / "last-plan.json"
     if not plan_file.is_file():
         return None
-    document = json.loads(plan_file.read_text(encoding="utf-8"))
-    return [str(uid) for uid in document.get("series", [])]
+    try:
+        document = json.loads(plan_file.read_text(encoding="utf-8"))
+        if isinstance(document.get("series"), list):
+            return SortedDigests.of_uids(str(uid) for uid in document["series"])
+        digests_file = destination.state_dir / str(document.get("digests", LAST_PLAN_DIGESTS))
+        return SortedDigests.from_bytes(digests_file.read_bytes())
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DestinationError(f"{plan_file}: cannot read the last plan: {exc}") from exc
+
+
+def _with_retries(action: Callable[[], _T]) -> _T:
+    """Run a read of the journal again when another process's compaction replaced it meanwhile."""
+    for attempt in range(_READ_ATTEMPTS):
+        try:
+            return action()
+        except JournalError as exc:
+            if "compacted by another process" not in str(exc) or attempt == _READ_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
 
 
 @click.command("status")
@@ -94,22 +125,28 @@ def _last_planned(destination: Destination | BucketDestination) -> list[str] | N
 )
 def status(dest: str, output_format: str) -> None:
     """Show what is done, failed and pending in DEST (from its journal; no network)."""
-    try:
+
+    def read() -> tuple[DestinationStatus, list[dict[str, str]], bool]:
         destination, journal = _open(dest)
         planned = _last_planned(destination)
         summary = summarize(journal, planned)
+        # Streamed: only the failed records are ever held (the table lists them all).
+        found = [
+            {"SeriesInstanceUID": record.series_uid, "reason": f"{record.reference}: {record.reason}"}
+            for record in journal.iter_latest("failed")
+        ]
+        found.sort(key=lambda item: item["SeriesInstanceUID"])
+        return summary, found, planned is not None
+
+    try:
+        summary, failures, has_plan = _with_retries(read)
     except TciaFetchError as exc:
         die(exc)
-    failures = [
-        {"SeriesInstanceUID": uid, "reason": f"{record.reference}: {record.reason}"}
-        for uid, record in sorted(journal.latest().items())
-        if record.status == "failed"
-    ]
     document: dict[str, object] = {
         "done": summary.done,
         "done_bytes": summary.done_bytes,
         "failed": summary.failed,
-        "pending": summary.pending if planned is not None else None,
+        "pending": summary.pending if has_plan else None,
         "failures": failures,
     }
     if output_format == "json":
@@ -118,7 +155,7 @@ def status(dest: str, output_format: str) -> None:
     table = Table(title=f"tcia-fetch status: {dest}", show_header=False, box=None)
     table.add_row("done", f"{summary.done} series, {format_bytes(summary.done_bytes)}")
     table.add_row("failed", str(summary.failed))
-    table.add_row("pending", "unknown (no plan recorded)" if planned is None else str(summary.pending))
+    table.add_row("pending", str(summary.pending) if has_plan else "unknown (no plan recorded)")
     Console(highlight=False).print(table)
     if failures:
         failed = Table(title="failed series")
@@ -130,34 +167,50 @@ def status(dest: str, output_format: str) -> None:
     sys.exit(EXIT_OK)
 
 
-def _record_damage(destination: Destination | BucketDestination, damage: list[Damage]) -> None:
-    """Mark damaged series in the journal so the next run re-fetches them (under the run lock)."""
+def _record_damage(
+    destination: Destination | BucketDestination, damaged: SortedDigests, reasons: dict[str, str]
+) -> None:
+    """Mark damaged series in the journal so the next run re-fetches them (under the run lock).
+
+    Streams the journal once; ``reasons`` holds the reasons of the listed series (the rest, past
+    the listing limit, get a generic one), so memory stays bounded however much is damaged.
+    """
     run_id = f"verify-{int(time.time())}-{os.getpid()}"
+    storage = destination.state_dir if isinstance(destination, Destination) else destination.state
     lock = home_lock(destination, run_id)
     try:
-        writer = (
-            Journal.open(destination.state_dir, run_id=run_id)
-            if isinstance(destination, Destination)
-            else destination.open_journal(run_id)
-        )
-        latest = writer.latest()
-        for item in damage:
-            record = latest.get(item.series_uid)
-            if record is None:
-                continue
-            writer.append(
+        # One view streams the done records while another appends: the writer never compacts
+        # (the next run does), so the streamed snapshot stays the one being read.
+        reader = Journal.open(storage, run_id=run_id)
+        writer = Journal.open(storage, run_id=run_id, compact_every=2**62)
+        batch: list[SeriesRecord] = []
+        for record in _done_records_in(reader, damaged):
+            reason = reasons.get(
+                record.series_uid, "files differ from the verified record (tcia-fetch verify)"
+            )
+            batch.append(
                 replace(
                     record,
                     status="failed",
                     at=time.time(),
                     run_id=run_id,
-                    reason=f"damaged on disk: {item.reason}",
+                    reason=f"damaged on disk: {reason}",
                     reference=DAMAGED_ON_DISK,
                 )
             )
+            if len(batch) >= _DAMAGE_BATCH:
+                writer.extend(batch)
+                batch = []
+        writer.extend(batch)
         writer.close()
     finally:
         lock.release()
+
+
+def _done_records_in(journal: Journal, digests: SortedDigests) -> Iterator[SeriesRecord]:
+    for record in journal.iter_latest("done"):
+        if record.series_uid in digests:
+            yield record
 
 
 @click.command("verify")
@@ -170,41 +223,51 @@ def _record_damage(destination: Destination | BucketDestination, damage: list[Da
 )
 def verify(dest: str, md5: bool, output_format: str) -> None:
     """Re-check every published series in DEST against what was verified; report damage."""
-    try:
+
+    def check() -> tuple[Destination | BucketDestination, list[Damage], SortedDigests, int, int]:
         destination, journal = _open(dest)
+        listed: list[Damage] = []
+        found = GrowingDigestSet()
         if isinstance(destination, Destination):
-            damage = recheck(destination, journal, check_md5=md5)
-            if md5:
-                damage = merge_damage(damage, recheck_archives(destination, journal))
+            damage_found: Iterator[Damage] | list[Damage] = iter_damage(destination, journal, check_md5=md5)
+            if md5:  # tar.zst members are re-hashed against the archive's MD5SUMS
+                damage_found = merge_damage(list(damage_found), recheck_archives(destination, journal))
         else:
-            damage = destination.recheck(journal, check_md5=md5)
-        if damage:
-            _record_damage(destination, damage)
+            damage_found = destination.recheck(journal, check_md5=md5)
+        for item in damage_found:
+            found.add(uid_digest(item.series_uid))
+            if len(listed) < _DAMAGE_LISTED:
+                listed.append(item)
+        listed.sort(key=lambda item: item.series_uid)
+        return destination, listed, found.freeze(), len(found), journal.counts().done
+
+    try:
+        destination, damage, damaged, damaged_count, done = _with_retries(check)
+        if damaged_count:
+            _record_damage(destination, damaged, {item.series_uid: item.reason for item in damage})
     except TciaFetchError as exc:
         die(exc)
-    done = sum(1 for record in journal.latest().values() if record.status == "done")
     rows = [
         {"SeriesInstanceUID": item.series_uid, "path": item.path or "", "reason": item.reason}
         for item in damage
     ]
     if output_format == "json":
-        click.echo(json.dumps({"checked": done, "damaged": rows}, indent=2))
+        click.echo(json.dumps({"checked": done, "damaged": rows, "damaged_count": damaged_count}, indent=2))
     else:
         console = Console(highlight=False)
         if not rows:
             console.print(f"[green]{done} series checked, no damage[/green]")
         else:
-            table = Table(title=f"{len(rows)} damaged series of {done}")
+            shown = "" if len(rows) == damaged_count else f" (the first {len(rows)} listed)"
+            table = Table(title=f"{damaged_count} damaged series of {done}{shown}")
             table.add_column("SeriesInstanceUID", overflow="fold")
             table.add_column("path")
             table.add_column("problem")
             for row in rows:
-                table.add_row(
-                    str(row["SeriesInstanceUID"]), str(row["path"]), str(row["reason"])
-                )
+                table.add_row(str(row["SeriesInstanceUID"]), str(row["path"]), str(row["reason"]))
             console.print(table)
             console.print("rerun the job with the same --out to re-download damaged series")
-    sys.exit(EXIT_SOME_FAILED if rows else EXIT_OK)
+    sys.exit(EXIT_SOME_FAILED if damaged_count else EXIT_OK)
 
 
 @click.command("catalog")
@@ -215,10 +278,8 @@ def catalog(dest: str) -> None:
 
     try:
         destination, journal = _open(dest)
-        records = sorted(
-            (record for record in journal.latest().values() if record.status == "done"),
-            key=lambda record: record.path or "",
-        )
+        counted = journal.counts().done
+        records = journal.iter_latest("done")  # streamed: bounded memory however large the job
         if isinstance(destination, Destination):
             written = write_catalogs(records, destination.root)
             where = [str(path) for path in written]
@@ -235,5 +296,5 @@ def catalog(dest: str) -> None:
                 shutil.rmtree(scratch, ignore_errors=True)
     except TciaFetchError as exc:
         die(exc)
-    click.echo(f"{len(records)} series: {', '.join(where)}")
+    click.echo(f"{counted} series: {', '.join(where)}")
     sys.exit(EXIT_OK)

@@ -229,15 +229,17 @@ def plan_command(
     """Show what a JOB would download (series, instances, bytes per collection) without downloading."""
     options = RunOptions(base_url=base_url, config_file=config_file)
     try:
-        items, summary = run_command(lambda: plan(job, options))
+        listing = json_path is not None or output_format == "json"
+        items, summary = run_command(lambda: plan(job, options, keep_series=listing))
     except CommandInterruptedError as interrupted:
         exit_interrupted(interrupted.signum)
-    document = {"summary": summary.as_dict(), "series": [item.as_dict() for item in items]}
-    if json_path is not None:
-        json_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    if output_format == "json":
-        click.echo(json.dumps(document, indent=2))
-    else:
+    if listing:
+        document = {"summary": summary.as_dict(), "series": [item.as_dict() for item in items]}
+        if json_path is not None:
+            json_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        if output_format == "json":
+            click.echo(json.dumps(document, indent=2))
+    if output_format != "json":
         _print_plan(items, summary)
     unmatched = unmatched_tables(summary.empty_queries)
     sys.exit(1 if summary.problems or summary.query_errors or unmatched else 0)

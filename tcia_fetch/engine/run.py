@@ -19,7 +19,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,14 +47,14 @@ from tcia_fetch.job.jobfile import JobSpec, load_job
 from tcia_fetch.plan.model import PlannedSeries, PlanSummary
 from tcia_fetch.plan.planner import Planner, PlannerOptions
 from tcia_fetch.plan.suggest import unmatched_tables
-from tcia_fetch.store.atomic import write_text_atomic
+from tcia_fetch.store.atomic import write_bytes_atomic, write_text_atomic
 from tcia_fetch.store.catalog import catalog_available, write_catalogs
 from tcia_fetch.store.destination import Destination
+from tcia_fetch.store.digests import LAST_PLAN_DIGESTS, SortedDigests
 from tcia_fetch.store.home import home_journal, home_lock, open_home, reconcile_home, upload_home_outputs
-from tcia_fetch.store.journal import Journal
+from tcia_fetch.store.journal import SNAPSHOT_NAME, Journal
 from tcia_fetch.store.location import looks_like_url, parse_destination
 from tcia_fetch.store.metadata_csv import metadata_csv_row, write_metadata_csv
-from tcia_fetch.store.reconcile import DAMAGED_ON_DISK
 from tcia_fetch.transport import QUERY_CONNECTIONS
 
 if TYPE_CHECKING:
@@ -65,6 +65,8 @@ __all__ = ["RunOptions", "fetch", "plan", "resolve_client_settings", "run"]
 _HEARTBEAT_S = 30.0
 #: An outage longer than this ends the run (exit 3) instead of waiting forever on a login node.
 _MAX_OUTAGE_S = 1800.0
+#: How long a finishing run waits for another process's compaction (a shard) before giving up.
+_FINISH_LEASE_WAIT_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +137,13 @@ async def plan(
     options: RunOptions | None = None,
     *,
     clock: Clock | None = None,
+    keep_series: bool = True,
 ) -> tuple[list[PlannedSeries], PlanSummary]:
-    """Expand a job into its plan without downloading anything (``tcia-fetch plan``)."""
+    """Expand a job into its plan without downloading anything (``tcia-fetch plan``).
+
+    With ``keep_series=False`` only the summary is kept (the list comes back empty): the totals of
+    a 600,000-series plan need no per-series memory, its list of rows does.
+    """
     options = options or RunOptions()
     spec = _as_job(job, options)
     clock = clock or SystemClock()
@@ -144,7 +151,8 @@ async def plan(
     items: list[PlannedSeries] = []
 
     async def collect(item: PlannedSeries) -> None:
-        items.append(item)
+        if keep_series:
+            items.append(item)
 
     async with NBIAClient(settings) as client:
         planner = Planner(
@@ -235,13 +243,12 @@ async def fetch(
         journal = await anyio.to_thread.run_sync(home_journal, destination, run_id)
         crash_point("journal.after_open")
         reconciliation = await anyio.to_thread.run_sync(reconcile_home, destination, journal)
-        latest = journal.latest()
-        damaged = frozenset(item.series_uid for item in reconciliation.damaged) | frozenset(
-            uid for uid, rec in latest.items() if rec.status == "failed" and rec.reference == DAMAGED_ON_DISK
-        )
-        done_uids = frozenset(uid for uid, rec in latest.items() if rec.status == "done") - damaged
+        # Compact digest sets (8 bytes per series), never a set of UID strings (issue 13).
+        found_damaged = [item.series_uid for item in reconciliation.damaged]
+        damaged = _UidUnion(await anyio.to_thread.run_sync(journal.digests, "damaged"), found_damaged)
+        done_uids = (await anyio.to_thread.run_sync(journal.digests, "done")).without(found_damaged)
         only = (
-            frozenset(uid for uid, rec in latest.items() if rec.status == "failed") | damaged
+            _UidUnion(await anyio.to_thread.run_sync(journal.digests, "failed"), found_damaged)
             if options.retry_failed
             else None
         )
@@ -333,7 +340,7 @@ async def _run_pool(
 
             await planner.run(emit)
             stats.planning_done = True
-            stats.skipped_series = len(planner.skipped)
+            stats.skipped_series = planner.skipped_count
 
     async def consume(receive_end: ObjectReceiveStream[PlannedSeries]) -> None:
         nonlocal active_workers
@@ -374,7 +381,7 @@ async def _finish(
 ) -> None:
     """Close the books: report figures, journal compaction, metadata.csv, report files."""
     summary = planner.summary if planner is not None else PlanSummary()
-    skipped = len(planner.skipped) if planner is not None else 0
+    skipped = planner.skipped_count if planner is not None else 0
     failures: list[SeriesFailure] = list(worker.failures) if worker is not None else []
     failures += [SeriesFailure(p.series_uid, p.reason, p.reference, 0, p.origin) for p in summary.problems]
     report.planned = summary.series + skipped + len(summary.problems)
@@ -394,33 +401,11 @@ async def _finish(
     report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     report.duration_s = time.monotonic() - started
     if journal is not None:
-        latest = journal.latest()
-        report.instances = sum(
-            rec.instance_count or 0
-            for rec in latest.values()
-            if rec.status == "done" and rec.run_id == report.run_id
-        )
-        await anyio.to_thread.run_sync(journal.compact)
-        if spec.output.metadata_csv:
-            rows = [
-                metadata_csv_row(
-                    rec.metadata or {},
-                    instance_count=rec.instance_count or 0,
-                    dicom_bytes=rec.dicom_bytes or 0,
-                    location=rec.path or "",
-                    sop_class_uid=rec.sop_class_uid,
-                    downloaded_at=datetime.fromtimestamp(rec.at, UTC),
-                    root=destination.root if isinstance(destination, Destination) else None,
-                )
-                for rec in sorted(latest.values(), key=lambda r: r.path or "")
-                if rec.status == "done"
-            ]
-            await anyio.to_thread.run_sync(write_metadata_csv, destination.root / "metadata.csv", rows)
-        if await anyio.to_thread.run_sync(catalog_available):  # Parquet catalog, from the same records
-            done_records = sorted(
-                (r for r in latest.values() if r.status == "done"), key=lambda r: r.path or ""
-            )
-            await anyio.to_thread.run_sync(write_catalogs, done_records, destination.root)
+        books = _Books(journal, destination, report.run_id, write_csv=spec.output.metadata_csv)
+        # Compaction and metadata.csv under the compaction lease: another process (a shard)
+        # finishing at the same moment waits, so neither file races or drops rows.
+        await anyio.to_thread.run_sync(lambda: journal.compact(wait_s=_FINISH_LEASE_WAIT_S, then=books.write))
+        report.instances = books.instances
     text = json.dumps(report.as_dict(), indent=2) + "\n"
     reports_dir = destination.state_dir / "reports"
     await anyio.to_thread.run_sync(lambda: reports_dir.mkdir(parents=True, exist_ok=True))
@@ -430,8 +415,14 @@ async def _finish(
     if report_path is not None:
         await write_text_atomic(report_path, text)
     if planner is not None and not report.interrupted:
-        plan_text = json.dumps({"run_id": report.run_id, "series": planner.named}) + "\n"
-        await write_text_atomic(destination.state_dir / "last-plan.json", plan_text)
+        named = planner.named_digests()
+        # The plan as sorted 8-byte UID digests (4.8 MB for 600,000 series) beside a small JSON
+        # summary, instead of a JSON list of every UID; ``tcia-fetch status`` counts from it.
+        await write_bytes_atomic(destination.state_dir / LAST_PLAN_DIGESTS, named.to_bytes())
+        plan_text = json.dumps(
+            {"run_id": report.run_id, "series_count": len(named), "digests": LAST_PLAN_DIGESTS}
+        )
+        await write_text_atomic(destination.state_dir / "last-plan.json", plan_text + "\n")
     await anyio.to_thread.run_sync(upload_home_outputs, destination)
 
 
@@ -450,6 +441,73 @@ def _concurrency_warnings(settings: ClientSettings, concurrency: int) -> list[st
         f"the connection pool is sized from the concurrency ({concurrency} downloads, plus "
         f"{QUERY_CONNECTIONS} connections for queries)"
     ]
+
+
+class _UidUnion:
+    """``uid in digests or uid in few``: a compact set plus the few UIDs reconciliation found."""
+
+    __slots__ = ("_digests", "_few")
+
+    def __init__(self, digests: SortedDigests, few: Iterable[str]) -> None:
+        self._digests = digests
+        self._few = frozenset(few)
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._few or uid in self._digests
+
+
+class _Books:
+    """metadata.csv and the report's instance count, from one streamed pass over the journal.
+
+    On a rerun that appended nothing and finds metadata.csv newer than the journal's snapshot,
+    the pass is skipped: the file already holds exactly the journal's done series (it is written
+    right after every compaction; a crash in between leaves it older, so it is written again).
+    """
+
+    def __init__(
+        self, journal: Journal, destination: Destination | BucketDestination, run_id: str, *, write_csv: bool
+    ) -> None:
+        self._journal = journal
+        self._destination = destination
+        self._run_id = run_id
+        self._write_csv = write_csv
+        self.instances = 0
+
+    def write(self) -> None:
+        csv_path = self._destination.root / "metadata.csv"
+        if self._journal.appended == 0 and (not self._write_csv or self._csv_is_current(csv_path)):
+            return
+
+        def rows() -> Iterator[dict[str, str]]:
+            for rec in self._journal.iter_latest("done"):
+                if rec.run_id == self._run_id:
+                    self.instances += rec.instance_count or 0
+                yield metadata_csv_row(
+                    rec.metadata or {},
+                    instance_count=rec.instance_count or 0,
+                    dicom_bytes=rec.dicom_bytes or 0,
+                    location=rec.path or "",
+                    sop_class_uid=rec.sop_class_uid,
+                    downloaded_at=datetime.fromtimestamp(rec.at, UTC),
+                    root=self._destination.root if isinstance(self._destination, Destination) else None,
+                )
+
+        if self._write_csv:
+            write_metadata_csv(csv_path, rows())
+            stamp = time.time_ns()  # the snapshot's clock (fine-grained), not the filesystem's
+            os.utime(csv_path, ns=(stamp, stamp))
+        else:
+            for _ in rows():
+                pass
+        if catalog_available():  # the Parquet catalog, derived from the same journal records
+            write_catalogs(self._journal.iter_latest("done"), self._destination.root)
+
+    def _csv_is_current(self, csv_path: Path) -> bool:
+        snapshot = self._destination.state_dir / SNAPSHOT_NAME
+        try:
+            return csv_path.stat().st_mtime_ns >= snapshot.stat().st_mtime_ns
+        except FileNotFoundError:
+            return csv_path.exists()  # no snapshot: nothing was ever recorded
 
 
 def _first_fatal(group: BaseExceptionGroup[BaseException]) -> TciaFetchError | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -150,7 +150,7 @@ class SeriesWorker:
     bandwidth: ByteRateLimiter | None
     stats: RunStats
     on_event: Callable[[RunEvent], None] | None = None
-    damaged: frozenset[str] = frozenset()
+    damaged: Container[str] = frozenset()
     failures: list[SeriesFailure] = field(default_factory=list)
     commit: GroupCommit = field(init=False)
     publisher: GroupPublisher = field(init=False)

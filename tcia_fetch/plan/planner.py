@@ -14,7 +14,8 @@ A series that cannot be planned (not on the server, not public, no size) becomes
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Protocol, TypeVar
@@ -28,6 +29,7 @@ from tcia_fetch.job.jobfile import JobSpec, SeriesQuery
 from tcia_fetch.plan.model import PlannedSeries, PlanProblem, PlanSummary, frozen_row
 from tcia_fetch.plan.suggest import EmptyQueryExplainer, client_exclusions, combination_count
 from tcia_fetch.series.expectation import SeriesExpectation
+from tcia_fetch.store.digests import GrowingDigestSet, SortedDigests, sorted_unique, uid_digest
 
 __all__ = ["Planner", "PlannerOptions", "SeriesSource"]
 
@@ -120,8 +122,8 @@ class Planner:
         *,
         retry_policy: RetryPolicy,
         clock: Clock,
-        skip_uids: frozenset[str] = frozenset(),
-        only_uids: frozenset[str] | None = None,
+        skip_uids: Container[str] = frozenset(),
+        only_uids: Container[str] | None = None,
         options: PlannerOptions | None = None,
     ) -> None:
         self._source = source
@@ -131,43 +133,73 @@ class Planner:
         self._skip_uids = skip_uids
         self._only_uids = only_uids
         self._options = options or PlannerOptions()
-        self._seen: set[str] = set()
+        # Bookkeeping in compact digests (8 bytes per series, issue 13): a 600,000-series job
+        # must not hold a set and two lists of UID strings.
+        self._seen = GrowingDigestSet()
+        self._named = array("Q")
         self.summary = PlanSummary(duplicates=job.duplicates)
-        self.skipped: list[str] = []
-        #: Every unique series this run is responsible for (planned, skipped or unplannable).
-        self.named: list[str] = []
         self._explainer = EmptyQueryExplainer(source, call=self._call)
+        #: How many named series were skipped because they are already done.
+        self.skipped_count = 0
+
+    def named_digests(self) -> SortedDigests:
+        """Every unique series this run is responsible for (planned, skipped or unplannable)."""
+        return SortedDigests(sorted_unique(self._named))
+
+    @property
+    def named_count(self) -> int:
+        return len(self._named)
 
     async def run(self, emit: Emit) -> PlanSummary:
         """Plan the whole job, handing each series to ``emit`` as soon as it is known."""
         limiter = anyio.CapacityLimiter(max(1, self._options.query_concurrency))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._plan_explicit, emit, limiter)
+            for index, query in enumerate(self._job.queries):
+                for filters in query.server_filter_sets():
+                    tg.start_soon(self._plan_query, index, query, filters, emit, limiter)
+        return self.summary
+
+    async def _plan_explicit(self, emit: Emit, limiter: anyio.CapacityLimiter) -> None:
+        """Explicit UIDs in chunks, with only a few chunks looked up ahead of the downloads.
+
+        A chunk holds its slot from its metadata lookup until its last series was handed to
+        ``emit``: without that bound every chunk of a 600,000-UID manifest would be looked up at
+        once and wait, rows in hand, for the pool (issue 13: memory grew with the job).
+        """
+        ahead = anyio.Semaphore(max(2, self._options.query_concurrency))
+
+        async def one_chunk(chunk: list[tuple[str, str]]) -> None:
+            try:
+                await self._plan_uids(chunk, emit, limiter)
+            finally:
+                ahead.release()
+
         async with anyio.create_task_group() as tg:
             chunk: list[tuple[str, str]] = []
             for origin in self._job.explicit_uids:
                 if self._claim(origin.uid):
                     chunk.append((origin.uid, origin.origin))
                 if len(chunk) >= self._options.metadata_chunk:
-                    tg.start_soon(self._plan_uids, chunk, emit, limiter)
+                    await ahead.acquire()
+                    tg.start_soon(one_chunk, chunk)
                     chunk = []
             if chunk:
-                tg.start_soon(self._plan_uids, chunk, emit, limiter)
-            for index, query in enumerate(self._job.queries):
-                for filters in query.server_filter_sets():
-                    tg.start_soon(self._plan_query, index, query, filters, emit, limiter)
-        return self.summary
+                await ahead.acquire()
+                tg.start_soon(one_chunk, chunk)
 
     # -- claiming: de-duplication and skip/only filters (no await between check and add) --------
 
     def _claim(self, uid: str) -> bool:
-        if uid in self._seen:
+        digest = uid_digest(uid)
+        if not self._seen.add(digest):
             self.summary.duplicates += 1
             return False
-        self._seen.add(uid)
         if self._only_uids is not None and uid not in self._only_uids:
             return False
-        self.named.append(uid)
+        self._named.append(digest)
         if uid in self._skip_uids:
-            self.skipped.append(uid)
+            self.skipped_count += 1
             return False
         return True
 

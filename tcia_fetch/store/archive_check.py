@@ -21,8 +21,9 @@ __all__ = ["merge_damage", "recheck_archives"]
 
 def recheck_archives(destination: Destination, journal: Journal) -> list[Damage]:
     found: list[Damage] = []
-    for uid, record in sorted(journal.latest().items()):
-        if record.status != "done" or record.path is None:
+    for record in journal.iter_latest("done"):  # streamed: bounded memory however large the job
+        uid = record.series_uid
+        if record.path is None:
             continue
         for entry in record.files:
             if not entry.name.endswith(ARCHIVE_SUFFIX):

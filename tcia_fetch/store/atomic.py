@@ -16,6 +16,7 @@ import contextlib
 import os
 import re
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
 import aiofiles
@@ -27,6 +28,7 @@ __all__ = [
     "temporary_owner_pid",
     "write_bytes_atomic",
     "write_bytes_atomic_sync",
+    "write_chunks_atomic_sync",
     "write_text_atomic",
     "write_text_atomic_sync",
 ]
@@ -50,14 +52,23 @@ def temporary_owner_pid(name: str) -> int | None:
 
 def write_bytes_atomic_sync(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically and durably. Raises DiskFullError/DestinationError."""
+    write_chunks_atomic_sync(path, (data,))
+
+
+def write_chunks_atomic_sync(path: Path, chunks: Iterable[bytes]) -> None:
+    """:func:`write_bytes_atomic_sync` from an iterable of chunks (big files are never held whole).
+
+    If producing the chunks fails, the temporary file is removed and ``path`` is untouched.
+    """
     temporary = _temporary_sibling(path)
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -66,6 +77,9 @@ def write_bytes_atomic_sync(path: Path, data: bytes) -> None:
     except OSError as exc:
         _remove_quietly(temporary)
         raise storage_error(exc, action="write", path=path) from exc
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
 
 
 def write_text_atomic_sync(path: Path, text: str) -> None:

@@ -49,6 +49,7 @@ __all__ = [
     "FinalPathExistsError",
     "LeftoverOwner",
     "default_live_owner",
+    "leftover_stem",
     "parse_owner",
 ]
 
@@ -74,6 +75,11 @@ def default_live_owner(host: str, pid: int) -> bool:
     if host != host_name():
         return True
     return pid_is_alive(pid)
+
+
+def leftover_stem(directory_name: str) -> str:
+    """The part of a staging/trash entry name made from a series directory's name (before ``~``)."""
+    return _SAFE_UID.sub("_", directory_name)[:64] or "series"
 
 
 def _owner_prefix(series_uid: str) -> str:

@@ -1,23 +1,38 @@
-"""The crash-safe run journal: what is done, verified or failed, without SQLite and without locks.
+"""The crash-safe run journal: what is done, verified or failed, in bounded memory, without locks.
 
-Layout of the state directory (``<root>/.tcia-fetch/``)::
+Layout of the state area (``<root>/.tcia-fetch/`` or an object-store prefix, via :mod:`statestore`)::
 
-    .tcia-fetch/
-    ├── lock                                   destination lock (see lock.py)
-    ├── snapshot.jsonl.zst                     compacted view: header line + one record per series
-    ├── journal/
-    │   ├── 01764075600123456789-nodeA-4711-3f9c2a1b.jsonl   one segment per writer (append-only)
-    │   └── 01764079200987654321-nodeB-815-a0b1c2d3.jsonl    <run-start-ns>-<host>-<pid>-<nonce>
-    ├── staging/                               private per-series staging dirs (destination.py)
-    └── trash/                                 old trees being replaced by a repair
+    snapshot.jsonl.zst      compacted state: header, one latest record per series, compact index
+    journal/<ns>-<host>-<pid>-<nonce>.jsonl     one append-only segment (log) per writer
+    writers/<segment name>  present while the segment's writer may still append to it
+    compact.lease           held by the one process compacting right now
 
-Why this design (reliability §0.5, §4.7): SQLite WAL does not work on NFS/Lustre and ``flock``
-may silently succeed for everyone there. Here no two processes ever write the same file: each
-writer appends to its own segment, one JSON line per state change, each append fsynced before it
-returns. Readers merge the snapshot and then every segment in name order (the name starts with
-the writer's start time in ns, zero-padded, so name order is time order); the latest record per
-series wins. ``compact`` folds what this journal has read into a new zstd snapshot (written
-atomically) and deletes the folded segments; call it only while holding the destination lock.
+Why this design (reliability §0.5, §4.7): SQLite WAL does not work on NFS/Lustre or S3, and
+``flock`` may silently succeed for everyone on NFS. Here no two processes ever write the same
+log: each writer appends to its own segment, one JSON line per state change, each append made
+durable before it returns. Readers merge the snapshot and then every segment in name order (the
+name starts with the writer's start time in ns, so name order is time order); the latest record
+per series wins.
+
+Bounded memory (issue 13: 600,000-series jobs under 150 MB): the merged view is never held as
+Python objects. The snapshot ends with a binary index, sorted by the 64-bit digest of each UID
+(:mod:`digests`): digest, status code, DICOM bytes and file bytes, 25 bytes per series, loaded
+with ``array.frombytes``. Records from segments not yet compacted live in a small dict keyed by
+digest (the "overlay"); its size is bounded because a writer compacts every ``compact_every``
+records. Full records (metadata, file lists) are read only by streaming: :meth:`iter_latest`
+yields the latest record of every series one at a time (snapshot records not overridden by the
+overlay, then the overlay's records from their segments).
+
+Compaction streams the old snapshot and the folded segments into a new snapshot (written through
+``StateStorage.write_from``: nothing is assembled in memory) and then deletes the folded segments.
+Its cost is linear in the destination's size; a full rewrite of a 600,000-series snapshot takes a
+few seconds (measured in benchmarks/scale), so it is done every ``compact_every`` records and at
+the end of a run, rather than with a leveled scheme. Several processes may write one destination
+(``--shard``): a compaction runs only under the exclusive ``compact.lease`` (a holder that died on
+this host, or a lease older than an hour, is treated as abandoned), checks that the snapshot did
+not change under it before replacing it, and folds only segments whose writers have finished
+(no ``writers/`` registration, or a registration of a dead process on this host): a live
+writer's segment is merged by readers but never deleted by someone else.
 
 What a caller may rely on:
 
@@ -32,44 +47,84 @@ This is the only module that imports zstandard.
 
 from __future__ import annotations
 
-import errno
+import io
 import json
 import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from array import array
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
-from typing import Final
+from typing import Any, Final, Literal
 
 import zstandard
 
-from tcia_fetch.errors import DiskFullError, JournalError, StorageError
-from tcia_fetch.store._fs import describe_os_error, fsync_directory, host_name
-from tcia_fetch.store.atomic import write_bytes_atomic_sync
-from tcia_fetch.store.records import FileEntry, SeriesRecord
+from tcia_fetch.errors import DiskFullError, JournalError
+from tcia_fetch.store._fs import host_name, pid_is_alive
+from tcia_fetch.store.digests import SortedDigests, sorted_unique, uid_digest
+from tcia_fetch.store.records import FileEntry, SeriesRecord, SeriesStatus
+from tcia_fetch.store.statestore import LocalStateStorage, StateStorage
 
-__all__ = ["SEGMENT_DIR", "SNAPSHOT_NAME", "FileEntry", "Journal", "JournalStatistics", "SeriesRecord"]
+__all__ = [
+    "DAMAGED_ON_DISK",
+    "LEASE_NAME",
+    "SEGMENT_DIR",
+    "SNAPSHOT_NAME",
+    "FileEntry",
+    "Journal",
+    "JournalCounts",
+    "JournalStatistics",
+    "Kind",
+    "SeriesRecord",
+]
 
 SNAPSHOT_NAME: Final = "snapshot.jsonl.zst"
 SEGMENT_DIR: Final = "journal"
+WRITERS_DIR: Final = "writers"
+LEASE_NAME: Final = "compact.lease"
+#: The reference of a ``failed`` record written by ``tcia-fetch verify`` for a published series
+#: whose files no longer match: the next run fetches it again and swaps it in with ``replace``.
+DAMAGED_ON_DISK: Final = "damaged-on-disk"
+
 _SEGMENT_SUFFIX: Final = ".jsonl"
-_SNAPSHOT_FORMAT: Final = 1
+_SNAPSHOT_FORMAT: Final = 2
+_READABLE_FORMATS: Final = (1, 2)
 _ZSTD_LEVEL: Final = 3
-_OPEN_ATTEMPTS: Final = 5
+_OPEN_ATTEMPTS: Final = 20
+_CHUNK_BYTES: Final = 1 << 20
+#: Records folded per compaction: bounds the overlay (~250 bytes per record) and crash recovery.
+DEFAULT_COMPACT_EVERY: Final = 20_000
+#: Lines per segment before the writer starts a new one: ``read_log`` returns a whole log, so
+#: this bounds what a reader holds at once (~3 MB of records; 10,000 lines cost ~35 MB at 10^4).
+_ROTATE_LINES: Final = 2_000
+_LEASE_STALE_S: Final = 3600.0
+_LEASE_POLL_S: Final = 0.2
+_INDEX_ENTRY_BYTES: Final = 25
+
+Kind = Literal["verified", "done", "failed", "damaged"]
+_VERIFIED, _DONE, _FAILED, _DAMAGED = 0, 1, 2, 3
+_CODE_OF_KIND: Final[dict[str, int]] = {
+    "verified": _VERIFIED,
+    "done": _DONE,
+    "failed": _FAILED,
+    "damaged": _DAMAGED,
+}
+_STATUS_OF_CODE: Final[tuple[SeriesStatus, ...]] = ("verified", "done", "failed", "failed")
+_UID_PREFIX: Final = b'{"v":1,"uid":"'
 
 
-def _identity(path: Path) -> tuple[int, int, int] | None:
-    """Which file ``path`` currently is (inode, size, mtime), or None when absent."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise JournalError(f"{path}: {describe_os_error(exc)}") from exc
-    return info.st_ino, info.st_size, info.st_mtime_ns
+def _code(record: SeriesRecord) -> int:
+    if record.status == "failed":
+        return _DAMAGED if record.reference == DAMAGED_ON_DISK else _FAILED
+    return _DONE if record.status == "done" else _VERIFIED
+
+
+# An overlay entry: (code, dicom bytes, file bytes, segment number, line number in the segment).
+_Entry = tuple[int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,134 +137,374 @@ class JournalStatistics:
     torn_lines_ignored: int
 
 
+@dataclass(frozen=True, slots=True)
+class JournalCounts:
+    """Series per latest status (``failed`` includes ``damaged``), and bytes of the done ones."""
+
+    verified: int
+    done: int
+    failed: int
+    damaged: int
+    done_bytes: int
+    done_file_bytes: int
+
+
+class _SnapshotReplacedError(JournalError):
+    """The snapshot was replaced by another process's compaction while a view was being read."""
+
+
+class _Index:
+    """The snapshot's view: parallel arrays sorted by UID digest (25 bytes per series)."""
+
+    __slots__ = ("codes", "dicom", "digests", "file_bytes")
+
+    def __init__(
+        self, digests: array[int], codes: array[int], dicom: array[int], file_bytes: array[int]
+    ) -> None:
+        self.digests = digests
+        self.codes = codes
+        self.dicom = dicom
+        self.file_bytes = file_bytes
+
+    @classmethod
+    def empty(cls) -> _Index:
+        return cls(array("Q"), array("B"), array("Q"), array("Q"))
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    def find(self, digest: int) -> int:
+        """Position of ``digest``, or -1."""
+        index = bisect_left(self.digests, digest)
+        return index if index < len(self.digests) and self.digests[index] == digest else -1
+
+    def to_bytes(self) -> bytes:
+        return b"".join(
+            (self.digests.tobytes(), self.codes.tobytes(), self.dicom.tobytes(), self.file_bytes.tobytes())
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, count: int) -> _Index:
+        if len(data) != count * _INDEX_ENTRY_BYTES:
+            raise ValueError(f"index holds {len(data)} bytes, expected {count * _INDEX_ENTRY_BYTES}")
+        parts = []
+        offset = 0
+        for typecode, width in (("Q", 8), ("B", 1), ("Q", 8), ("Q", 8)):
+            part = array(typecode)
+            part.frombytes(data[offset : offset + count * width])
+            offset += count * width
+            parts.append(part)
+        index = cls(*parts)
+        digests = index.digests
+        if any(digests[n] >= digests[n + 1] for n in range(len(digests) - 1)):
+            raise ValueError("index is not sorted")
+        if any(code > _DAMAGED for code in index.codes):
+            raise ValueError("index holds an unknown status code")
+        return index
+
+    @classmethod
+    def build(cls, entries: Iterable[tuple[int, int, int, int]]) -> _Index:
+        """From unsorted (digest, code, dicom, file bytes); a later duplicate digest wins."""
+        latest: dict[int, tuple[int, int, int]] = {}
+        for digest, code, dicom, file_bytes in entries:
+            latest[digest] = (code, dicom, file_bytes)
+        index = cls.empty()
+        for digest in sorted(latest):
+            code, dicom, file_bytes = latest[digest]
+            index.digests.append(digest)
+            index.codes.append(code)
+            index.dicom.append(dicom)
+            index.file_bytes.append(file_bytes)
+        return index
+
+    def merged(self, newer: dict[int, _Entry]) -> _Index:
+        """This index with ``newer`` entries replacing or joining: O(n) copies + O(k log n)."""
+        result = _Index(
+            array("Q", self.digests),
+            array("B", self.codes),
+            array("Q", self.dicom),
+            array("Q", self.file_bytes),
+        )
+        inserts = []
+        for digest, entry in newer.items():
+            position = result.find(digest)
+            if position >= 0:
+                result.codes[position], result.dicom[position], result.file_bytes[position] = (
+                    entry[0],
+                    entry[1],
+                    entry[2],
+                )
+            else:
+                inserts.append(digest)
+        if not inserts:
+            return result
+        inserts.sort()
+        out = _Index.empty()
+        start = 0
+        for digest in inserts:
+            cut = bisect_left(result.digests, digest, start)
+            out.digests.extend(result.digests[start:cut])
+            out.codes.extend(result.codes[start:cut])
+            out.dicom.extend(result.dicom[start:cut])
+            out.file_bytes.extend(result.file_bytes[start:cut])
+            entry = newer[digest]
+            out.digests.append(digest)
+            out.codes.append(entry[0])
+            out.dicom.append(entry[1])
+            out.file_bytes.append(entry[2])
+            start = cut
+        out.digests.extend(result.digests[start:])
+        out.codes.extend(result.codes[start:])
+        out.dicom.extend(result.dicom[start:])
+        out.file_bytes.extend(result.file_bytes[start:])
+        return out
+
+
+def _fast_uid(line: bytes) -> str:
+    """The UID of a record line: read from our own fixed prefix, else by parsing the JSON."""
+    if line.startswith(_UID_PREFIX):
+        end = line.find(b'"', len(_UID_PREFIX))
+        if end > 0:
+            raw = line[len(_UID_PREFIX) : end]
+            if b"\\" not in raw:
+                return raw.decode("utf-8")
+    return SeriesRecord.from_json(line).series_uid
+
+
 class Journal:
     """The merged view of every journal file plus this writer's own segment. Build with :meth:`open`."""
 
-    def __init__(self, state_dir: Path, *, run_id: str) -> None:
-        self._state_dir = state_dir
-        self._segment_dir = state_dir / SEGMENT_DIR
+    def __init__(
+        self, storage: StateStorage, *, run_id: str, compact_every: int = DEFAULT_COMPACT_EVERY
+    ) -> None:
+        self._storage = storage
         self._run_id = run_id
-        self._latest: dict[str, SeriesRecord] = {}
-        self._folded_segments: list[Path] = []
-        self._segment_path: Path | None = None
-        self._segment_fd: int | None = None
-        self._segment_offset = 0
-        self._broken: str | None = None
-        self._mutex = threading.Lock()
+        self._compact_every = max(1, compact_every)
+        self._index = _Index.empty()
+        self._overlay: dict[int, _Entry] = {}
+        self._snapshot_version: str | None = None
+        self._snapshot_format = _SNAPSHOT_FORMAT
+        #: Segment names by number (None once folded); overlay entries refer to these numbers.
+        self._segments: list[str | None] = []
+        self._foldable: set[int] = set()
+        self._own_segment: int | None = None
+        self._own_lines = 0
+        self._next_compaction = self._compact_every
+        self._mutex = threading.RLock()
         self.statistics = JournalStatistics(0, 0, 0, 0)
+        #: Records this object has appended (0 on a rerun that found nothing to do).
+        self.appended = 0
 
     # --- reading -----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, state_dir: Path, *, run_id: str) -> Journal:
-        """Read the snapshot and every segment, merge them, and get ready to append.
+    def open(
+        cls,
+        storage: StateStorage | Path,
+        *,
+        run_id: str,
+        compact_every: int = DEFAULT_COMPACT_EVERY,
+    ) -> Journal:
+        """Read the snapshot's index and every segment, merge them, and get ready to append.
 
-        A reader that does not hold the destination lock (``status``, ``verify``) may race with
-        a compaction; when the snapshot changes or a listed segment vanishes while reading, the
-        read starts over, so the view is never a mix of two generations.
+        ``storage`` may be a state directory (a :class:`LocalStateStorage` is made for it). A
+        reader that does not hold the lease (``status``, ``verify``) may race with a compaction;
+        when the snapshot changes while reading, the read starts over, so the view is never a
+        mix of two generations.
         """
-        for _ in range(_OPEN_ATTEMPTS):
-            journal = cls(state_dir, run_id=run_id)
+        if not isinstance(storage, StateStorage):
+            storage = LocalStateStorage(Path(storage))
+        for attempt in range(_OPEN_ATTEMPTS):
+            journal = cls(storage, run_id=run_id, compact_every=compact_every)
             if journal._read_all():
                 return journal
-        raise JournalError(f"{state_dir}: the journal kept changing while being read (compaction loop?)")
+            time.sleep(min(0.5, 0.01 * (attempt + 1)))
+        raise JournalError(
+            f"{storage.describe('')}: the journal kept changing while being read (compaction loop?)"
+        )
 
     def _read_all(self) -> bool:
-        """Load snapshot and segments; False when a concurrent compaction was detected."""
-        snapshot_before = _identity(self._state_dir / SNAPSHOT_NAME)
-        snapshot_records = self._load_snapshot()
-        try:
-            names = sorted(name for name in os.listdir(self._segment_dir) if name.endswith(_SEGMENT_SUFFIX))
-        except FileNotFoundError:
-            names = []  # nothing written yet; created on the first append (so read-only use works)
-        except OSError as exc:
-            raise JournalError(f"{self._segment_dir}: cannot list: {describe_os_error(exc)}") from exc
+        """Load the snapshot index and every segment; False when a compaction was detected."""
+        self._snapshot_version = self._storage.version(SNAPSHOT_NAME)
+        active = self._active_writers()
+        snapshot_records = self._load_snapshot_index()
         segment_records = 0
         torn = 0
+        names = [name for name in self._storage.list_logs(SEGMENT_DIR) if name.endswith(_SEGMENT_SUFFIX)]
         for name in names:
-            segment = self._segment_dir / name
-            loaded = self._load_segment(segment)
-            if loaded is None:
-                return False
-            segment_records += loaded[0]
-            torn += loaded[1]
-            self._folded_segments.append(segment)
-        if _identity(self._state_dir / SNAPSHOT_NAME) != snapshot_before:
+            number = len(self._segments)
+            self._segments.append(name)
+            if name.rsplit("/", 1)[-1] not in active:
+                self._foldable.add(number)
+            for line_number, record, _ in self._parse_segment(name):
+                self._overlay[uid_digest(record.series_uid)] = (
+                    _code(record),
+                    record.dicom_bytes or 0,
+                    record.total_file_bytes,
+                    number,
+                    line_number,
+                )
+                segment_records += 1
+            torn += self._last_torn
+        if self._storage.version(SNAPSHOT_NAME) != self._snapshot_version:
             return False
         self.statistics = JournalStatistics(snapshot_records, len(names), segment_records, torn)
         return True
 
-    def _load_snapshot(self) -> int:
-        path = self._state_dir / SNAPSHOT_NAME
+    def _active_writers(self) -> set[str]:
+        """Segment names whose writer may still append (registered and not provably dead)."""
+        active = set()
+        for name in self._storage.list(WRITERS_DIR):
+            base = name.rsplit("/", 1)[-1]
+            data = self._storage.read(name)
+            try:
+                owner = json.loads(data) if data else {}
+                dead = owner["host"] == host_name() and not pid_is_alive(int(owner["pid"]))
+            except (ValueError, KeyError, TypeError):
+                dead = False  # being written right now, or unreadable: assume alive (never lose)
+            if not dead:
+                active.add(base)
+        return active
+
+    # -- the snapshot ---------------------------------------------------------------------------
+
+    def _open_snapshot(self) -> tuple[io.BufferedReader[Any], dict[str, Any]] | None:
+        """The decompressed snapshot positioned after its header, and the header; None if absent."""
+        raw = self._storage.read_stream(SNAPSHOT_NAME)
+        if raw is None:
+            return None
         try:
-            compressed = path.read_bytes()
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            raise JournalError(f"{path}: cannot read the journal snapshot: {describe_os_error(exc)}") from exc
-        try:
-            data = (
-                zstandard.ZstdDecompressor().decompress(compressed, max_output_size=0) if compressed else b""
+            reader = io.BufferedReader(
+                zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK_BYTES, closefd=True),
+                buffer_size=_CHUNK_BYTES,
             )
+            first = reader.readline()
         except zstandard.ZstdError as exc:
-            raise JournalError(
-                f"{path}: the journal snapshot is damaged ({exc}); restore it from a backup: "
-                "tcia-fetch will not guess which series are complete"
-            ) from exc
+            raw.close()
+            raise self._damaged_snapshot(exc) from exc
+        where = self._storage.describe(SNAPSHOT_NAME)
+        if not first.endswith(b"\n"):
+            reader.close()
+            raise JournalError(f"{where}:1: the journal snapshot has no header line")
         try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise JournalError(f"{path}: the journal snapshot is not UTF-8: {exc}") from exc
-        lines = text.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
-        if not lines:
-            raise JournalError(f"{path}:1: the journal snapshot has no header line")
-        try:
-            header = json.loads(lines[0])
-            declared = int(header["records"])
-            if header.get("snapshot") != _SNAPSHOT_FORMAT:
+            header = json.loads(first)
+            int(header["records"])
+            if header.get("snapshot") not in _READABLE_FORMATS:
                 raise ValueError(f"unsupported snapshot format {header.get('snapshot')!r}")
         except (ValueError, KeyError, TypeError) as exc:
-            raise JournalError(f"{path}:1: bad snapshot header: {exc}") from exc
-        if declared != len(lines) - 1:
-            raise JournalError(f"{path}: the snapshot declares {declared} records but holds {len(lines) - 1}")
-        for number, line in enumerate(lines[1:], start=2):
-            try:
-                record = SeriesRecord.from_json(line)
-            except ValueError as exc:
-                raise JournalError(f"{path}:{number}: bad snapshot record: {exc}") from exc
-            self._latest[record.series_uid] = record
+            reader.close()
+            raise JournalError(f"{where}:1: bad snapshot header: {exc}") from exc
+        return reader, header
+
+    def _damaged_snapshot(self, exc: Exception) -> JournalError:
+        return JournalError(
+            f"{self._storage.describe(SNAPSHOT_NAME)}: the journal snapshot is damaged ({exc}); restore it "
+            "from a backup: tcia-fetch will not guess which series are complete"
+        )
+
+    def _snapshot_lines(self, reader: io.BufferedReader[Any], declared: int) -> Iterator[bytes]:
+        """Exactly ``declared`` record lines (without newline), or JournalError."""
+        where = self._storage.describe(SNAPSHOT_NAME)
+        seen = 0
+        try:
+            while seen < declared:
+                line = reader.readline()
+                if not line.endswith(b"\n"):
+                    raise JournalError(
+                        f"{where}: the snapshot declares {declared} records but holds {seen} (truncated?)"
+                    )
+                seen += 1
+                yield line[:-1]
+        except zstandard.ZstdError as exc:
+            raise self._damaged_snapshot(exc) from exc
+
+    def _skip_lines(self, reader: io.BufferedReader[Any], count: int) -> bytes:
+        """Read past ``count`` lines (counting newlines chunk by chunk); the bytes read beyond them."""
+        remaining = count
+        while remaining:
+            chunk = reader.read(_CHUNK_BYTES)
+            if not chunk:
+                raise JournalError(
+                    f"{self._storage.describe(SNAPSHOT_NAME)}: the snapshot declares {count} records but "
+                    f"holds {count - remaining} (truncated?)"
+                )
+            found = chunk.count(b"\n")
+            if found < remaining:
+                remaining -= found
+                continue
+            position = -1
+            for _ in range(remaining):
+                position = chunk.index(b"\n", position + 1)
+            return chunk[position + 1 :]
+        return b""
+
+    def _load_snapshot_index(self) -> int:
+        opened = self._open_snapshot()
+        if opened is None:
+            return 0
+        reader, header = opened
+        declared = int(str(header["records"]))
+        where = self._storage.describe(SNAPSHOT_NAME)
+        with reader:
+            self._snapshot_format = int(str(header["snapshot"]))
+            if self._snapshot_format == 1:
+                entries = []
+                for number, line in enumerate(self._snapshot_lines(reader, declared), start=2):
+                    try:
+                        record = SeriesRecord.from_json(line)
+                    except ValueError as exc:
+                        raise JournalError(f"{where}:{number}: bad snapshot record: {exc}") from exc
+                    entries.append(
+                        (
+                            uid_digest(record.series_uid),
+                            _code(record),
+                            record.dicom_bytes or 0,
+                            record.total_file_bytes,
+                        )
+                    )
+                self._index = _Index.build(entries)
+                tail = reader.read(1)
+            else:
+                # The records are read by iter_latest; here only their count is checked, in C.
+                try:
+                    rest = self._skip_lines(reader, declared)
+                    data = rest + reader.read(max(0, declared * _INDEX_ENTRY_BYTES + 1 - len(rest)))
+                except zstandard.ZstdError as exc:
+                    raise self._damaged_snapshot(exc) from exc
+                tail = data[declared * _INDEX_ENTRY_BYTES :]
+                try:
+                    self._index = _Index.from_bytes(data[: declared * _INDEX_ENTRY_BYTES], declared)
+                except ValueError as exc:
+                    raise JournalError(f"{where}: bad snapshot index: {exc}") from exc
+            if tail:
+                raise JournalError(f"{where}: unexpected data after the snapshot's {declared} records")
         return declared
 
-    def _load_segment(self, path: Path) -> tuple[int, int] | None:
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None  # folded into a new snapshot while we were reading
-        except OSError as exc:
-            raise JournalError(f"{path}: cannot read the journal segment: {describe_os_error(exc)}") from exc
+    # -- segments -------------------------------------------------------------------------------
+
+    _last_torn = 0
+
+    def _parse_segment(self, name: str) -> Iterator[tuple[int, SeriesRecord, bytes]]:
+        """(line number, record, raw line) of every record of a segment; a torn tail is skipped."""
+        data = self._storage.read_log(name)
         lines = data.split(b"\n")
         # A crash can leave a tail without newline, or (delayed allocation) a tail of NUL bytes.
         while lines and lines[-1].strip(b"\x00") == b"":
             lines.pop()
-        records = 0
-        torn = 0
+        self._last_torn = 0
         last = len(lines) - 1
         for index, line in enumerate(lines):
             try:
                 record = SeriesRecord.from_json(line)
             except ValueError as exc:
                 if index == last:
-                    torn += 1
+                    self._last_torn = 1
                     continue
                 raise JournalError(
-                    f"{path}:{index + 1}: damaged journal line ({exc}) followed by valid records; "
-                    "refusing to guess what was lost"
+                    f"{self._storage.describe(name)}:{index + 1}: damaged journal line ({exc}) followed by "
+                    "valid records; refusing to guess what was lost"
                 ) from exc
-            self._latest[record.series_uid] = record
-            records += 1
-        return records, torn
+            yield index, record, line
 
     # --- the merged view ---------------------------------------------------------------------
 
@@ -218,155 +513,479 @@ class Journal:
         return self._run_id
 
     @property
-    def state_dir(self) -> Path:
-        return self._state_dir
+    def storage(self) -> StateStorage:
+        return self._storage
 
-    def latest(self) -> Mapping[str, SeriesRecord]:
-        """Read-only view: series UID → its latest record."""
-        return MappingProxyType(self._latest)
+    @property
+    def state_dir(self) -> Path:
+        """The local state directory (only for a :class:`LocalStateStorage`)."""
+        if isinstance(self._storage, LocalStateStorage):
+            return self._storage.state_dir
+        raise JournalError(f"{self._storage.describe('')} is not a local directory")
+
+    def _code_of(self, digest: int) -> int | None:
+        entry = self._overlay.get(digest)
+        if entry is not None:
+            return entry[0]
+        position = self._index.find(digest)
+        return self._index.codes[position] if position >= 0 else None
+
+    def status_of(self, series_uid: str) -> SeriesStatus | None:
+        """The latest status of one series (None if the journal does not know it). O(log n)."""
+        code = self._code_of(uid_digest(series_uid))
+        return None if code is None else _STATUS_OF_CODE[code]
+
+    def is_damaged(self, series_uid: str) -> bool:
+        """Whether the latest record is ``verify``'s "damaged on disk" failure."""
+        return self._code_of(uid_digest(series_uid)) == _DAMAGED
+
+    def digests(self, *kinds: Kind) -> SortedDigests:
+        """The UID digests whose latest status is one of ``kinds``, as of now (8 bytes each).
+
+        ``failed`` includes ``damaged`` (verify's failures). A static copy: the planner's skip
+        set (done), ``--retry-failed`` (failed) and repairs (damaged) must not change under a
+        run that appends new records for those very series.
+        """
+        codes = {_CODE_OF_KIND[kind] for kind in kinds}
+        if _FAILED in codes:
+            codes.add(_DAMAGED)
+        with self._mutex:
+            index, overlay = self._index, self._overlay
+            values = array(
+                "Q",
+                (
+                    digest
+                    for digest, code in zip(index.digests, index.codes, strict=True)
+                    if code in codes and digest not in overlay
+                ),
+            )
+            extra = [digest for digest, entry in overlay.items() if entry[0] in codes]
+        if not extra:
+            return SortedDigests(values)
+        values.extend(extra)
+        return SortedDigests(sorted_unique(values))
+
+    def counts(self) -> JournalCounts:
+        """Series per latest status and bytes of the done ones, from the compact view (fast)."""
+        with self._mutex:
+            tally = [0, 0, 0, 0]
+            done_bytes = 0
+            done_file_bytes = 0
+            index = self._index
+            overlay = self._overlay
+            for position, digest in enumerate(index.digests):
+                if digest in overlay:
+                    continue
+                code = index.codes[position]
+                tally[code] += 1
+                if code == _DONE:
+                    done_bytes += index.dicom[position]
+                    done_file_bytes += index.file_bytes[position]
+            for code, dicom, file_bytes, _, _ in overlay.values():
+                tally[code] += 1
+                if code == _DONE:
+                    done_bytes += dicom
+                    done_file_bytes += file_bytes
+        return JournalCounts(
+            verified=tally[_VERIFIED],
+            done=tally[_DONE],
+            failed=tally[_FAILED] + tally[_DAMAGED],
+            damaged=tally[_DAMAGED],
+            done_bytes=done_bytes,
+            done_file_bytes=done_file_bytes,
+        )
+
+    def brief(self, digest: int) -> tuple[SeriesStatus, int, int] | None:
+        """(status, DICOM bytes, file bytes) of the series with this UID digest, or None."""
+        entry = self._overlay.get(digest)
+        if entry is not None:
+            return _STATUS_OF_CODE[entry[0]], entry[1], entry[2]
+        position = self._index.find(digest)
+        if position < 0:
+            return None
+        index = self._index
+        return _STATUS_OF_CODE[index.codes[position]], index.dicom[position], index.file_bytes[position]
+
+    def __len__(self) -> int:
+        """Number of series the journal knows."""
+        with self._mutex:
+            overlay_new = sum(1 for digest in self._overlay if self._index.find(digest) < 0)
+            return len(self._index) + overlay_new
+
+    def iter_latest(self, *kinds: Kind) -> Iterator[SeriesRecord]:
+        """The latest record of every series (of the given kinds, if any), streamed one at a time.
+
+        Snapshot order first, then the order records were appended. Raises JournalError when a
+        compaction replaced the snapshot since this view was read (reopen and try again).
+        """
+        codes = {_CODE_OF_KIND[kind] for kind in kinds} if kinds else None
+        if codes is not None and _FAILED in codes:
+            codes.add(_DAMAGED)
+        with self._mutex:
+            expected_version = self._snapshot_version
+            segments = list(enumerate(self._segments))
+            overlay = self._overlay
+        self._check_version(expected_version)
+        if codes is None or any(code in codes for code in self._index.codes):
+            yield from self._iter_snapshot(codes, overlay)
+        expected = Counter(entry[3] for entry in overlay.values())
+        for number, name in segments:
+            if name is None:
+                continue
+            matched = 0
+            for line_number, record, _ in self._parse_segment(name):
+                digest = uid_digest(record.series_uid)
+                entry = overlay.get(digest)
+                if entry is None or (entry[3], entry[4]) != (number, line_number):
+                    continue
+                matched += 1
+                if codes is None or entry[0] in codes:
+                    yield record
+            if matched != expected[number]:
+                # The segment was folded and deleted by another process's compaction after this
+                # view was read (the snapshot had been replaced before we opened it).
+                raise _SnapshotReplacedError(
+                    f"{self._storage.describe(name)}: compacted by another process while being read; "
+                    "run the command again"
+                )
+        self._check_version(expected_version)
+
+    def _iter_snapshot(self, codes: set[int] | None, overlay: dict[int, _Entry]) -> Iterator[SeriesRecord]:
+        opened = self._open_snapshot()
+        if opened is None:
+            return
+        reader, header = opened
+        where = self._storage.describe(SNAPSHOT_NAME)
+        with reader:
+            for number, line in enumerate(self._snapshot_lines(reader, int(str(header["records"]))), start=2):
+                if overlay or codes is not None:
+                    digest = uid_digest(_fast_uid(line))
+                    if digest in overlay:
+                        continue
+                    if codes is not None:
+                        position = self._index.find(digest)
+                        if position < 0 or self._index.codes[position] not in codes:
+                            continue
+                try:
+                    yield SeriesRecord.from_json(line)
+                except ValueError as exc:
+                    raise JournalError(f"{where}:{number}: bad snapshot record: {exc}") from exc
+
+    def _check_version(self, expected: str | None) -> None:
+        if self._storage.version(SNAPSHOT_NAME) != expected:
+            raise _SnapshotReplacedError(
+                f"{self._storage.describe(SNAPSHOT_NAME)}: the journal was compacted by another process "
+                "while being read; run the command again"
+            )
+
+    # -- compatibility helpers (materialise everything: tests and small destinations only) ------
+
+    def latest(self) -> dict[str, SeriesRecord]:
+        """Series UID → latest record, all in memory: O(n) memory, for tests and small jobs only.
+
+        Unlike :meth:`iter_latest` it starts over (with a fresh view) when a compaction by another
+        process replaced the snapshot while reading, so it never returns a mix of generations.
+        """
+        for _ in range(_OPEN_ATTEMPTS):
+            try:
+                return {record.series_uid: record for record in self.iter_latest()}
+            except _SnapshotReplacedError:
+                with self._mutex:
+                    self._reload()
+        raise JournalError(f"{self._storage.describe('')}: the journal kept changing while being read")
 
     def get(self, series_uid: str) -> SeriesRecord | None:
-        return self._latest.get(series_uid)
+        """The latest record of one series (streams the journal when it is known: O(n) time)."""
+        if self.status_of(series_uid) is None:
+            return None
+        for record in self.iter_latest():
+            if record.series_uid == series_uid:
+                return record
+        return None
+
+    def records_for(self, uids: Iterable[str]) -> dict[str, SeriesRecord]:
+        """The latest records of a few series, in one streaming pass."""
+        wanted = {uid for uid in uids if self.status_of(uid) is not None}
+        if not wanted:
+            return {}
+        return {record.series_uid: record for record in self.iter_latest() if record.series_uid in wanted}
 
     def done_uids(self) -> frozenset[str]:
-        return frozenset(uid for uid, record in self._latest.items() if record.status == "done")
+        """All done UIDs as strings: O(n) memory, for tests and small jobs (use :meth:`select`)."""
+        return frozenset(record.series_uid for record in self.iter_latest("done"))
 
     def failed_uids(self) -> frozenset[str]:
-        return frozenset(uid for uid, record in self._latest.items() if record.status == "failed")
+        return frozenset(record.series_uid for record in self.iter_latest("failed"))
 
     def verified_uids(self) -> frozenset[str]:
-        return frozenset(uid for uid, record in self._latest.items() if record.status == "verified")
+        return frozenset(record.series_uid for record in self.iter_latest("verified"))
 
     # --- writing -----------------------------------------------------------------------------
 
     def append(self, record: SeriesRecord) -> None:
-        """Append one record durably (write + fsync) and update the merged view.
+        """Append one record durably and update the merged view.
 
         Raises DiskFullError when the disk or quota is full and JournalError on any other
-        failure; after a failure that could not be undone the journal refuses further appends.
+        failure; a failed append leaves nothing behind (the storage cuts its log back).
         """
         self.extend((record,))
 
     def extend(self, records: Iterable[SeriesRecord]) -> None:
-        """Append several records with ONE write and ONE fsync (group commit), all or none.
+        """Append several records with ONE durable write (group commit), all or none.
 
-        Workers finishing at the same moment share one flush instead of queueing for one each;
-        a failed write is undone as a whole, so no torn batch is left behind.
+        Workers finishing at the same moment share one flush instead of queueing for one each.
+        Every ``compact_every`` records the writer compacts (when no other process holds the
+        lease), which keeps the overlay and the crash-recovery work bounded.
         """
         batch = list(records)
         if not batch:
             return
         data = b"".join((record.to_json() + "\n").encode("utf-8") for record in batch)
         with self._mutex:
-            if self._broken is not None:
-                raise JournalError(f"the journal is unusable after an earlier failure: {self._broken}")
-            fd = self._ensure_segment()
+            number = self._ensure_segment()
+            name = self._segments[number]
+            assert name is not None
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            except OSError as exc:
-                self._undo_partial_write(fd, exc)
-                message = f"{self._segment_path}: cannot append to the journal: {describe_os_error(exc)}"
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise DiskFullError(message) from exc
-                raise JournalError(message) from exc
-            self._segment_offset += len(data)
-            for record in batch:
-                self._latest[record.series_uid] = record
+                self._storage.append(name, data)
+            except (DiskFullError, JournalError):
+                self._finish_segment()  # whatever happened, append to a fresh log next time
+                raise
+            for offset, record in enumerate(batch):
+                self._overlay[uid_digest(record.series_uid)] = (
+                    _code(record),
+                    record.dicom_bytes or 0,
+                    record.total_file_bytes,
+                    number,
+                    self._own_lines + offset,
+                )
+            self._own_lines += len(batch)
+            self.appended += len(batch)
+            if self._own_lines >= _ROTATE_LINES:
+                self._finish_segment()
+            if len(self._overlay) >= self._next_compaction and not self._compact(wait_s=0.0, forced=False):
+                self._next_compaction = len(self._overlay) + max(1, self._compact_every // 4)
 
     def _ensure_segment(self) -> int:
-        if self._segment_fd is not None:
-            return self._segment_fd
-        name = f"{time.time_ns():020d}-{host_name()}-{os.getpid()}-{secrets.token_hex(4)}{_SEGMENT_SUFFIX}"
-        path = self._segment_dir / name
-        try:
-            if not self._segment_dir.is_dir():
-                self._segment_dir.mkdir(parents=True, exist_ok=True)
-                fsync_directory(self._state_dir)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-            try:
-                fsync_directory(self._segment_dir)
-            except OSError:
-                os.close(fd)
-                raise
-        except OSError as exc:
-            message = f"{path}: cannot create a journal segment: {describe_os_error(exc)}"
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(message) from exc
-            raise JournalError(message) from exc
-        self._segment_path = path
-        self._segment_fd = fd
-        self._segment_offset = 0
-        return fd
+        if self._own_segment is not None:
+            return self._own_segment
+        base = f"{time.time_ns():020d}-{host_name()}-{os.getpid()}-{secrets.token_hex(4)}{_SEGMENT_SUFFIX}"
+        owner = json.dumps({"host": host_name(), "pid": os.getpid(), "run": self._run_id}).encode()
+        self._storage.create(f"{WRITERS_DIR}/{base}", owner)
+        self._segments.append(f"{SEGMENT_DIR}/{base}")
+        self._own_segment = len(self._segments) - 1
+        self._own_lines = 0
+        return self._own_segment
 
-    def _undo_partial_write(self, fd: int, cause: OSError) -> None:
-        try:
-            os.ftruncate(fd, self._segment_offset)
-            os.fsync(fd)
-        except OSError:
-            self._broken = f"{self._segment_path}: {describe_os_error(cause)}"
+    def _finish_segment(self) -> None:
+        """Stop appending to this writer's segment; it becomes foldable by any compaction."""
+        if self._own_segment is None:
+            return
+        name = self._segments[self._own_segment]
+        assert name is not None
+        close_log = getattr(self._storage, "close_log", None)
+        if close_log is not None:
+            close_log(name)
+        self._storage.delete(f"{WRITERS_DIR}/{name.rsplit('/', 1)[-1]}")
+        self._foldable.add(self._own_segment)
+        self._own_segment = None
+        self._own_lines = 0
 
-    def compact(self) -> int:
-        """Write the merged view as a new snapshot and delete the segments folded into it.
+    # --- compaction --------------------------------------------------------------------------
 
-        Only segments this journal has read (at open) or written are folded; a segment that
-        appeared since is left for the next reader. This writer's own segment is closed and a
-        new one is started on the next append. When nothing was folded the existing snapshot
-        already holds this view and is left as it is. Returns the number of records in the view.
-        Call only while holding the destination lock.
+    def compact(self, *, wait_s: float = 0.0, then: Callable[[], None] | None = None) -> int:
+        """Fold every finished segment this view holds into a new snapshot; delete those segments.
+
+        Takes the compaction lease first (waiting up to ``wait_s`` seconds for another holder);
+        without it nothing is changed. This writer's own segment is finished first (appending
+        goes on in a new one). When nothing can be folded the existing snapshot is left as it
+        is. ``then`` runs afterwards while the lease is still held: files derived from the whole
+        journal (metadata.csv, a catalog) are written there, so two processes finishing at once
+        never race on them. Returns the number of series in the merged view.
         """
         with self._mutex:
-            self._close_segment()
-            folded = list(self._folded_segments)
-            records = list(self._latest.values())
-            if not folded and (self._state_dir / SNAPSHOT_NAME).exists():
-                return len(records)  # nothing new since the snapshot this view was read from
-            header = json.dumps(
-                {"snapshot": _SNAPSHOT_FORMAT, "records": len(records), "created_at": time.time()}
-            )
-            body = "\n".join([header, *(record.to_json() for record in records)]) + "\n"
-            compressed = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=True).compress(
-                body.encode("utf-8")
-            )
-            try:
-                write_bytes_atomic_sync(self._state_dir / SNAPSHOT_NAME, compressed)
-            except DiskFullError:
-                raise
-            except StorageError as exc:
-                raise JournalError(f"cannot write the journal snapshot: {exc}") from exc
-            for segment in folded:
-                try:
-                    segment.unlink()
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    raise JournalError(
-                        f"{segment}: cannot remove a compacted segment: {describe_os_error(exc)}"
-                    ) from exc
-            self._folded_segments.clear()
-            if folded:
-                try:
-                    fsync_directory(self._segment_dir)
-                except OSError as exc:
-                    raise JournalError(f"{self._segment_dir}: {describe_os_error(exc)}") from exc
-            return len(records)
+            self._finish_segment()
+            self._compact(wait_s=wait_s, forced=True, then=then)
+            return len(self)
 
-    def _close_segment(self) -> None:
-        if self._segment_fd is not None:
-            os.close(self._segment_fd)
-            assert self._segment_path is not None
-            self._folded_segments.append(self._segment_path)
-            self._segment_fd = None
-            self._segment_path = None
-            self._segment_offset = 0
+    def _compact(self, *, wait_s: float, forced: bool, then: Callable[[], None] | None = None) -> bool:
+        """Compact under the lease; False when another process holds it."""
+        if not forced:
+            self._finish_segment()
+        token = self._acquire_lease(wait_s)
+        if token is None:
+            return False
+        try:
+            if self._storage.version(SNAPSHOT_NAME) != self._snapshot_version:
+                self._reload()
+            folded = sorted(number for number in self._foldable if self._segments[number] is not None)
+            stale = self._snapshot_version is None or self._snapshot_format != _SNAPSHOT_FORMAT
+            if folded or stale:
+                self._fold(folded)
+            if then is not None:
+                then()
+            return True
+        finally:
+            self._release_lease(token)
+
+    def _fold(self, folded: list[int]) -> None:
+        """Write the new snapshot, then delete the folded segments (the lease is held)."""
+        self._write_snapshot(folded)
+        for number in folded:
+            name = self._segments[number]
+            assert name is not None
+            self._storage.delete_log(name)
+            # A writer that died left its registration behind; its segment is folded now.
+            self._storage.delete(f"{WRITERS_DIR}/{name.rsplit('/', 1)[-1]}")
+            self._segments[number] = None
+        sync = getattr(self._storage, "sync_prefix", None)
+        if sync is not None and folded:
+            sync(SEGMENT_DIR)
+        self._foldable.difference_update(folded)
+        self._next_compaction = len(self._overlay) + self._compact_every
+
+    def _reload(self) -> None:
+        """Adopt the current state of the storage (another process compacted since we read)."""
+        own = self._segments[self._own_segment] if self._own_segment is not None else None
+        for _ in range(_OPEN_ATTEMPTS):
+            fresh = Journal(self._storage, run_id=self._run_id, compact_every=self._compact_every)
+            if fresh._read_all():
+                break
+        else:
+            raise JournalError(f"{self._storage.describe('')}: the journal kept changing while compacting")
+        self._index = fresh._index
+        self._overlay = fresh._overlay
+        self._snapshot_version = fresh._snapshot_version
+        self._snapshot_format = fresh._snapshot_format
+        self._segments = fresh._segments
+        self._foldable = fresh._foldable
+        # This writer's live segment is in the fresh listing (it is not foldable while live).
+        self._own_segment = self._segments.index(own) if own in self._segments else None
+        if self._own_segment is not None:
+            self._foldable.discard(self._own_segment)
+
+    def _write_snapshot(self, folded: list[int]) -> None:
+        """Stream base records not superseded + the folded segments' latest records + the index."""
+        folded_set = set(folded)
+        newer: dict[int, _Entry] = {}
+        for number in folded:
+            name = self._segments[number]
+            assert name is not None
+            for line_number, record, _ in self._parse_segment(name):
+                newer[uid_digest(record.series_uid)] = (
+                    _code(record),
+                    record.dicom_bytes or 0,
+                    record.total_file_bytes,
+                    number,
+                    line_number,
+                )
+        new_index = self._index.merged(newer)
+        total = len(new_index)
+        expected_version = self._snapshot_version
+
+        def chunks() -> Iterator[bytes]:
+            compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=True).compressobj()
+            header = {"snapshot": _SNAPSHOT_FORMAT, "records": total, "created_at": time.time()}
+            pending = [json.dumps(header).encode() + b"\n"]
+            size = 0
+            written = 0
+            for line in self._base_lines():
+                if uid_digest(_fast_uid(line)) in newer:
+                    continue
+                pending.append(line + b"\n")
+                written += 1
+                size += len(line)
+                if size >= _CHUNK_BYTES:
+                    yield compressor.compress(b"".join(pending))
+                    pending, size = [], 0
+            for number in folded:
+                name = self._segments[number]
+                assert name is not None
+                for line_number, record, raw in self._parse_segment(name):
+                    entry = newer[uid_digest(record.series_uid)]
+                    if (entry[3], entry[4]) != (number, line_number):
+                        continue
+                    pending.append(raw + b"\n")
+                    written += 1
+                    size += len(raw)
+                    if size >= _CHUNK_BYTES:
+                        yield compressor.compress(b"".join(pending))
+                        pending, size = [], 0
+            if written != total:
+                raise JournalError(
+                    f"{self._storage.describe(SNAPSHOT_NAME)}: compaction produced {written} records for "
+                    f"{total} series (a UID digest collision?); the old snapshot is kept"
+                )
+            pending.append(new_index.to_bytes())
+            yield compressor.compress(b"".join(pending))
+            if self._storage.version(SNAPSHOT_NAME) != expected_version:
+                raise JournalError("the snapshot changed during compaction; the new one is discarded")
+            yield compressor.flush()
+
+        self._storage.write_from(SNAPSHOT_NAME, chunks())
+        self._index = new_index
+        self._snapshot_version = self._storage.version(SNAPSHOT_NAME)
+        self._snapshot_format = _SNAPSHOT_FORMAT
+        # Overlay entries from folded segments are in the snapshot now; later ones stay.
+        self._overlay = {
+            digest: entry for digest, entry in self._overlay.items() if entry[3] not in folded_set
+        }
+
+    def _base_lines(self) -> Iterator[bytes]:
+        opened = self._open_snapshot()
+        if opened is None:
+            return
+        reader, header = opened
+        with reader:
+            yield from self._snapshot_lines(reader, int(str(header["records"])))
+
+    # -- the lease ------------------------------------------------------------------------------
+
+    def _acquire_lease(self, wait_s: float) -> str | None:
+        token = secrets.token_hex(8)
+        owner = json.dumps(
+            {"host": host_name(), "pid": os.getpid(), "token": token, "at": time.time(), "run": self._run_id}
+        ).encode()
+        deadline = time.monotonic() + wait_s
+        unreadable_seen: str | None = None
+        while True:
+            if self._storage.create(LEASE_NAME, owner):
+                return token
+            data = self._storage.read(LEASE_NAME)
+            version = self._storage.version(LEASE_NAME)
+            if data is None:
+                continue  # released between our create and read: try again at once
+            try:
+                holder = json.loads(data)
+                abandoned = (holder["host"] == host_name() and not pid_is_alive(int(holder["pid"]))) or (
+                    time.time() - float(holder["at"]) > _LEASE_STALE_S
+                )
+            except (ValueError, KeyError, TypeError):
+                # Unreadable: being written now, or left by a crash mid-create. Abandoned only when
+                # it is still the same unreadable object on a later look.
+                abandoned = unreadable_seen is not None and unreadable_seen == version
+                unreadable_seen = version
+            if abandoned:
+                self._storage.delete(LEASE_NAME)
+                continue
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(_LEASE_POLL_S)
+
+    def _release_lease(self, token: str) -> None:
+        data = self._storage.read(LEASE_NAME)
+        try:
+            mine = data is not None and json.loads(data).get("token") == token
+        except ValueError:
+            mine = False
+        if mine:
+            self._storage.delete(LEASE_NAME)
+
+    # --- closing -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close this writer's segment. Records already appended stay durable."""
+        """Finish this writer's segment. Records already appended stay durable."""
         with self._mutex:
-            self._close_segment()
+            self._finish_segment()
 
     def __enter__(self) -> Journal:
         return self

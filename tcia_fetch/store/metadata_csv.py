@@ -9,7 +9,7 @@ with milliseconds, CRLF line endings. Two columns are added at the end: ``File S
 
 Unlike DR, fields are quoted when they need it (RFC 4180 via the csv module), so a comma, quote
 or newline in a description survives a round trip; rows without such characters read exactly
-like DR's. The file is written atomically (``atomic.write_bytes_atomic_sync``).
+like DR's. The file is written atomically and streamed (``atomic.write_chunks_atomic_sync``).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import csv
 import datetime
 import io
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Final
 
-from tcia_fetch.store.atomic import write_bytes_atomic_sync
+from tcia_fetch.store.atomic import write_chunks_atomic_sync
 
 __all__ = [
     "DR_COLUMNS",
@@ -120,6 +120,7 @@ SOP_CLASS_NAMES: Final[Mapping[str, str]] = {
     "1.2.840.10008.5.1.4.1.1.481.5": "RT Plan Storage",
 }
 
+_FLUSH_CHARS: Final = 1 << 20
 _ISO_DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _SIZE_UNITS: Final = ((10**12, "TB"), (10**9, "GB"), (10**6, "MB"), (10**3, "KB"))
 
@@ -213,9 +214,32 @@ def render_metadata_csv(rows: Iterable[Mapping[str, str]]) -> str:
     return buffer.getvalue()
 
 
-def write_metadata_csv(path: Path, rows: Iterable[Mapping[str, str]]) -> None:
-    """Write ``metadata.csv`` atomically (readers never see a half-written file)."""
-    write_bytes_atomic_sync(path, render_metadata_csv(rows).encode("utf-8"))
+def write_metadata_csv(path: Path, rows: Iterable[Mapping[str, str]]) -> int:
+    """Write ``metadata.csv`` atomically (readers never see a half-written file); return the rows.
+
+    Rows are streamed to the temporary file as they come, so a 600,000-series destination never
+    holds the file's text (or its rows) in memory.
+    """
+    count = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal count
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(
+            buffer, fieldnames=METADATA_COLUMNS, lineterminator="\r\n", extrasaction="raise"
+        )
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({column: row.get(column, "") for column in METADATA_COLUMNS} | dict(row))
+            count += 1
+            if buffer.tell() >= _FLUSH_CHARS:
+                yield buffer.getvalue().encode("utf-8")
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue().encode("utf-8")
+
+    write_chunks_atomic_sync(path, chunks())
+    return count
 
 
 def read_metadata_csv(path: Path) -> list[dict[str, str]]:

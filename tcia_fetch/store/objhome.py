@@ -40,7 +40,6 @@ from tcia_fetch.store.destination import Destination, _checked_parts
 from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.location import BucketLocation
 from tcia_fetch.store.lock import DEFAULT_STALE_AFTER_S
-from tcia_fetch.store.objjournal import BucketJournal, open_bucket_journal
 from tcia_fetch.store.objstate import STATE_PREFIX, ObjectStateStorage
 from tcia_fetch.store.reconcile import Damage, Reconciliation
 
@@ -155,8 +154,9 @@ class BucketDestination:
 
     # --- run state ---------------------------------------------------------------------------------
 
-    def open_journal(self, run_id: str) -> BucketJournal:
-        return open_bucket_journal(self.state, self.state_dir, run_id=run_id)
+    def open_journal(self, run_id: str) -> Journal:
+        """The run journal, read from and appended to in the bucket (any machine can resume)."""
+        return Journal.open(self.state, run_id=run_id)
 
     def acquire_lock(self, run_id: str) -> BucketLock:
         return BucketLock.acquire(self, run_id=run_id)
@@ -215,9 +215,9 @@ class BucketDestination:
         adopted: list[str] = []
         damaged: list[Damage] = []
         pending: list[str] = []
-        for uid, record in sorted(journal.latest().items()):
-            if record.status == "failed":
-                continue
+        to_adopt = []
+        for record in journal.iter_latest("verified", "done"):  # streamed, one listing
+            uid = record.series_uid
             files = tuple((f.name, f.size, f.md5) for f in record.files)
             problems, exists = self.inspect(record.path, files, stored)
             if record.status == "done":
@@ -228,9 +228,10 @@ class BucketDestination:
                 reasons = ("found after a crash but unlike the record", *problems)
                 damaged.append(Damage(uid, record.path, reasons))
             else:
-                journal.append(record.with_status("done", run_id=journal.run_id))
+                to_adopt.append(record.with_status("done", run_id=journal.run_id))
                 adopted.append(uid)
                 done.append(uid)
+        journal.extend(to_adopt)  # after the streamed pass: never append to what is being read
         return Reconciliation(removed, tuple(done), tuple(adopted), tuple(damaged), tuple(pending))
 
     def recheck(self, journal: Journal, *, check_md5: bool) -> list[Damage]:
@@ -239,9 +240,8 @@ class BucketDestination:
         multipart ETag is not an MD5 of the object."""
         stored = self.stored_objects()
         found: list[Damage] = []
-        for uid, record in sorted(journal.latest().items()):
-            if record.status != "done":
-                continue
+        for record in journal.iter_latest("done"):  # streamed
+            uid = record.series_uid
             files = tuple((f.name, f.size, f.md5) for f in record.files)
             problems = list(self.inspect(record.path, files, stored)[0])
             if check_md5 and not problems and record.path is not None:

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import builtins
 import io
+import tempfile
 import threading
+from collections.abc import Iterable
+from pathlib import Path
 from typing import BinaryIO, Final
 
 from tcia_fetch.errors import JournalError
@@ -61,6 +64,17 @@ class ObjectStateStorage:
 
     def write(self, name: str, data: bytes) -> None:
         self._store.put(self._key(name), data)
+
+    def write_from(self, name: str, chunks: Iterable[bytes]) -> None:
+        """Atomic replace from chunks (a large snapshot): spooled to a local temporary file, so
+        memory stays bounded, then one upload (multipart when large); the key changes only when
+        the upload completes."""
+        with tempfile.TemporaryDirectory(prefix="tcia-fetch-state-") as scratch:
+            path = Path(scratch) / "object"
+            with open(path, "wb") as stream:
+                for chunk in chunks:
+                    stream.write(chunk)
+            self._store.upload_file(self._key(name), path)
 
     def create(self, name: str, data: bytes) -> bool:
         return self._store.put(self._key(name), data, if_absent=True)

@@ -1,7 +1,9 @@
 """Startup reconciliation and destination checks: make the journal and the disk agree again.
 
 Run :func:`reconcile` once at startup, after the destination lock is held and before any
-download. It closes every crash window of the publish protocol (reliability §4.7, row D1):
+download. It closes every crash window of the publish protocol (reliability §4.7, row D1), and
+looks only at what a crash can have left, so that a rerun of a 600,000-series job does not stat
+600,000 directories (issue 13):
 
 * staging and trash left by dead runs are removed (row D10);
 * ``verified`` without ``done`` (crash between verification and the done record): if the final
@@ -9,11 +11,13 @@ download. It closes every crash window of the publish protocol (reliability §4.
   so ``done`` is appended now; if no final directory exists the series is pending again; if one
   exists but does not match, the series is reported damaged (the engine re-fetches it and swaps it
   in with ``Destination.replace``);
-* ``done``: a cheap stat check (directory present, every recorded file present with its recorded
-  size, nothing else in it); anything else is reported damaged with the reasons (row D9).
+* ``done`` series whose directory a dead repair had moved to the trash (a crash inside
+  ``Destination.replace``): checked on disk, and reported damaged when not intact.
 
-:func:`recheck` is the expensive variant for ``tcia-fetch verify``: it may also re-hash every
-published file against the recorded MD5. :func:`summarize` counts without touching the disk.
+Every other ``done`` series is trusted: the journal records it only after a durable publish.
+Damage done to the files later (a user deleting or editing them) is found by ``tcia-fetch
+verify`` (:func:`recheck`, which can also re-hash every file), which records it in the journal
+so the next run fetches those series again. :func:`summarize` counts without touching the disk.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Final
@@ -29,8 +33,9 @@ from typing import Final
 from tcia_fetch._crashpoint import crash_point
 from tcia_fetch.errors import DestinationError
 from tcia_fetch.store._fs import describe_os_error
-from tcia_fetch.store.destination import Destination, default_live_owner
-from tcia_fetch.store.journal import Journal
+from tcia_fetch.store.destination import Destination, default_live_owner, leftover_stem, parse_owner
+from tcia_fetch.store.digests import SortedDigests
+from tcia_fetch.store.journal import DAMAGED_ON_DISK, Journal, Kind
 from tcia_fetch.store.records import SeriesRecord
 
 __all__ = [
@@ -39,15 +44,13 @@ __all__ = [
     "DestinationStatus",
     "Reconciliation",
     "check_published",
+    "iter_damage",
     "recheck",
     "reconcile",
     "summarize",
 ]
 
 _HASH_CHUNK_BYTES: Final = 1 << 20
-#: The reference of a ``failed`` record written by ``tcia-fetch verify`` for a published series
-#: whose files no longer match: the next run fetches it again and swaps it in with ``replace``.
-DAMAGED_ON_DISK: Final = "damaged-on-disk"
 _MAX_PROBLEMS_LISTED: Final = 5
 
 
@@ -66,7 +69,12 @@ class Damage:
 
 @dataclass(frozen=True, slots=True)
 class Reconciliation:
-    """What startup reconciliation found and did."""
+    """What startup reconciliation found and did.
+
+    ``done`` lists only the series this reconciliation inspected and found intact (adopted
+    ``verified`` ones, and ``done`` ones a dead repair had touched), not every done series:
+    ``Journal.counts()`` has the totals.
+    """
 
     leftovers_removed: int
     done: tuple[str, ...]
@@ -87,6 +95,22 @@ class DestinationStatus:
     not_planned_done: int
 
 
+def _dead_trash_stems(destination: Destination, live_owner: Callable[[str, int], bool]) -> set[str]:
+    """Directory-name stems of trash entries whose owner is dead (repairs cut short by a crash)."""
+    try:
+        names = os.listdir(destination.trash_dir)
+    except FileNotFoundError:
+        return set()
+    except OSError as exc:
+        raise DestinationError(f"cannot list {destination.trash_dir}: {describe_os_error(exc)}") from exc
+    stems = set()
+    for name in names:
+        owner = parse_owner(name)
+        if owner is not None and not live_owner(*owner):
+            stems.add(name.split("~", 1)[0])
+    return stems
+
+
 def reconcile(
     destination: Destination,
     journal: Journal,
@@ -94,15 +118,29 @@ def reconcile(
     live_owner: Callable[[str, int], bool] = default_live_owner,
 ) -> Reconciliation:
     """Bring journal and disk back in line after any crash; see the module docstring."""
+    repairs_cut_short = _dead_trash_stems(destination, live_owner)
     removed = destination.cleanup_leftovers(live_owner=live_owner)
     crash_point("reconcile.after_cleanup")
     done: list[str] = []
     adopted: list[str] = []
     damaged: list[Damage] = []
     pending: list[str] = []
-    for uid, record in sorted(journal.latest().items()):
-        if record.status == "failed":
-            continue
+    counts = journal.counts()
+    kinds: list[Kind] = []
+    if counts.verified:
+        kinds.append("verified")
+    if repairs_cut_short and counts.done:
+        kinds.append("done")
+    found: list[SeriesRecord] = []
+    if kinds:
+        for record in journal.iter_latest(*kinds):
+            if record.status == "done" and leftover_stem(PurePosixPath(record.path or "").name) not in (
+                repairs_cut_short
+            ):
+                continue
+            found.append(record)
+    for record in sorted(found, key=lambda item: item.series_uid):
+        uid = record.series_uid
         problems, exists = _inspect(destination, record, check_md5=False)
         if record.status == "done":
             if problems:
@@ -129,15 +167,16 @@ def reconcile(
 
 
 def recheck(destination: Destination, journal: Journal, *, check_md5: bool) -> list[Damage]:
-    """Check every ``done`` series on disk; with ``check_md5`` also re-hash each file."""
-    found: list[Damage] = []
-    for uid, record in sorted(journal.latest().items()):
-        if record.status != "done":
-            continue
+    """Check every ``done`` series on disk; with ``check_md5`` also re-hash each file (sorted list)."""
+    return sorted(iter_damage(destination, journal, check_md5=check_md5), key=lambda item: item.series_uid)
+
+
+def iter_damage(destination: Destination, journal: Journal, *, check_md5: bool) -> Iterator[Damage]:
+    """:func:`recheck` one record at a time, in journal order (for destinations of any size)."""
+    for record in journal.iter_latest("done"):
         problems, _ = _inspect(destination, record, check_md5=check_md5)
         if problems:
-            found.append(Damage(uid, record.path, problems))
-    return found
+            yield Damage(record.series_uid, record.path, problems)
 
 
 def check_published(
@@ -148,30 +187,42 @@ def check_published(
     return problems
 
 
-def summarize(journal: Journal, planned: Iterable[str] | None = None) -> DestinationStatus:
-    """Done/failed/pending counts. Without a plan, pending counts ``verified`` series only."""
-    latest = journal.latest()
-    done_records = [record for record in latest.values() if record.status == "done"]
+def summarize(journal: Journal, planned: SortedDigests | Iterable[str] | None = None) -> DestinationStatus:
+    """Done/failed/pending counts. Without a plan, pending counts ``verified`` series only.
+
+    ``planned`` is the last plan as UID digests (``last-plan`` file) or UIDs; counting walks it
+    with one O(log n) lookup per planned series, never holding records.
+    """
+    counts = journal.counts()
     if planned is None:
-        failed = sum(1 for record in latest.values() if record.status == "failed")
-        pending = sum(1 for record in latest.values() if record.status == "verified")
-        counted_done = done_records
-        not_planned = 0
-    else:
-        plan = set(planned)
-        counted_done = [record for record in done_records if record.series_uid in plan]
-        failed = sum(
-            1 for uid in plan if (record := latest.get(uid)) is not None and record.status == "failed"
+        return DestinationStatus(
+            done=counts.done,
+            failed=counts.failed,
+            pending=counts.verified,
+            done_bytes=counts.done_bytes,
+            done_file_bytes=counts.done_file_bytes,
+            not_planned_done=0,
         )
-        pending = len(plan) - len(counted_done) - failed
-        not_planned = len(done_records) - len(counted_done)
+    plan = planned if isinstance(planned, SortedDigests) else SortedDigests.of_uids(planned)
+    done = failed = done_bytes = done_file_bytes = 0
+    for digest in plan:
+        brief = journal.brief(digest)
+        if brief is None:
+            continue
+        status, dicom, file_bytes = brief
+        if status == "done":
+            done += 1
+            done_bytes += dicom
+            done_file_bytes += file_bytes
+        elif status == "failed":
+            failed += 1
     return DestinationStatus(
-        done=len(counted_done),
+        done=done,
         failed=failed,
-        pending=pending,
-        done_bytes=sum(record.dicom_bytes or 0 for record in counted_done),
-        done_file_bytes=sum(record.total_file_bytes for record in counted_done),
-        not_planned_done=not_planned,
+        pending=len(plan) - done - failed,
+        done_bytes=done_bytes,
+        done_file_bytes=done_file_bytes,
+        not_planned_done=counts.done - done,
     )
 
 

@@ -32,12 +32,14 @@ Command line: ``python -m tcia_fetch.testing serve --port 0 --port-file PATH ...
 Memory and speed: a catalog holds only metadata; each series builds one pydicom header template on first
 use; pixel data comes from a byte-bounded LRU (``pixel_cache_bytes``) of a few variants per series,
 cached raw and deflated, so a multi-GB series is streamed without ever being held and without
-recompression.
+recompression. ``LazyCatalog(count=600_000, seed=..., sizes="range"|"real")`` derives series on demand
+(UIDs encode their index; nothing is built up front) for scale tests (``serve --lazy-series N``).
 """
 
 from tcia_fetch.testing._background import BackgroundServer, serve_in_background
 from tcia_fetch.testing._catalog import Catalog, InstanceFile, SeriesEntry
 from tcia_fetch.testing._faults import FaultKind, FaultPlan, FaultRule
+from tcia_fetch.testing._lazy import LazyCatalog
 from tcia_fetch.testing._load import LoadModel, ServerStats
 from tcia_fetch.testing._server import FakeNBIA, RequestRecord, RunningServer
 
@@ -49,6 +51,7 @@ __all__ = [
     "FaultPlan",
     "FaultRule",
     "InstanceFile",
+    "LazyCatalog",
     "LoadModel",
     "RequestRecord",
     "RunningServer",

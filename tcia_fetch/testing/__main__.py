@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tcia_fetch.testing._catalog import Catalog
 from tcia_fetch.testing._faults import FaultKind, FaultPlan, FaultRule
+from tcia_fetch.testing._lazy import LazyCatalog
 from tcia_fetch.testing._load import LoadModel
 from tcia_fetch.testing._server import FakeNBIA
 
@@ -130,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--instances-per-series", type=_range, default=(2, 6), metavar="LOW[,HIGH]")
     serve.add_argument("--instance-bytes", type=_range, default=(2_000, 20_000), metavar="LOW[,HIGH]")
     serve.add_argument("--pixel-cache-bytes", type=int, default=512 * 1024 * 1024)
+    serve.add_argument(
+        "--lazy-series",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve N series derived on demand (LazyCatalog; 600,000 fine) instead of a generated catalog",
+    )
+    serve.add_argument(
+        "--real-sizes", action="store_true", help="with --lazy-series: sizes from the real archive's mix"
+    )
     serve.add_argument("--manifest", type=Path, action="append", default=[], help=".tcia whose UIDs to add")
     serve.add_argument("--restricted", action="append", default=[], help="series UID answered as non-public")
     serve.add_argument("--fault", action="append", default=[], help="KIND[:UID|*|random=RATE][,key=value...]")
@@ -160,7 +171,27 @@ async def _serve(args: argparse.Namespace) -> int:
     extra: list[str] = []
     for manifest in args.manifest:
         extra.extend(manifest_series_uids(manifest.read_text(encoding="utf-8", errors="replace")))
-    catalog = Catalog.generate(
+    catalog: Catalog = (
+        LazyCatalog(
+            count=args.lazy_series,
+            seed=args.seed,
+            collections=args.collections,
+            series_per_study=args.series_per_study,
+            instances_per_series=args.instances_per_series,
+            instance_bytes=args.instance_bytes,
+            sizes="real" if args.real_sizes else "range",
+            pixel_cache_bytes=args.pixel_cache_bytes,
+        )
+        if args.lazy_series
+        else _generated(args, extra)
+    )
+    if args.precompute_md5:
+        await asyncio.get_running_loop().run_in_executor(None, lambda: catalog.warm(md5=True))
+    return await _serve_catalog(args, catalog)
+
+
+def _generated(args: argparse.Namespace, extra: list[str]) -> Catalog:
+    return Catalog.generate(
         seed=args.seed,
         collections=args.collections,
         patients_per_collection=args.patients_per_collection,
@@ -171,8 +202,9 @@ async def _serve(args: argparse.Namespace) -> int:
         extra_series_uids=extra,
         pixel_cache_bytes=args.pixel_cache_bytes,
     )
-    if args.precompute_md5:
-        await asyncio.get_running_loop().run_in_executor(None, lambda: catalog.warm(md5=True))
+
+
+async def _serve_catalog(args: argparse.Namespace, catalog: Catalog) -> int:
     fake = FakeNBIA(
         catalog,
         faults=parse_faults(args.fault, args.seed),

@@ -63,7 +63,7 @@ def _same(left: str | None, right: str) -> bool:
     return left is not None and left.rstrip().upper() == right.rstrip().upper()
 
 
-def _filtered(state: ServerState, request: web.Request, names: Iterable[str]) -> list[SeriesEntry]:
+def _filtered(state: ServerState, request: web.Request, names: Iterable[str]) -> Sequence[SeriesEntry]:
     entries = state.visible()
     for name in names:
         wanted = _param(request, name)
@@ -348,7 +348,7 @@ def _series_rows(
 
 
 async def _series_response(
-    state: ServerState, generation: int, request: web.Request, entries: list[SeriesEntry]
+    state: ServerState, generation: int, request: web.Request, entries: Sequence[SeriesEntry]
 ) -> web.StreamResponse:
     """getSeries-shaped rows for ``entries`` (v4 or legacy columns), after any query faults."""
     deltas = await _slow_and_sizes(state, (entry.uid for entry in entries))

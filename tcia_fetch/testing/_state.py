@@ -49,8 +49,10 @@ class ServerState:
     def __post_init__(self) -> None:
         self.link = SharedLink(self.load.total_bytes_per_s)
 
-    def visible(self) -> list[SeriesEntry]:
+    def visible(self) -> Sequence[SeriesEntry]:
         """Public series in catalog order (restricted ones are absent from every query)."""
+        if not self.restricted:
+            return self.catalog.series  # no copy: a lazy catalog stays lazy
         if self._visible is None:
             self._visible = [entry for entry in self.catalog.series if entry.uid not in self.restricted]
         return self._visible

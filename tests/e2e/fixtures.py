@@ -85,6 +85,8 @@ def _stable_metadata_csv(path: Path) -> bytes:
         rows = list(csv.DictReader(handle))
     varying = {"Download Timestamp", "Absolute Location"}
     stable = [{k: v for k, v in row.items() if k not in varying} for row in rows]
+    # Row order follows the journal (streamed, issue 13): a repaired series' row moves to the end.
+    stable.sort(key=lambda row: row.get("File Location", ""))
     return json.dumps(stable, sort_keys=True).encode()
 
 

@@ -14,7 +14,7 @@ from tcia_fetch.errors import DestinationBusyError, JournalError
 from tcia_fetch.store._objstore import open_object_store
 from tcia_fetch.store.location import BucketLocation
 from tcia_fetch.store.objhome import BucketDestination, BucketLock
-from tcia_fetch.store.objjournal import open_bucket_journal
+from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.objstate import ObjectStateStorage
 from tcia_fetch.store.records import SeriesRecord
 from tcia_fetch.store.statestore import StateStorage
@@ -84,16 +84,18 @@ def test_journal_records_are_in_the_bucket_before_append_returns(
     location: BucketLocation, tmp_path: Path
 ) -> None:
     storage = storage_for(location)
-    journal = open_bucket_journal(storage, tmp_path / "m1", run_id="r1")
+    journal = Journal.open(storage, run_id="r1")
     journal.append(SeriesRecord(series_uid="1.2.3", status="verified", at=1.0, run_id="r1"))
-    # Another machine (another mirror) sees it without any compaction.
-    seen = open_bucket_journal(storage_for(location), tmp_path / "m2", run_id="r2")
-    assert seen.latest()["1.2.3"].status == "verified"
+    # Another machine (another storage client) sees it without any compaction.
+    seen = Journal.open(storage_for(location), run_id="r2")
+    assert seen.status_of("1.2.3") == "verified"
     journal.append(SeriesRecord(series_uid="1.2.3", status="done", at=2.0, run_id="r1"))
+    journal.close()
     journal.compact()
     assert storage.list_logs("journal/") == []
-    again = open_bucket_journal(storage_for(location), tmp_path / "m3", run_id="r3")
-    assert again.latest()["1.2.3"].status == "done"
+    assert storage.read("snapshot.jsonl.zst") is not None
+    again = Journal.open(storage_for(location), run_id="r3")
+    assert again.status_of("1.2.3") == "done"
 
 
 def test_bucket_lock_refuses_a_live_holder_and_takes_over_a_stale_one(

@@ -1,0 +1,358 @@
+"""Benchmark scenario "scale" (issue 13): jobs of 10^4 to 6x10^5 one-instance series.
+
+``python -m benchmarks.scale [--series 2000,10000,100000] [--out-dir DIR] [--temp-dir DIR]``
+
+For each size a separate fake server (``python -m tcia_fetch.testing serve``) serves that many
+tiny series (one 2 KB instance each) on loopback, and the job is a ``.tcia`` manifest of all of
+them, fetched 8 at a time. Measured per size, each command exec'd as a user would run it:
+
+* ``plan``; ``run`` interrupted (SIGINT) about 40% of the way, then the resumed ``run`` to the end;
+  a rerun of the finished job (everything skipped); ``status``; ``verify --no-md5``;
+* wall time, CPU (user+sys, from ``wait4``) and peak RSS (``VmHWM`` polled from /proc: the
+  fork-time RSS of this process does not leak into it, unlike ``ru_maxrss``) of each;
+* CPU per series of the fetch (interrupted + resumed run), and the state directory's size.
+
+Targets (issue 13) are checked and written as pass/miss: peak RSS of every command < 150 MB,
+a rerun of the finished job < 60 s, ``status`` < 10 s, CPU per series within 1.2x of the
+2,000-series job. Results go to ``results/scale-latest.json`` and ``results/scale-latest.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
+RSS_TARGET_MB = 150.0
+RERUN_TARGET_S = 60.0
+STATUS_TARGET_S = 10.0
+CPU_RATIO_TARGET = 1.2
+SERIES_PER_STUDY = 100
+
+
+@dataclass
+class Measured:
+    command: str
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    exit_code: int
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def measure(name: str, args: list[str], *, stop_after_s: float | None = None, log: Path) -> Measured:
+    """Run ``python -m tcia_fetch ARGS``; wall, CPU and peak RSS (SIGINT after ``stop_after_s``)."""
+    started = time.monotonic()
+    with open(log, "ab") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tcia_fetch", *args], stdout=sink, stderr=subprocess.STDOUT, env=_env()
+        )
+    peak_kb = 0
+    interrupted = False
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+        if stop_after_s is not None and not interrupted and time.monotonic() - started > stop_after_s:
+            proc.send_signal(signal.SIGINT)
+            interrupted = True
+        time.sleep(0.05)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Measured(
+        command=name,
+        wall_s=round(time.monotonic() - started, 2),
+        cpu_s=round(usage.ru_utime + usage.ru_stime, 2),
+        peak_rss_mb=round(peak_kb / 1024, 1),
+        exit_code=proc.returncode,
+    )
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    try:
+        if b"tcia_fetch" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return 0
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def _start_server(series: int, work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = work / "port"
+    patients = max(1, series // SERIES_PER_STUDY)
+    args = [
+        sys.executable, "-m", "tcia_fetch.testing", "serve", "--seed", "61", "--collections", "1",
+        "--patients-per-collection", str(patients), "--series-per-study", str(SERIES_PER_STUDY),
+        "--instances-per-series", "1,1", "--instance-bytes", "2000,2000", "--port-file", str(port_file),
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    server = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 1800
+    while not port_file.exists() or not port_file.read_text().strip():
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("the fake server did not start")
+        time.sleep(0.2)
+    return server, f"http://127.0.0.1:{port_file.read_text().strip()}/nbia-api/services/v4/"
+
+
+def _manifest(series: int, path: Path) -> None:
+    from tcia_fetch.testing import Catalog
+
+    catalog = Catalog.generate(
+        seed=61,
+        collections=1,
+        patients_per_collection=max(1, series // SERIES_PER_STUDY),
+        series_per_study=SERIES_PER_STUDY,
+        instances_per_series=(1, 1),
+        instance_bytes=(2000, 2000),
+    )
+    path.write_text(
+        "downloadServerUrl=x\nListOfSeriesToDownload=\n" + "\n".join(s.uid for s in catalog.series) + "\n"
+    )
+
+
+def _du_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _start_lazy_server(series: int, work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = work / "port"
+    args = [
+        sys.executable, "-m", "tcia_fetch.testing", "serve", "--seed", "61", "--lazy-series", str(series),
+        "--instances-per-series", "1,1", "--instance-bytes", "2000,2000", "--port-file", str(port_file),
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    server = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not port_file.exists() or not port_file.read_text().strip():
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("the fake server did not start")
+        time.sleep(0.2)
+    return server, f"http://127.0.0.1:{port_file.read_text().strip()}/nbia-api/services/v4/"
+
+
+def _finished_destination(series: int, out: Path, manifest: Path) -> float:
+    """A destination whose journal says all ``series`` of the lazy catalog are done (no download).
+
+    What a finished N-series job leaves in its state directory, built directly: records with a
+    metadata row and one file each, folded into the snapshot. Returns the build time.
+    """
+    from tcia_fetch.store.journal import SEGMENT_DIR, Journal
+    from tcia_fetch.store.records import FileEntry, SeriesRecord
+    from tcia_fetch.testing import LazyCatalog
+
+    started = time.monotonic()
+    catalog = LazyCatalog(count=series, seed=61)
+    state = out / ".tcia-fetch"
+    (state / SEGMENT_DIR).mkdir(parents=True)
+    uids = []
+    with open(state / SEGMENT_DIR / "00000000000000000001-bench-1-aa.jsonl", "w", encoding="utf-8") as sink:
+        for index in range(series):
+            entry = catalog.entry(index)
+            uids.append(entry.uid)
+            path = f"{entry.collection}/{entry.patient_id}/{entry.study_uid}/{entry.uid}"
+            record = SeriesRecord(
+                series_uid=entry.uid, status="done", at=1.7e9, run_id="synthetic", path=path,
+                files=(FileEntry("1-1.dcm", 2000, "0" * 32),), instance_count=1, dicom_bytes=2000,
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2", metadata=dict(entry.series_row()),
+            )  # fmt: skip
+            sink.write(record.to_json() + "\n")
+    Journal.open(state, run_id="build", compact_every=series + 1).compact()
+    manifest.write_text("downloadServerUrl=x\nListOfSeriesToDownload=\n" + "\n".join(uids) + "\n")
+    return time.monotonic() - started
+
+
+def run_finished_size(series: int, temp_dir: Path) -> dict[str, object]:
+    """Large sizes without downloading: plan, rerun of the finished job, status, verify."""
+    work = Path(tempfile.mkdtemp(prefix=f"scale-finished-{series}-", dir=temp_dir))
+    log = work / "cli.log"
+    manifest = work / "job.tcia"
+    out = work / "out"
+    build_s = _finished_destination(series, out, manifest)
+    server, base_url = _start_lazy_server(series, work)
+    common = ["--base-url", base_url]
+    results: list[Measured] = []
+    try:
+        results.append(measure("plan", ["plan", str(manifest), *common], log=log))
+        fetch = ["run", str(manifest), "--out", str(out), "--concurrency", "8", "--quiet", *common]
+        results.append(measure("run (finished, rerun)", fetch, log=log))
+        results.append(measure("status", ["status", str(out), "--format", "json"], log=log))
+        results.append(
+            measure("verify --no-md5", ["verify", str(out), "--no-md5", "--format", "json"], log=log)
+        )
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    report = json.loads((out / ".tcia-fetch" / "last-report.json").read_text())
+    return {
+        "series": series,
+        "mode": "synthetic finished destination (journal built directly, nothing downloaded)",
+        "build_s": round(build_s, 1),
+        "commands": [asdict(item) for item in results],
+        "cpu_per_series_ms": None,
+        "state_bytes": _du_bytes(out / ".tcia-fetch"),
+        "metadata_csv_bytes": 0,
+        "rerun_report": {key: report[key] for key in ("planned", "done", "skipped", "failed")},
+        "work_dir": str(work),
+    }
+
+
+def run_size(series: int, temp_dir: Path) -> dict[str, object]:
+    work = Path(tempfile.mkdtemp(prefix=f"scale-{series}-", dir=temp_dir))
+    log = work / "cli.log"
+    manifest = work / "job.tcia"
+    _manifest(series, manifest)
+    server, base_url = _start_server(series, work)
+    out = work / "out"
+    common = ["--base-url", base_url]
+    results: list[Measured] = []
+    try:
+        results.append(measure("plan", ["plan", str(manifest), *common], log=log))
+        fetch = ["run", str(manifest), "--out", str(out), "--concurrency", "8", "--quiet", *common]
+        # An interrupted first run, then the resumed run to the end.
+        estimate_s = series * 0.006 + 5
+        results.append(measure("run (interrupted)", fetch, stop_after_s=0.4 * estimate_s, log=log))
+        results.append(measure("run (resumed)", fetch, log=log))
+        results.append(measure("run (finished, rerun)", fetch, log=log))
+        results.append(measure("status", ["status", str(out), "--format", "json"], log=log))
+        results.append(
+            measure("verify --no-md5", ["verify", str(out), "--no-md5", "--format", "json"], log=log)
+        )
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    report = json.loads((out / ".tcia-fetch" / "last-report.json").read_text())
+    by_name = {item.command: item for item in results}
+    fetch_cpu = by_name["run (interrupted)"].cpu_s + by_name["run (resumed)"].cpu_s
+    return {
+        "series": series,
+        "commands": [asdict(item) for item in results],
+        "cpu_per_series_ms": round(1000 * fetch_cpu / series, 3),
+        "state_bytes": _du_bytes(out / ".tcia-fetch"),
+        "metadata_csv_bytes": (out / "metadata.csv").stat().st_size if (out / "metadata.csv").exists() else 0,
+        "rerun_report": {key: report[key] for key in ("planned", "done", "skipped", "failed")},
+        "work_dir": str(work),
+    }
+
+
+def judge(sizes: list[dict[str, object]]) -> list[dict[str, object]]:
+    """The issue's targets, each with its measurement and pass/miss."""
+    verdicts: list[dict[str, object]] = []
+    baseline = next((s for s in sizes if s["series"] == 2000), None)
+    for size in sizes:
+        commands = {c["command"]: c for c in size["commands"]}  # type: ignore[union-attr]
+        for name, item in commands.items():
+            verdicts.append(
+                _verdict(size["series"], f"peak RSS of {name}", item["peak_rss_mb"], RSS_TARGET_MB, "MB")
+            )
+        baseline_ok = size.get("cpu_per_series_ms") is not None
+        rerun = commands["run (finished, rerun)"]
+        verdicts.append(
+            _verdict(size["series"], "rerun of the finished job", rerun["wall_s"], RERUN_TARGET_S, "s")
+        )
+        verdicts.append(
+            _verdict(size["series"], "status wall", commands["status"]["wall_s"], STATUS_TARGET_S, "s")
+        )
+        if baseline is not None and size is not baseline and baseline_ok:
+            ratio = float(size["cpu_per_series_ms"]) / float(baseline["cpu_per_series_ms"])  # type: ignore[arg-type]
+            verdicts.append(
+                _verdict(
+                    size["series"],
+                    "CPU per series / 2,000-series job",
+                    round(ratio, 2),
+                    CPU_RATIO_TARGET,
+                    "x",
+                )
+            )
+    return verdicts
+
+
+def _verdict(series: object, what: str, value: object, limit: float, unit: str) -> dict[str, object]:
+    return {
+        "series": series,
+        "target": f"{what} < {limit} {unit}",
+        "value": value,
+        "pass": float(value) < limit,
+    }  # type: ignore[arg-type]
+
+
+def write_results(sizes: list[dict[str, object]], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    verdicts = judge(sizes)
+    document = {"scenario": "scale", "sizes": sizes, "targets": verdicts, "cpus": os.cpu_count()}
+    (out_dir / "scale-latest.json").write_text(json.dumps(document, indent=2) + "\n")
+    lines = [
+        "# Scenario scale (issue 13)",
+        "",
+        "| series | command | wall s | CPU s | peak RSS MB | exit |",
+        "|---|---|---|---|---|---|",
+    ]
+    for size in sizes:
+        for c in size["commands"]:  # type: ignore[union-attr]
+            lines.append(
+                f"| {size['series']:,} | {c['command']} | {c['wall_s']} | {c['cpu_s']} "
+                f"| {c['peak_rss_mb']} | {c['exit_code']} |"
+            )
+    lines += ["", "| series | CPU per series (fetch) | state dir | metadata.csv |", "|---|---|---|---|"]
+    for size in sizes:
+        lines.append(
+            f"| {size['series']:,} | {size['cpu_per_series_ms']} ms "
+            f"| {float(str(size['state_bytes'])) / 1e6:.1f} MB "
+            f"| {float(str(size['metadata_csv_bytes'])) / 1e6:.1f} MB |"
+        )
+    lines += ["", "| series | target | measured | result |", "|---|---|---|---|"]
+    for v in verdicts:
+        lines.append(
+            f"| {v['series']:,} | {v['target']} | {v['value']} | {'pass' if v['pass'] else 'MISS'} |"
+        )
+    (out_dir / "scale-latest.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__)
+    parser.add_argument("--series", default="2000,10000", help="sizes fetched for real (comma-separated)")
+    parser.add_argument(
+        "--finished",
+        default="100000,600000",
+        help="sizes measured on a synthetic finished destination (plan, rerun, status, verify)",
+    )
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
+    parser.add_argument("--temp-dir", type=Path, default=Path(tempfile.gettempdir()))
+    args = parser.parse_args(argv)
+    sizes = []
+    plan = [(run_size, text) for text in args.series.split(",") if text]
+    plan += [(run_finished_size, text) for text in args.finished.split(",") if text]
+    for function, text in plan:
+        result = function(int(text), args.temp_dir)
+        print(json.dumps(result), flush=True)
+        sizes.append(result)
+        write_results(sizes, args.out_dir)
+    print((args.out_dir / "scale-latest.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
