@@ -12,9 +12,9 @@ import pytest
 from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.errors import DestinationBusyError, JournalError
 from tcia_fetch.store._objstore import open_object_store
+from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.location import BucketLocation
 from tcia_fetch.store.objhome import BucketDestination, BucketLock
-from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.objstate import ObjectStateStorage
 from tcia_fetch.store.records import SeriesRecord
 from tcia_fetch.store.statestore import StateStorage
