@@ -16,8 +16,16 @@ may silently succeed for everyone there. Here no two processes ever write the sa
 writer appends to its own segment, one JSON line per state change, each append fsynced before it
 returns. Readers merge the snapshot and then every segment in name order (the name starts with
 the writer's start time in ns, zero-padded, so name order is time order); the latest record per
-series wins. ``compact`` folds what this journal has read into a new zstd snapshot (written
-atomically) and deletes the folded segments; call it only while holding the destination lock.
+series wins. ``compact`` folds every segment into a new zstd snapshot (written atomically) and
+deletes the segments whose writers have finished.
+
+Several processes may write one destination at once (the shards of an array job, Dask workers),
+so compaction is safe against them: it runs under an exclusive lease (``compact.lease``, the same
+O_EXCL protocol as the destination lock, waited for when another live process holds it), re-reads
+everything under that lease, and deletes a segment only when its writer has finished (its
+``<segment>.sealed`` marker exists, written when a writer closes its segment; or its pid is dead on
+this host; or the caller holds the whole destination exclusively) and only a *prefix* in name
+order, so what remains is still newer than everything folded (the merge order stays exact).
 
 What a caller may rely on:
 
@@ -32,13 +40,14 @@ This is the only module that imports zstandard.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -46,12 +55,21 @@ from typing import Final
 
 import zstandard
 
-from tcia_fetch.errors import DiskFullError, JournalError, StorageError
-from tcia_fetch.store._fs import describe_os_error, fsync_directory, host_name
+from tcia_fetch.errors import DestinationBusyError, DiskFullError, JournalError, StorageError
+from tcia_fetch.store._fs import describe_os_error, fsync_directory, host_name, pid_is_alive
 from tcia_fetch.store.atomic import write_bytes_atomic_sync
+from tcia_fetch.store.lock import DEFAULT_STALE_AFTER_S, DestinationLock, acquire_destination
 from tcia_fetch.store.records import FileEntry, SeriesRecord
 
-__all__ = ["SEGMENT_DIR", "SNAPSHOT_NAME", "FileEntry", "Journal", "JournalStatistics", "SeriesRecord"]
+__all__ = [
+    "COMPACT_LEASE",
+    "SEGMENT_DIR",
+    "SNAPSHOT_NAME",
+    "FileEntry",
+    "Journal",
+    "JournalStatistics",
+    "SeriesRecord",
+]
 
 SNAPSHOT_NAME: Final = "snapshot.jsonl.zst"
 SEGMENT_DIR: Final = "journal"
@@ -59,6 +77,10 @@ _SEGMENT_SUFFIX: Final = ".jsonl"
 _SNAPSHOT_FORMAT: Final = 1
 _ZSTD_LEVEL: Final = 3
 _OPEN_ATTEMPTS: Final = 5
+COMPACT_LEASE: Final = "compact.lease"
+_SEALED_SUFFIX: Final = ".sealed"
+#: A live lease holder is waited for this long at most (a lease that stops being live is taken over).
+_LEASE_WAIT_S: Final = DEFAULT_STALE_AFTER_S + 300.0
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
@@ -91,6 +113,7 @@ class Journal:
         self._run_id = run_id
         self._latest: dict[str, SeriesRecord] = {}
         self._folded_segments: list[Path] = []
+        self._own_segments: set[Path] = set()
         self._segment_path: Path | None = None
         self._segment_fd: int | None = None
         self._segment_offset = 0
@@ -309,56 +332,105 @@ class Journal:
         except OSError:
             self._broken = f"{self._segment_path}: {describe_os_error(cause)}"
 
-    def compact(self) -> int:
-        """Write the merged view as a new snapshot and delete the segments folded into it.
+    def compact(
+        self,
+        *,
+        exclusive: bool = True,
+        under_lease: Callable[[Mapping[str, SeriesRecord]], None] | None = None,
+        lease_wait_s: float = _LEASE_WAIT_S,
+    ) -> int:
+        """Fold every segment into a new snapshot; delete the segments whose writers finished.
 
-        Only segments this journal has read (at open) or written are folded; a segment that
-        appeared since is left for the next reader. This writer's own segment is closed and a
-        new one is started on the next append. When nothing was folded the existing snapshot
-        already holds this view and is left as it is. Returns the number of records in the view.
-        Call only while holding the destination lock.
+        Runs under the ``compact.lease`` (waiting up to ``lease_wait_s`` for a live holder) and
+        re-reads the whole journal under it, so two processes compacting at once never drop each
+        other's records. ``exclusive=True`` (the default, for a caller holding the whole-destination
+        lock) says no other writer can be live, so every segment may be folded; a shard or a Dask
+        run passes False and only finished writers' segments are folded. ``under_lease`` is called with the
+        fresh merged view while the lease is held: metadata.csv is written there, so concurrent
+        writers of it are serialised and the last one has seen every earlier record. This writer's
+        own segment is sealed and a new one starts on the next append. Returns the view's size.
         """
         with self._mutex:
             self._close_segment()
-            folded = list(self._folded_segments)
-            records = list(self._latest.values())
-            if not folded and (self._state_dir / SNAPSHOT_NAME).exists():
-                return len(records)  # nothing new since the snapshot this view was read from
-            header = json.dumps(
-                {"snapshot": _SNAPSHOT_FORMAT, "records": len(records), "created_at": time.time()}
-            )
-            body = "\n".join([header, *(record.to_json() for record in records)]) + "\n"
-            compressed = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=True).compress(
-                body.encode("utf-8")
-            )
-            try:
-                write_bytes_atomic_sync(self._state_dir / SNAPSHOT_NAME, compressed)
-            except DiskFullError:
-                raise
-            except StorageError as exc:
-                raise JournalError(f"cannot write the journal snapshot: {exc}") from exc
-            for segment in folded:
+        lease = _take_lease(self._state_dir, self._run_id, lease_wait_s)
+        if lease is None:
+            return len(self._latest)  # nothing folded, nothing lost: segments stay for the next one
+        try:
+            fresh = Journal.open(self._state_dir, run_id=self._run_id)
+            with self._mutex:
+                self._latest.update(fresh._latest)
+            foldable: list[Path] = []
+            for segment in fresh._folded_segments:
+                if not (exclusive or self._writer_finished(segment)):
+                    break  # keep this one and every later one: the merge order must stay exact
+                foldable.append(segment)
+            if foldable or not (self._state_dir / SNAPSHOT_NAME).exists():
+                self._write_snapshot(list(fresh._latest.values()))
+                self._delete_segments(foldable)
+            if under_lease is not None:
+                under_lease(fresh.latest())
+            return len(fresh._latest)
+        finally:
+            lease.release()
+
+    def _writer_finished(self, segment: Path) -> bool:
+        if segment in self._own_segments or segment.with_name(segment.name + _SEALED_SUFFIX).exists():
+            return True
+        # <start-ns>-<host>-<pid>-<nonce>.jsonl; a host name may itself contain "-".
+        parts = segment.name.removesuffix(_SEGMENT_SUFFIX).rsplit("-", 2)
+        head = parts[0].split("-", 1)
+        if len(parts) != 3 or len(head) != 2 or not parts[1].isdigit():
+            return False
+        return head[1] == host_name() and not pid_is_alive(int(parts[1]))
+
+    def _write_snapshot(self, records: list[SeriesRecord]) -> None:
+        header = json.dumps(
+            {"snapshot": _SNAPSHOT_FORMAT, "records": len(records), "created_at": time.time()}
+        )
+        body = "\n".join([header, *(record.to_json() for record in records)]) + "\n"
+        compressed = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=True).compress(
+            body.encode("utf-8")
+        )
+        try:
+            write_bytes_atomic_sync(self._state_dir / SNAPSHOT_NAME, compressed)
+        except DiskFullError:
+            raise
+        except StorageError as exc:
+            raise JournalError(f"cannot write the journal snapshot: {exc}") from exc
+
+    def _delete_segments(self, folded: list[Path]) -> None:
+        for segment in folded:
+            for path in (segment, segment.with_name(segment.name + _SEALED_SUFFIX)):
                 try:
-                    segment.unlink()
+                    path.unlink()
                 except FileNotFoundError:
                     pass
                 except OSError as exc:
                     raise JournalError(
-                        f"{segment}: cannot remove a compacted segment: {describe_os_error(exc)}"
+                        f"{path}: cannot remove a compacted segment: {describe_os_error(exc)}"
                     ) from exc
-            self._folded_segments.clear()
-            if folded:
-                try:
-                    fsync_directory(self._segment_dir)
-                except OSError as exc:
-                    raise JournalError(f"{self._segment_dir}: {describe_os_error(exc)}") from exc
-            return len(records)
+        self._folded_segments.clear()
+        if folded:
+            try:
+                fsync_directory(self._segment_dir)
+            except OSError as exc:
+                raise JournalError(f"{self._segment_dir}: {describe_os_error(exc)}") from exc
 
     def _close_segment(self) -> None:
         if self._segment_fd is not None:
             os.close(self._segment_fd)
             assert self._segment_path is not None
             self._folded_segments.append(self._segment_path)
+            self._own_segments.add(self._segment_path)
+            # The seal tells other processes' compactions this segment will never grow again.
+            with contextlib.suppress(OSError):
+                os.close(
+                    os.open(
+                        self._segment_path.with_name(self._segment_path.name + _SEALED_SUFFIX),
+                        os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
+                        0o644,
+                    )
+                )
             self._segment_fd = None
             self._segment_path = None
             self._segment_offset = 0
@@ -373,3 +445,19 @@ class Journal:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _take_lease(state_dir: Path, run_id: str, wait_s: float) -> DestinationLock | None:
+    """The compaction lease, waiting while another live process holds it (None after ``wait_s``)."""
+    deadline = time.monotonic() + wait_s
+    pause = 0.05
+    while True:
+        try:
+            return acquire_destination(state_dir, run_id=run_id, lock_name=COMPACT_LEASE)
+        except DestinationBusyError:
+            if time.monotonic() >= deadline:
+                return None
+        except StorageError as exc:
+            raise JournalError(f"cannot take the journal compaction lease: {exc}") from exc
+        time.sleep(pause)
+        pause = min(1.0, pause * 2)

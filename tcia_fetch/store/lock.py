@@ -42,6 +42,7 @@ __all__ = [
     "DestinationLock",
     "LockHolder",
     "acquire_destination",
+    "holder_is_live",
     "read_holder",
 ]
 
@@ -112,6 +113,11 @@ def _is_live(holder: LockHolder, *, stale_after_s: float, now: float) -> bool:
     return now - holder.heartbeat_at < stale_after_s
 
 
+def holder_is_live(holder: LockHolder, *, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> bool:
+    """Whether ``holder`` still counts as running (same rule as the lock itself uses)."""
+    return _is_live(holder, stale_after_s=stale_after_s, now=time.time())
+
+
 @final
 class DestinationLock:
     """A held destination lock. Release it (or use it as a context manager) when the run ends."""
@@ -162,10 +168,14 @@ class DestinationLock:
 
 
 def acquire_destination(
-    state_dir: Path, *, run_id: str, stale_after_s: float = DEFAULT_STALE_AFTER_S
+    state_dir: Path, *, run_id: str, stale_after_s: float = DEFAULT_STALE_AFTER_S, lock_name: str = LOCK_NAME
 ) -> DestinationLock:
-    """Take the destination lock, taking over a stale one; DestinationBusyError if a live run holds it."""
-    lock_path = state_dir / LOCK_NAME
+    """Take the destination lock, taking over a stale one; DestinationBusyError if a live run holds it.
+
+    ``lock_name`` picks one of several independent locks in ``state_dir`` (a shard's
+    ``lock.shard-3-of-16``, the journal's ``compact.lease``); the default is the whole-destination lock.
+    """
+    lock_path = state_dir / lock_name
     for _ in range(_TAKEOVER_ROUNDS):
         lock = _try_create(lock_path, run_id=run_id)
         if lock is not None:
@@ -229,7 +239,7 @@ def _take_over(lock_path: Path, *, stale_after_s: float) -> bool:
     holding the mutex, so a lock created by the winner of an earlier takeover is never removed by a
     racer that judged the *previous* lock stale. The O_EXCL create that follows picks one winner.
     """
-    mutex = lock_path.with_name(f"{LOCK_NAME}.takeover")
+    mutex = lock_path.with_name(f"{lock_path.name}.takeover")
     try:
         os.close(os.open(mutex, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
     except FileExistsError:
@@ -241,7 +251,9 @@ def _take_over(lock_path: Path, *, stale_after_s: float) -> bool:
         current = read_holder(lock_path)
         if current is None or _is_live(current, stale_after_s=stale_after_s, now=time.time()):
             return True  # gone or live now: the caller looks again
-        aside = lock_path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}.{secrets.token_hex(6)}")
+        # Always under the "lock.stale." prefix, which Destination.cleanup_leftovers knows as litter.
+        which = "" if lock_path.name == LOCK_NAME else f"{lock_path.name}."
+        aside = lock_path.with_name(f"{LOCK_NAME}.stale.{which}{os.getpid()}.{secrets.token_hex(6)}")
         try:
             os.rename(lock_path, aside)
         except FileNotFoundError:
