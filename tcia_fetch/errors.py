@@ -58,6 +58,7 @@ __all__ = [
     "ArchiveCorruptError",
     "ArchiveTooLargeError",
     "ChecksumMismatchError",
+    "ClusterError",
     "ConnectError",
     "CountMismatchError",
     "DestinationBusyError",
@@ -417,6 +418,14 @@ class DestinationBusyError(StorageError):
     """Another live tcia-fetch run owns this destination."""
 
     reference = "destination-busy"
+
+
+class ClusterError(TciaFetchError):
+    """The Dask cluster of a ``--scheduler`` run is unreachable or cannot do the job (fatal)."""
+
+    fatal = True
+    exit_code = EXIT_FATAL
+    reference = "cluster"
 
 
 class JournalError(TciaFetchError):

@@ -28,6 +28,7 @@ from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.lock import acquire_destination
 from tcia_fetch.store.reconcile import DAMAGED_ON_DISK, Damage, recheck, summarize
+from tcia_fetch.store.shardstate import SplitStatus, read_split_status
 
 __all__ = ["status", "verify"]
 
@@ -60,6 +61,9 @@ def status(dest: Path, output_format: str) -> None:
     try:
         destination, journal = _open(dest)
         planned = _last_planned(destination)
+        split = read_split_status(destination.state_dir, journal.latest())
+        if split is not None:  # a split job: the whole job's plan is the union of the shards' shares
+            planned = split.planned
         summary = summarize(journal, planned)
     except TciaFetchError as exc:
         die(exc)
@@ -75,6 +79,8 @@ def status(dest: Path, output_format: str) -> None:
         "pending": summary.pending if planned is not None else None,
         "failures": failures,
     }
+    if split is not None:
+        document["shards"] = [item.as_dict() for item in split.shards]
     if output_format == "json":
         click.echo(json.dumps(document, indent=2))
         sys.exit(EXIT_OK)
@@ -83,6 +89,8 @@ def status(dest: Path, output_format: str) -> None:
     table.add_row("failed", str(summary.failed))
     table.add_row("pending", "unknown (no plan recorded)" if planned is None else str(summary.pending))
     Console(highlight=False).print(table)
+    if split is not None:
+        _print_shards(split)
     if failures:
         failed = Table(title="failed series")
         failed.add_column("SeriesInstanceUID", overflow="fold")
@@ -91,6 +99,25 @@ def status(dest: Path, output_format: str) -> None:
             failed.add_row(str(failure["SeriesInstanceUID"]), str(failure["reason"]))
         Console(highlight=False).print(failed)
     sys.exit(EXIT_OK)
+
+
+def _print_shards(split: SplitStatus) -> None:
+    table = Table(title=f"shards ({split.count})")
+    for column in ("shard", "state", "planned", "done", "failed", "pending", "held by"):
+        table.add_column(
+            column, justify="right" if column in ("planned", "done", "failed", "pending") else "left"
+        )
+    for item in split.shards:
+        table.add_row(
+            item.shard.label,
+            item.state,
+            "?" if item.planned is None else str(item.planned),
+            str(item.done),
+            str(item.failed),
+            "?" if item.pending is None else str(item.pending),
+            item.holder or "",
+        )
+    Console(highlight=False).print(table)
 
 
 def _record_damage(destination: Destination, damage: list[Damage]) -> None:

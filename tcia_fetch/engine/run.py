@@ -14,6 +14,7 @@ consistent and a rerun of the same command resumes.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -31,6 +32,7 @@ import anyio.to_thread
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from tcia_fetch.api.client import NBIAClient
+from tcia_fetch.cluster.address import parse_scheduler
 from tcia_fetch.config import DEFAULT_BASE_URL, ClientSettings, load_client_settings
 from tcia_fetch.engine.breaker import CircuitBreaker
 from tcia_fetch.engine.clock import Clock, SystemClock
@@ -43,12 +45,14 @@ from tcia_fetch.errors import InputError, TciaFetchError, redact_url
 from tcia_fetch.job.jobfile import JobSpec, load_job
 from tcia_fetch.plan.model import PlannedSeries, PlanSummary
 from tcia_fetch.plan.planner import Planner, PlannerOptions
+from tcia_fetch.plan.shard import Shard, parse_shard, split_count, split_rate
 from tcia_fetch.store.atomic import write_text_atomic
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.journal import Journal
-from tcia_fetch.store.lock import acquire_destination
 from tcia_fetch.store.metadata_csv import metadata_csv_row, write_metadata_csv
 from tcia_fetch.store.reconcile import DAMAGED_ON_DISK, reconcile
+from tcia_fetch.store.records import SeriesRecord
+from tcia_fetch.store.runlock import acquire_run_lock
 
 __all__ = ["RunOptions", "fetch", "plan", "resolve_client_settings", "run"]
 
@@ -78,6 +82,11 @@ class RunOptions:
     verify_md5: bool | None = None
     fsync: bool = True
     skip_invalid: bool = False
+    #: This run is shard K of N of the job (``Shard`` or ``"K/N"``): it downloads the series whose
+    #: UID hashes to K, with 1/N of the concurrency, rate and bandwidth budget.
+    shard: Shard | str | None = None
+    #: Run the downloads on a Dask cluster: ``tcp://host:port`` or ``local:N`` (tcia_fetch.cluster).
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         # Accept plain strings from scripts; store Paths.
@@ -85,6 +94,18 @@ class RunOptions:
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, Path(value))
+        if isinstance(self.shard, str):
+            object.__setattr__(self, "shard", parse_shard(self.shard))
+        if self.shard is not None and self.scheduler is not None:
+            raise InputError("--shard and --scheduler do not mix: a Dask run already spreads the whole job")
+        if self.scheduler is not None:
+            parse_scheduler(self.scheduler)  # a bad address is exit 2 before any connection
+
+    @property
+    def split(self) -> Shard | None:
+        """The shard of a split job, or None for the whole job (a split of 1 is the whole job)."""
+        shard = self.shard
+        return shard if isinstance(shard, Shard) and shard.count > 1 else None
 
 
 def resolve_client_settings(job: JobSpec, options: RunOptions, env: Mapping[str, str]) -> ClientSettings:
@@ -176,6 +197,10 @@ async def fetch(
     and a report marked ``interrupted`` before it propagates.
     """
     options = options or RunOptions()
+    if options.scheduler is not None:
+        from tcia_fetch.cluster.runner import fetch_on_cluster
+
+        return await fetch_on_cluster(job, options, stats=stats, on_event=on_event)
     spec = _as_job(job, options)
     stats = stats or RunStats()
     clock = clock or SystemClock()
@@ -186,6 +211,10 @@ async def fetch(
     concurrency = options.concurrency or spec.download.concurrency
     if concurrency < 1:
         raise InputError(f"--concurrency must be at least 1, got {concurrency}")
+    shard = options.split
+    job_concurrency = concurrency
+    if shard is not None:
+        concurrency = split_count(concurrency, shard.count, shard.index)
     layout = options.layout or spec.output.layout
     series_job = SeriesJob(
         layout=layout,
@@ -204,11 +233,14 @@ async def fetch(
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         duplicates=spec.duplicates,
         input_problems=[str(problem) for problem in spec.problems],
+        shard=shard.label if shard is not None else None,
     )
 
     destination = await anyio.to_thread.run_sync(Destination, out)
     await anyio.to_thread.run_sync(destination.prepare)
-    lock = await anyio.to_thread.run_sync(lambda: acquire_destination(destination.state_dir, run_id=run_id))
+    lock = await anyio.to_thread.run_sync(
+        lambda: acquire_run_lock(destination.state_dir, run_id=run_id, shard=shard)
+    )
     journal: Journal | None = None
     worker: SeriesWorker | None = None
     planner: Planner | None = None
@@ -227,6 +259,9 @@ async def fetch(
         )
         max_rps = options.max_requests_per_s or spec.download.max_requests_per_s or None
         max_bps = options.max_bytes_per_s or spec.download.max_bytes_per_s or None
+        if shard is not None:  # the budget is the job's: each shard takes its share
+            max_rps = split_rate(max_rps, shard.count)
+            max_bps = split_rate(max_bps, shard.count)
         limiter = AdaptiveLimiter(concurrency, clock=clock)
         async with NBIAClient(settings) as client:
             planner = Planner(
@@ -241,6 +276,7 @@ async def fetch(
                     nlst_fallback=_is_production(settings),
                     bulk_metadata=client.api_version == "v4",
                 ),
+                share=shard.owns if shard is not None else None,
             )
             worker = SeriesWorker(
                 source=client,
@@ -263,6 +299,9 @@ async def fetch(
             await _run_pool(planner, worker, concurrency, lock.heartbeat, stats)
         report.engine = {
             "concurrency_cap": concurrency,
+            "job_concurrency": job_concurrency,
+            "max_requests_per_s": max_rps,
+            "max_bytes_per_s": max_bps,
             "limiter": _stats_dict(limiter.statistics()),
             "pacer": _stats_dict(worker.pacer.statistics()),
             "breaker": _stats_dict(worker.breaker.statistics()),
@@ -373,33 +412,63 @@ async def _finish(
             for rec in latest.values()
             if rec.status == "done" and rec.run_id == report.run_id
         )
-        await anyio.to_thread.run_sync(journal.compact)
-        if spec.output.metadata_csv:
-            rows = [
-                metadata_csv_row(
-                    rec.metadata or {},
-                    instance_count=rec.instance_count or 0,
-                    dicom_bytes=rec.dicom_bytes or 0,
-                    location=rec.path or "",
-                    sop_class_uid=rec.sop_class_uid,
-                    downloaded_at=datetime.fromtimestamp(rec.at, UTC),
-                    root=destination.root,
-                )
-                for rec in sorted(latest.values(), key=lambda r: r.path or "")
-                if rec.status == "done"
-            ]
-            await anyio.to_thread.run_sync(write_metadata_csv, destination.root / "metadata.csv", rows)
+        write_csv = (
+            functools.partial(write_metadata_csv_from, destination) if spec.output.metadata_csv else None
+        )
+        # Under the compaction lease, from the view re-read under it: shards finishing at the same
+        # moment write metadata.csv one after another, and the last one has seen every row.
+        shard = options.split
+        await anyio.to_thread.run_sync(
+            functools.partial(journal.compact, exclusive=shard is None, under_lease=write_csv)
+        )
+    await write_run_files(report, destination, options, planner.named if planner is not None else None)
+
+
+def write_metadata_csv_from(destination: Destination, latest: Mapping[str, SeriesRecord]) -> None:
+    """metadata.csv of every series the journal calls done (one row each), written atomically."""
+    rows = [
+        metadata_csv_row(
+            rec.metadata or {},
+            instance_count=rec.instance_count or 0,
+            dicom_bytes=rec.dicom_bytes or 0,
+            location=rec.path or "",
+            sop_class_uid=rec.sop_class_uid,
+            downloaded_at=datetime.fromtimestamp(rec.at, UTC),
+            root=destination.root,
+        )
+        for rec in sorted(latest.values(), key=lambda r: r.path or "")
+        if rec.status == "done"
+    ]
+    write_metadata_csv(destination.root / "metadata.csv", rows)
+
+
+async def write_run_files(
+    report: RunReport, destination: Destination, options: RunOptions, named: list[str] | None
+) -> None:
+    """The report (per run, latest, and ``--report``) and the plan ``status`` counts pending from.
+
+    A shard also writes ``last-report.shard-K-of-N.json`` and its own ``last-plan.shard-K-of-N.json``
+    (its share of the job), so ``status`` can show every shard and the whole job.
+    """
     text = json.dumps(report.as_dict(), indent=2) + "\n"
     reports_dir = destination.state_dir / "reports"
     await anyio.to_thread.run_sync(lambda: reports_dir.mkdir(parents=True, exist_ok=True))
     await write_text_atomic(reports_dir / f"{report.run_id}.json", text)
     await write_text_atomic(destination.state_dir / "last-report.json", text)
+    shard = options.split
+    suffix = f".{shard.name}" if shard is not None else ""
+    if shard is not None:
+        await write_text_atomic(destination.state_dir / f"last-report{suffix}.json", text)
     report_path = _path(options.report_path)
     if report_path is not None:
         await write_text_atomic(report_path, text)
-    if planner is not None and not report.interrupted:
-        plan_text = json.dumps({"run_id": report.run_id, "series": planner.named}) + "\n"
-        await write_text_atomic(destination.state_dir / "last-plan.json", plan_text)
+    if named is not None and not report.interrupted:
+        document: dict[str, object] = {"run_id": report.run_id, "series": named}
+        if shard is not None:
+            document["shard"] = shard.label
+        await write_text_atomic(
+            destination.state_dir / f"last-plan{suffix}.json", json.dumps(document) + "\n"
+        )
 
 
 def _first_fatal(group: BaseExceptionGroup[BaseException]) -> TciaFetchError | None:

@@ -122,6 +122,7 @@ class Planner:
         skip_uids: frozenset[str] = frozenset(),
         only_uids: frozenset[str] | None = None,
         options: PlannerOptions | None = None,
+        share: Callable[[str], bool] | None = None,
     ) -> None:
         self._source = source
         self._job = job
@@ -129,6 +130,8 @@ class Planner:
         self._clock = clock
         self._skip_uids = skip_uids
         self._only_uids = only_uids
+        #: A shard's test of ownership (``--shard K/N``): other shards' series are not this run's.
+        self._share = share
         self._options = options or PlannerOptions()
         self._seen: set[str] = set()
         self.summary = PlanSummary(duplicates=job.duplicates)
@@ -161,6 +164,8 @@ class Planner:
             self.summary.duplicates += 1
             return False
         self._seen.add(uid)
+        if self._share is not None and not self._share(uid):
+            return False
         if self._only_uids is not None and uid not in self._only_uids:
             return False
         self.named.append(uid)
