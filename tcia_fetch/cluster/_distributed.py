@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from tcia_fetch.cluster.address import SchedulerAddress
 from tcia_fetch.errors import ClusterError, InputError
 
-__all__ = ["Cluster", "TaskOutcome", "connect"]
+__all__ = ["Cluster", "LocalClusterHandle", "TaskOutcome", "connect", "local_cluster"]
 
 _CONNECT_TIMEOUT_S = 30.0
 
@@ -57,7 +57,10 @@ class Cluster:
 
     async def workers(self) -> list[str]:
         """Addresses of the workers connected now."""
-        info = await self._client.scheduler_info()
+        try:
+            info = await self._client.scheduler.identity()
+        except (OSError, self._distributed.comm.core.CommClosedError) as exc:
+            raise ClusterError(f"the Dask scheduler stopped answering: {exc}") from exc
         return sorted(info.get("workers", {}))
 
     async def run_on_workers(self, function: Callable[..., Any], *args: Any) -> dict[str, Any]:
@@ -116,7 +119,7 @@ async def connect(address: SchedulerAddress, *, threads_per_worker: int) -> Asyn
                 threads_per_worker=threads_per_worker,
                 processes=True,
                 asynchronous=True,
-                dashboard_address=None,
+                dashboard_address=":0",
             )
             target: Any = local
         else:
@@ -143,3 +146,52 @@ def first_error(results: Iterable[Any]) -> BaseException | None:
         if isinstance(result, BaseException):
             return result
     return None
+
+
+class LocalClusterHandle:
+    """A running local cluster as the campaign and benchmarks drive it (address, busy workers, pids)."""
+
+    def __init__(self, address: str, client: Any) -> None:
+        self.address = address
+        self._client = client
+
+    def busy_workers(self) -> dict[str, int]:
+        """Worker address → tasks it is processing now (only busy workers)."""
+        return {worker: len(keys) for worker, keys in self._client.processing().items() if keys}
+
+    def worker_pid(self, worker: str) -> int:
+        return int(self._client.run(_pid, workers=[worker])[worker])
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+@contextlib.contextmanager
+def local_cluster(
+    *, workers: int, threads_per_worker: int, lease_timeout_s: float | None = None
+) -> Iterator[LocalClusterHandle]:
+    """A local cluster of worker processes for a ``tcp://`` run (tests, campaign, benchmarks).
+
+    ``lease_timeout_s`` shortens how long a killed worker's semaphore leases stay held
+    (30 s by default in distributed).
+    """
+    distributed = _import()
+    import dask
+
+    config: dict[str, str] = {}
+    if lease_timeout_s is not None:
+        config = {
+            "distributed.scheduler.locks.lease-timeout": f"{lease_timeout_s}s",
+            "distributed.scheduler.locks.lease-validation-interval": f"{max(0.2, lease_timeout_s / 4)}s",
+        }
+    with (
+        dask.config.set(config),
+        distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=threads_per_worker, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield LocalClusterHandle(str(cluster.scheduler_address), client)

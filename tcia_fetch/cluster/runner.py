@@ -142,9 +142,10 @@ async def fetch_on_cluster(
         async with _distributed.connect(
             address, threads_per_worker=_distributed.threads_for(concurrency, workers_hint)
         ) as cluster:
+            scheduler_address = cluster.address
             workers = await cluster.workers()
             if not workers:
-                raise ClusterError(f"the Dask cluster at {cluster.address} has no workers")
+                raise ClusterError(f"the Dask cluster at {scheduler_address} has no workers")
             await _check_shared_destination(cluster, destination)
             config = WorkerConfig(
                 run_id=run_id,
@@ -190,7 +191,7 @@ async def fetch_on_cluster(
                 with anyio.CancelScope(shield=True):
                     await cluster.run_on_workers(close_runtime, run_id)
         report.engine = {
-            "scheduler": cluster.address if address.url else address.describe(),
+            "scheduler": scheduler_address if address.url else address.describe(),
             "workers": len(workers),
             "concurrency_cap": concurrency,
             "cluster_semaphore_max_leases": concurrency,

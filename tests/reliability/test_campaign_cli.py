@@ -33,6 +33,8 @@ def test_reduced_campaign_prints_figures_and_passes(tmp_path: Path) -> None:
             "faults",
             "--skip",
             "local",
+            "--skip",
+            "scaleout",
             "--json",
             str(report),
             "--quiet",
