@@ -300,6 +300,8 @@ async def fetch(
         report.engine = {
             "concurrency_cap": concurrency,
             "job_concurrency": job_concurrency,
+            # Every shard needs one slot: with more shards than the budget, the array runs one each.
+            "budget_exceeded_by_shards": shard is not None and shard.count > job_concurrency,
             "max_requests_per_s": max_rps,
             "max_bytes_per_s": max_bps,
             "limiter": _stats_dict(limiter.statistics()),
