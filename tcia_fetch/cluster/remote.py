@@ -49,7 +49,14 @@ from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.layout import render_series_path
 from tcia_fetch.store.reconcile import check_published
 
-__all__ = ["WorkerConfig", "close_runtime", "fetch_series", "probe_destination", "series_payload"]
+__all__ = [
+    "WorkerConfig",
+    "adopt_published",
+    "close_runtime",
+    "fetch_series",
+    "probe_destination",
+    "series_payload",
+]
 
 _MAX_OUTAGE_S: Final = 1800.0
 _RUNTIMES: dict[str, _Runtime] = {}
@@ -216,20 +223,11 @@ class _Runtime:
         }
 
     def _adopt_published(self, item: PlannedSeries) -> bool:
-        """A retried task whose series a killed worker already published: adopt it, never redo it."""
         if item.series_uid in self._config.damaged:
             return False
-        relative = render_series_path(self._config.series_job.layout, item.metadata)
-        if not os.path.lexists(self._destination.final_path(PurePosixPath(relative.as_posix()))):
-            return False
-        view = Journal.open(self._destination.state_dir, run_id=self._config.run_id)
-        record = view.get(item.series_uid)
-        if record is None or record.status not in ("verified", "done") or record.path != relative.as_posix():
-            return False
-        if check_published(self._destination, record):
-            return False
-        self._journal.append(record.with_status("done", run_id=self._config.run_id))
-        return True
+        return adopt_published(
+            self._destination, self._journal, self._config.series_job.layout, item, self._config.run_id
+        )
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -241,3 +239,24 @@ class _Runtime:
             await self._client.__aexit__(None, None, None)
         finally:
             await anyio.to_thread.run_sync(self._journal.close)
+
+
+def adopt_published(
+    destination: Destination, writer: Journal, layout: str, item: PlannedSeries, run_id: str
+) -> bool:
+    """A retried task whose series a killed worker already published: adopt it, never redo it.
+
+    True (and a ``done`` record appended) only when the final directory exists and matches the
+    journal's ``verified`` (or ``done``) record of it exactly; otherwise the caller fetches, and
+    publish refuses to overwrite whatever is there.
+    """
+    relative = render_series_path(layout, item.metadata)
+    if not os.path.lexists(destination.final_path(PurePosixPath(relative.as_posix()))):
+        return False
+    record = Journal.open(destination.state_dir, run_id=run_id).get(item.series_uid)
+    if record is None or record.status not in ("verified", "done") or record.path != relative.as_posix():
+        return False
+    if check_published(destination, record, check_md5=True):  # rare path: worth a full re-hash
+        return False
+    writer.append(record.with_status("done", run_id=run_id))
+    return True

@@ -73,6 +73,7 @@ __all__ = ["fetch_on_cluster", "run_on_cluster"]
 _WINDOW_PER_SLOT: Final = 4
 #: Task retries for errors raised inside a task (a dead worker is retried by the scheduler itself).
 _TASK_RETRIES: Final = 2
+_HEARTBEAT_S: Final = 30.0
 
 
 async def fetch_on_cluster(
@@ -184,9 +185,12 @@ async def fetch_on_cluster(
                 stats.planning_done = True
                 stats.skipped_series = len(planner.skipped)
             try:
-                await _run_tasks(
-                    cluster, items, config, semaphore, concurrency, stats, failures, on_event, lock
-                )
+                async with anyio.create_task_group() as group:
+                    group.start_soon(_keep_lock_alive, lock.heartbeat)
+                    await _run_tasks(
+                        cluster, items, config, semaphore, concurrency, stats, failures, on_event
+                    )
+                    group.cancel_scope.cancel()
             finally:
                 with anyio.CancelScope(shield=True):
                     await cluster.run_on_workers(close_runtime, run_id)
@@ -248,13 +252,11 @@ async def _run_tasks(
     stats: RunStats,
     failures: list[SeriesFailure],
     on_event: Callable[[RunEvent], None] | None,
-    lock: Any,
 ) -> None:
-    """Submit in a bounded window, fold every outcome into ``stats``/``failures``; heartbeat the lock."""
+    """Submit in a bounded window and fold every outcome into ``stats`` and ``failures``."""
     window = max(2, concurrency * _WINDOW_PER_SLOT)
     by_key: dict[str, PlannedSeries] = {}
     queue = iter(items)
-    last_heartbeat = time.monotonic()
 
     def submit_more() -> None:
         while cluster.pending < window:
@@ -301,10 +303,14 @@ async def _run_tasks(
         if result is not None:
             stats.retries += int(result.get("retries", 0))
             stats.throttled += int(result.get("throttled", 0))
-        if time.monotonic() - last_heartbeat > 30.0:
-            await anyio.to_thread.run_sync(lock.heartbeat)
-            last_heartbeat = time.monotonic()
         submit_more()
+
+
+async def _keep_lock_alive(heartbeat: Callable[[], None]) -> None:
+    """Prove the client is alive to other hosts while series run for a long time."""
+    while True:
+        await anyio.sleep(_HEARTBEAT_S)
+        await anyio.to_thread.run_sync(heartbeat)
 
 
 def _emit(on_event: Callable[[RunEvent], None] | None, event: RunEvent) -> None:

@@ -131,3 +131,43 @@ def test_a_local_cluster_run_downloads_everything_reports_once_and_resumes(tmp_p
             assert sorted(row["Series UID"] for row in csv.DictReader(handle)) == uids
         again = run_on_cluster(job, options, "local:1")
         assert (again.planned, again.done, again.skipped) == (len(uids), 0, len(uids))
+
+
+def _planned(uid: str) -> Any:
+    from types import MappingProxyType
+
+    from tcia_fetch.plan.model import PlannedSeries
+    from tcia_fetch.series.expectation import SeriesExpectation
+
+    return PlannedSeries(uid, SeriesExpectation(uid, 1, 5), MappingProxyType({"SeriesInstanceUID": uid}), "t")
+
+
+def test_a_retry_adopts_what_a_killed_worker_published_and_never_publishes_twice(tmp_path: Path) -> None:
+    from pathlib import PurePosixPath
+
+    from tcia_fetch.cluster.remote import adopt_published
+    from tcia_fetch.store.journal import Journal
+    from tests.store.helpers import record, stage_series
+
+    uid = "1.2.826.0.1.3680043.8.498.1"
+    destination = Destination(tmp_path / "out")
+    destination.prepare()
+    writer = Journal(destination.state_dir, run_id="r")
+    assert not adopt_published(destination, writer, "flat", _planned(uid), "r")  # nothing there yet
+
+    # The killed worker: verified record, then publish, then death before its "done" record.
+    staging, files = stage_series(destination, uid, {"1.dcm": b"12345"})
+    dead = Journal(destination.state_dir, run_id="r")
+    dead.append(record(uid, "verified", run_id="r", path=uid, files=files))
+    destination.publish(staging, PurePosixPath(uid))
+    dead.close()
+
+    assert adopt_published(destination, writer, "flat", _planned(uid), "r")
+    writer.close()
+    assert Journal.open(destination.state_dir, run_id="x").latest()[uid].status == "done"
+
+    # A directory that does not match its record is never adopted (the fetch then refuses to
+    # publish over it and reports it).
+    (destination.root / uid / "1.dcm").write_bytes(b"99999")
+    other = Journal(destination.state_dir, run_id="r")
+    assert not adopt_published(destination, other, "flat", _planned(uid), "r")
