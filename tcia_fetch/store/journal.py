@@ -356,12 +356,15 @@ class Journal:
         if lease is None:
             return len(self._latest)  # nothing folded, nothing lost: segments stay for the next one
         try:
+            # Judge which writers finished BEFORE reading: a segment sealed after we read it may
+            # have grown in between, and folding (deleting) it would lose that tail.
+            finished = self._finished_segments()
             fresh = Journal.open(self._state_dir, run_id=self._run_id)
             with self._mutex:
                 self._latest.update(fresh._latest)
             foldable: list[Path] = []
             for segment in fresh._folded_segments:
-                if not (exclusive or self._writer_finished(segment)):
+                if not (exclusive or segment in finished):
                     break  # keep this one and every later one: the merge order must stay exact
                 foldable.append(segment)
             if foldable or not (self._state_dir / SNAPSHOT_NAME).exists():
@@ -372,6 +375,16 @@ class Journal:
             return len(fresh._latest)
         finally:
             lease.release()
+
+    def _finished_segments(self) -> set[Path]:
+        try:
+            names = os.listdir(self._segment_dir)
+        except FileNotFoundError:
+            return set()
+        except OSError as exc:
+            raise JournalError(f"{self._segment_dir}: cannot list: {describe_os_error(exc)}") from exc
+        segments = (self._segment_dir / name for name in names if name.endswith(_SEGMENT_SUFFIX))
+        return {segment for segment in segments if self._writer_finished(segment)}
 
     def _writer_finished(self, segment: Path) -> bool:
         if segment in self._own_segments or segment.with_name(segment.name + _SEALED_SUFFIX).exists():
