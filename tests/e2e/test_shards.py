@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from tcia_fetch.campaign.oracle import journal_statuses, judge_destination, published_series
-from tcia_fetch.plan.shard import shard_of
+from tcia_fetch.plan.shard import Shard, shard_of
+from tcia_fetch.store.destination import Destination
+from tcia_fetch.store.runlock import acquire_run_lock
 from tcia_fetch.testing import Catalog
 
 from .fixtures import cli, fake_server_process
@@ -129,45 +131,56 @@ def test_three_shards_at_once_fill_one_destination_and_status_shows_each(tmp_pat
     assert list((out / ".tcia-fetch" / "journal").glob("*.jsonl")) == []
 
 
-def test_a_killed_shard_reruns_while_others_finish_and_locks_keep_mixing_out(tmp_path: Path) -> None:
+def test_a_running_shard_keeps_a_second_copy_a_whole_job_run_and_another_split_out(tmp_path: Path) -> None:
+    job = _job(tmp_path)
+    out = tmp_path / "out"
+    destination = Destination(out)
+    destination.prepare()
+    # This test process plays the live shard 1/2 (its pid is alive): no race with a real run.
+    with acquire_run_lock(destination.state_dir, run_id="test-shard", shard=Shard(1, 2)):
+        for extra, needle in (
+            (["--shard", "1/2"], "held by"),
+            ([], "in use by shard 1/2"),
+            (["--shard", "0/3"], "same N"),
+        ):
+            code, text = _finish(_run(job, out, "http://127.0.0.1:9/nbia-api/services/v4/", *extra))
+            assert code == 3, text
+            assert needle in text, text
+    assert _done(out) == set()
+
+
+def test_a_killed_shard_reruns_while_the_other_finishes(tmp_path: Path) -> None:
     catalog = _catalog(big=True)
     job = _job(tmp_path)
     out = tmp_path / "out"
-    # Slow downloads, so the kill lands mid-stream and the lock checks meet a live shard.
-    with fake_server_process(
-        tmp_path, [*SIZING, *BIG, "--seed", str(SEED), "--rate-bytes-per-s", "40000"]
-    ) as base_url:
-        victim = _run(job, out, base_url, "--shard", "0/2")
-        other = _run(job, out, base_url, "--shard", "1/2")
-        mine = {entry.uid for entry in catalog.series if shard_of(entry.uid, 2) == 0}
-        locks = [out / ".tcia-fetch" / f"lock.shard-{k}-of-2" for k in range(2)]
-        deadline = time.monotonic() + 120
-        while not all(lock.exists() for lock in locks) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        # While both run: a second process on a running shard, a whole-job run and a different
-        # split are all refused, naming who is in the way.
-        for extra, needle in (
-            (["--shard", "1/2"], "held by"),
-            ([], "in use by shard"),
-            (["--shard", "0/3"], "same N"),
-        ):
-            code, text = _finish(_run(job, out, base_url, *extra))
-            assert code == 3, text
-            assert needle in text, text
-        while not _done(out) & mine and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _done(out) & mine, "shard 0 never finished a series"
-        victim.send_signal(signal.SIGKILL)  # mid-run: other series of its share are streaming
-        victim.communicate(timeout=30)
-        assert not mine <= _done(out)
-        code, text = _finish(other)
-        assert code == 0, text
-        status = _status(out)
-        states = {s["shard"]: s["state"] for s in status["shards"]}  # type: ignore[union-attr]
-        assert states["1/2"] == "done"
-        assert states["0/2"] != "done"
-        code, text = _finish(_run(job, out, base_url, "--shard", "0/2"))
-        assert code == 0, text
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        # Slow downloads, so the kill lands while series of the victim's share are streaming.
+        with fake_server_process(
+            tmp_path, [*SIZING, *BIG, "--seed", str(SEED), "--rate-bytes-per-s", "40000"]
+        ) as base_url:
+            victim = _run(job, out, base_url, "--shard", "0/2")
+            other = _run(job, out, base_url, "--shard", "1/2")
+            procs += [victim, other]
+            mine = {entry.uid for entry in catalog.series if shard_of(entry.uid, 2) == 0}
+            deadline = time.monotonic() + 240
+            while not _done(out) & mine and victim.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            victim.send_signal(signal.SIGKILL)
+            victim.communicate(timeout=30)
+            code, text = _finish(other)
+            assert code == 0, text
+            states = {s["shard"]: s["state"] for s in _status(out)["shards"]}  # type: ignore[union-attr]
+            assert states["1/2"] == "done"
+            assert states["0/2"] != "done"
+            code, text = _finish(_run(job, out, base_url, "--shard", "0/2"))
+            assert code == 0, text
+    finally:
+        for proc in procs:  # never leave a shard running (or its pipes open) behind a failure
+            if proc.poll() is None:
+                proc.kill()
+            if proc.stdout is not None and not proc.stdout.closed:
+                proc.communicate()
     _assert_complete(out, catalog)
     status = _status(out)
     assert status["pending"] == 0
