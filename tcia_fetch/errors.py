@@ -64,6 +64,7 @@ __all__ = [
     "ArchiveTooLargeError",
     "BucketMissingError",
     "ChecksumMismatchError",
+    "ClusterError",
     "ConnectError",
     "CountMismatchError",
     "DestinationBusyError",
@@ -453,6 +454,14 @@ class ObjectStoreThrottledError(ObjectStoreError):
 
     throttle = True
     reference = "object-store-throttled"
+
+
+class ClusterError(TciaFetchError):
+    """The Dask cluster of a ``--scheduler`` run is unreachable or cannot do the job (fatal)."""
+
+    fatal = True
+    exit_code = EXIT_FATAL
+    reference = "cluster"
 
 
 class JournalError(TciaFetchError):

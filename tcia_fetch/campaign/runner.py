@@ -26,7 +26,7 @@ from tcia_fetch.campaign.report import CampaignFigures
 
 __all__ = ["PARTS", "CampaignSizes", "run_campaign"]
 
-PARTS = ("faults", "crash", "local", "hostile", "fuzz", "secrets", "s3")
+PARTS = ("faults", "crash", "local", "scaleout", "hostile", "fuzz", "secrets", "s3")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,10 @@ class CampaignSizes:
     fuzz_examples: int = 5_000
     disk_full_sizes_kib: tuple[int, ...] = (700,)
     s3_kills: int = 3
+    #: Scale-out part: shard processes on one destination, shard kills, Dask worker kills.
+    shards: int = 3
+    shard_kills: int = 1
+    dask_kills: int = 1
 
     @classmethod
     def full(cls) -> CampaignSizes:
@@ -55,6 +59,9 @@ class CampaignSizes:
             fuzz_examples=100_000,
             disk_full_sizes_kib=(300, 700, 1_100),
             s3_kills=30,
+            shards=4,
+            shard_kills=5,
+            dask_kills=3,
         )
 
     def with_overrides(
@@ -89,6 +96,7 @@ def run_campaign(
             ("faults", lambda: _faults(figures, sizes, root / "faults", seed, say)),
             ("crash", lambda: _crash(figures, sizes, root / "crash", seed, say)),
             ("local", lambda: _local(figures, sizes, root / "local", say)),
+            ("scaleout", lambda: _scaleout(figures, sizes, root / "scaleout", seed, say)),
             ("hostile", lambda: _hostile(figures, sizes, root / "hostile", seed, say)),
             ("fuzz", lambda: _fuzz(figures, sizes, say)),
             ("secrets", lambda: _secrets(figures, root / "secrets", say)),
@@ -159,6 +167,22 @@ def _local(figures: CampaignFigures, sizes: CampaignSizes, root: Path, say: Call
             f"{o.name}: {'skipped' if o.skipped else 'pass' if o.passed else 'FAIL'}" for o in figures.local
         )
     )
+
+
+def _scaleout(
+    figures: CampaignFigures, sizes: CampaignSizes, root: Path, seed: int, say: Callable[[str], None]
+) -> None:
+    from tcia_fetch.campaign.scaleout import run_dask_worker_kill, run_shard_kills
+
+    if sizes.shards > 1:
+        place = root / "shards"
+        place.mkdir(parents=True, exist_ok=True)
+        figures.local.append(run_shard_kills(place, shards=sizes.shards, kills=sizes.shard_kills, seed=seed))
+    for index in range(sizes.dask_kills):
+        place = root / f"dask-{index}"
+        place.mkdir(parents=True, exist_ok=True)
+        figures.local.append(run_dask_worker_kill(place))
+    say("scaleout: " + ", ".join(f"{o.name}: {'pass' if o.passed else 'FAIL'}" for o in figures.local[-3:]))
 
 
 def _hostile(

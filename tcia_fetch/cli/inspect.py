@@ -36,6 +36,7 @@ from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.location import BucketLocation, parse_destination
 from tcia_fetch.store.reconcile import DAMAGED_ON_DISK, Damage, DestinationStatus, iter_damage, summarize
 from tcia_fetch.store.records import SeriesRecord
+from tcia_fetch.store.shardstate import SplitStatus, read_split_status
 
 if TYPE_CHECKING:
     from tcia_fetch.store.objhome import BucketDestination
@@ -126,9 +127,13 @@ def _with_retries(action: Callable[[], _T]) -> _T:
 def status(dest: str, output_format: str) -> None:
     """Show what is done, failed and pending in DEST (from its journal; no network)."""
 
-    def read() -> tuple[DestinationStatus, list[dict[str, str]], bool]:
+    def read() -> tuple[DestinationStatus, list[dict[str, str]], bool, SplitStatus | None]:
         destination, journal = _open(dest)
         planned = _last_planned(destination)
+        local = isinstance(destination, Destination)
+        split = read_split_status(destination.state_dir, journal) if local else None
+        if split is not None:  # a split job: the whole job's plan is the union of the shards' shares
+            planned = split.planned
         summary = summarize(journal, planned)
         # Streamed: only the failed records are ever held (the table lists them all).
         found = [
@@ -136,10 +141,10 @@ def status(dest: str, output_format: str) -> None:
             for record in journal.iter_latest("failed")
         ]
         found.sort(key=lambda item: item["SeriesInstanceUID"])
-        return summary, found, planned is not None
+        return summary, found, planned is not None, split
 
     try:
-        summary, failures, has_plan = _with_retries(read)
+        summary, failures, has_plan, split = _with_retries(read)
     except TciaFetchError as exc:
         die(exc)
     document: dict[str, object] = {
@@ -149,6 +154,8 @@ def status(dest: str, output_format: str) -> None:
         "pending": summary.pending if has_plan else None,
         "failures": failures,
     }
+    if split is not None:
+        document["shards"] = [item.as_dict() for item in split.shards]
     if output_format == "json":
         click.echo(json.dumps(document, indent=2))
         sys.exit(EXIT_OK)
@@ -157,6 +164,8 @@ def status(dest: str, output_format: str) -> None:
     table.add_row("failed", str(summary.failed))
     table.add_row("pending", str(summary.pending) if has_plan else "unknown (no plan recorded)")
     Console(highlight=False).print(table)
+    if split is not None:
+        _print_shards(split)
     if failures:
         failed = Table(title="failed series")
         failed.add_column("SeriesInstanceUID", overflow="fold")
@@ -165,6 +174,25 @@ def status(dest: str, output_format: str) -> None:
             failed.add_row(str(failure["SeriesInstanceUID"]), str(failure["reason"]))
         Console(highlight=False).print(failed)
     sys.exit(EXIT_OK)
+
+
+def _print_shards(split: SplitStatus) -> None:
+    table = Table(title=f"shards ({split.count})")
+    for column in ("shard", "state", "planned", "done", "failed", "pending", "held by"):
+        table.add_column(
+            column, justify="right" if column in ("planned", "done", "failed", "pending") else "left"
+        )
+    for item in split.shards:
+        table.add_row(
+            item.shard.label,
+            item.state,
+            "?" if item.planned is None else str(item.planned),
+            str(item.done),
+            str(item.failed),
+            "?" if item.pending is None else str(item.pending),
+            item.holder or "",
+        )
+    Console(highlight=False).print(table)
 
 
 def _record_damage(

@@ -12,6 +12,7 @@ from tcia_fetch.cli.demo import demo
 from tcia_fetch.cli.inspect import catalog, status, verify
 from tcia_fetch.cli.query import query
 from tcia_fetch.cli.runcmd import plan_command, run_command_cli
+from tcia_fetch.cli.sbatch import sbatch_command
 from tcia_fetch.errors import EXIT_INTERRUPTED
 
 
@@ -27,7 +28,7 @@ def cli() -> None:
     """
 
 
-for command in (run_command_cli, plan_command, query, status, verify, catalog, demo):
+for command in (run_command_cli, plan_command, query, status, verify, catalog, demo, sbatch_command):
     cli.add_command(command)
 
 

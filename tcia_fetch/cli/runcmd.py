@@ -19,7 +19,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from tcia_fetch.cli.common import CommandInterruptedError, exit_interrupted, run_command
+from tcia_fetch.cli.common import CommandInterruptedError, die, exit_interrupted, run_command
 from tcia_fetch.cli.progress import ProgressReporter, format_bytes
 from tcia_fetch.engine.report import RunReport, RunStats
 from tcia_fetch.engine.run import RunOptions, fetch, plan
@@ -100,6 +100,18 @@ def _options(**kwargs: object) -> RunOptions:
 @click.option(
     "--skip-invalid", is_flag=True, help="Report manifest/CSV lines that are not UIDs instead of refusing."
 )
+@click.option(
+    "--shard",
+    metavar="K/N",
+    help="Run shard K of N of the job (K from 0 to N-1, e.g. $SLURM_ARRAY_TASK_ID/16); the shards share "
+    "one destination and split --concurrency, --max-rate and --max-bandwidth.",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="Download on a Dask cluster: tcp://host:port of a running scheduler, or local:N for N local "
+    "worker processes (pip install 'tcia-fetch[dask]').",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress; only the final summary and errors.")
 @click.option(
     "--log-interval",
@@ -123,6 +135,8 @@ def run_command_cli(
     md5: bool | None,
     fsync: bool,
     skip_invalid: bool,
+    shard: str | None,
+    scheduler: str | None,
     quiet: bool,
     log_interval: float,
 ) -> None:
@@ -131,21 +145,26 @@ def run_command_cli(
     JOB is a job file (.toml), a .tcia manifest, or a CSV/TSV with a SeriesInstanceUID column.
     Exit codes: 0 all verified, 1 some series failed, 2 bad input, 3 fatal, 130 interrupted.
     """
-    options = RunOptions(
-        out=out,
-        base_url=base_url,
-        config_file=config_file,
-        concurrency=concurrency,
-        report_path=report_path,
-        retry_failed=retry_failed,
-        max_requests_per_s=max_rate,
-        max_bytes_per_s=parse_size(max_bandwidth, option="--max-bandwidth") if max_bandwidth else None,
-        layout=layout,
-        keep=keep,
-        verify_md5=md5,
-        fsync=fsync,
-        skip_invalid=skip_invalid,
-    )
+    try:
+        options = RunOptions(
+            out=out,
+            base_url=base_url,
+            config_file=config_file,
+            concurrency=concurrency,
+            report_path=report_path,
+            retry_failed=retry_failed,
+            max_requests_per_s=max_rate,
+            max_bytes_per_s=parse_size(max_bandwidth, option="--max-bandwidth") if max_bandwidth else None,
+            layout=layout,
+            keep=keep,
+            verify_md5=md5,
+            fsync=fsync,
+            skip_invalid=skip_invalid,
+            shard=shard,
+            scheduler=scheduler,
+        )
+    except InputError as exc:
+        die(exc)
     stats = RunStats()
     reporter = ProgressReporter(stats, mode=ProgressReporter.pick_mode(quiet=quiet), interval_s=log_interval)
 

@@ -100,6 +100,8 @@ class RunReport:
     fatal_error: str | None = None
     plan: dict[str, Any] = field(default_factory=dict)
     engine: dict[str, Any] = field(default_factory=dict)
+    #: ``"3/16"`` when this run was one shard of a split job (``--shard``); None for the whole job.
+    shard: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -145,4 +147,5 @@ class RunReport:
             "fatal_error": self.fatal_error,
             "plan": self.plan,
             "engine": self.engine,
+            "shard": self.shard,
         }

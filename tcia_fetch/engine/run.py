@@ -33,6 +33,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from tcia_fetch._crashpoint import crash_point
 from tcia_fetch._loop import run_sync
 from tcia_fetch.api.client import NBIAClient
+from tcia_fetch.cluster.address import parse_scheduler
 from tcia_fetch.config import DEFAULT_BASE_URL, ClientSettings, load_client_settings
 from tcia_fetch.engine.breaker import CircuitBreaker
 from tcia_fetch.engine.budget import budget_for
@@ -46,15 +47,25 @@ from tcia_fetch.errors import InputError, TciaFetchError, redact_url
 from tcia_fetch.job.jobfile import JobSpec, load_job
 from tcia_fetch.plan.model import PlannedSeries, PlanSummary
 from tcia_fetch.plan.planner import Planner, PlannerOptions
+from tcia_fetch.plan.shard import Shard, parse_shard, split_count, split_rate
 from tcia_fetch.plan.suggest import unmatched_tables
 from tcia_fetch.store.atomic import write_bytes_atomic, write_text_atomic
 from tcia_fetch.store.catalog import catalog_available, write_catalogs
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.digests import LAST_PLAN_DIGESTS, SortedDigests
-from tcia_fetch.store.home import home_journal, home_lock, open_home, reconcile_home, upload_home_outputs
+from tcia_fetch.store.home import (
+    RunLock,
+    home_journal,
+    home_lock,
+    open_home,
+    reconcile_home,
+    upload_home_outputs,
+)
 from tcia_fetch.store.journal import SNAPSHOT_NAME, Journal
 from tcia_fetch.store.location import looks_like_url, parse_destination
 from tcia_fetch.store.metadata_csv import metadata_csv_row, write_metadata_csv
+from tcia_fetch.store.reconcile import Damage
+from tcia_fetch.store.runlock import acquire_run_lock
 from tcia_fetch.transport import QUERY_CONNECTIONS
 
 if TYPE_CHECKING:
@@ -90,6 +101,11 @@ class RunOptions:
     verify_md5: bool | None = None
     fsync: bool = True
     skip_invalid: bool = False
+    #: This run is shard K of N of the job (``Shard`` or ``"K/N"``): it downloads the series whose
+    #: UID hashes to K, with 1/N of the concurrency, rate and bandwidth budget.
+    shard: Shard | str | None = None
+    #: Run the downloads on a Dask cluster: ``tcp://host:port`` or ``local:N`` (tcia_fetch.cluster).
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         # Accept plain strings from scripts; store Paths.
@@ -99,6 +115,18 @@ class RunOptions:
                 continue  # parse_destination decides; Path() would mangle "s3://b" into "s3:/b"
             if isinstance(value, str):
                 object.__setattr__(self, name, Path(value))
+        if isinstance(self.shard, str):
+            object.__setattr__(self, "shard", parse_shard(self.shard))
+        if self.shard is not None and self.scheduler is not None:
+            raise InputError("--shard and --scheduler do not mix: a Dask run already spreads the whole job")
+        if self.scheduler is not None:
+            parse_scheduler(self.scheduler)  # a bad address is exit 2 before any connection
+
+    @property
+    def split(self) -> Shard | None:
+        """The shard of a split job, or None for the whole job (a split of 1 is the whole job)."""
+        shard = self.shard
+        return shard if isinstance(shard, Shard) and shard.count > 1 else None
 
 
 def resolve_client_settings(job: JobSpec, options: RunOptions, env: Mapping[str, str]) -> ClientSettings:
@@ -196,6 +224,10 @@ async def fetch(
     and a report marked ``interrupted`` before it propagates.
     """
     options = options or RunOptions()
+    if options.scheduler is not None:
+        from tcia_fetch.cluster.runner import fetch_on_cluster
+
+        return await fetch_on_cluster(job, options, stats=stats, on_event=on_event)
     spec = _as_job(job, options)
     stats = stats or RunStats()
     clock = clock or SystemClock()
@@ -207,6 +239,10 @@ async def fetch(
     concurrency = options.concurrency or spec.download.concurrency
     if concurrency < 1:
         raise InputError(f"--concurrency must be at least 1, got {concurrency}")
+    shard = options.split
+    job_concurrency = concurrency
+    if shard is not None:
+        concurrency = split_count(concurrency, shard.count, shard.index)
     warnings = _concurrency_warnings(settings, concurrency)
     for warning in warnings:
         if on_event is not None:
@@ -229,13 +265,21 @@ async def fetch(
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         duplicates=spec.duplicates,
         input_problems=[str(problem) for problem in spec.problems],
+        shard=shard.label if shard is not None else None,
     )
 
     destination = await anyio.to_thread.run_sync(
         lambda: open_home(out, keep=series_job.keep, policy=policy)
     )
     await anyio.to_thread.run_sync(destination.prepare)
-    lock = await anyio.to_thread.run_sync(home_lock, destination, run_id)
+    if isinstance(destination, Destination):
+        lock: RunLock = await anyio.to_thread.run_sync(
+            lambda: acquire_run_lock(destination.state_dir, run_id=run_id, shard=shard)
+        )
+    elif shard is not None:
+        raise InputError("--shard with an s3:// destination is not supported yet: use a shared filesystem")
+    else:
+        lock = await anyio.to_thread.run_sync(home_lock, destination, run_id)
     journal: Journal | None = None
     worker: SeriesWorker | None = None
     planner: Planner | None = None
@@ -244,16 +288,14 @@ async def fetch(
         crash_point("journal.after_open")
         reconciliation = await anyio.to_thread.run_sync(reconcile_home, destination, journal)
         # Compact digest sets (8 bytes per series), never a set of UID strings (issue 13).
-        found_damaged = [item.series_uid for item in reconciliation.damaged]
-        damaged = _UidUnion(await anyio.to_thread.run_sync(journal.digests, "damaged"), found_damaged)
-        done_uids = (await anyio.to_thread.run_sync(journal.digests, "done")).without(found_damaged)
-        only = (
-            _UidUnion(await anyio.to_thread.run_sync(journal.digests, "failed"), found_damaged)
-            if options.retry_failed
-            else None
+        done_uids, damaged, only = await journal_sets(
+            journal, reconciliation.damaged, retry_failed=options.retry_failed
         )
         max_rps = options.max_requests_per_s or spec.download.max_requests_per_s or None
         max_bps = options.max_bytes_per_s or spec.download.max_bytes_per_s or None
+        if shard is not None:  # the budget is the job's: each shard takes its share
+            max_rps = split_rate(max_rps, shard.count)
+            max_bps = split_rate(max_bps, shard.count)
         limiter = AdaptiveLimiter(concurrency, clock=clock)
         budget = budget_for(concurrency)
         async with NBIAClient(
@@ -271,6 +313,7 @@ async def fetch(
                     nlst_fallback=_is_production(settings),
                     bulk_metadata=client.api_version == "v4",
                 ),
+                share=shard.owns if shard is not None else None,
             )
             worker = SeriesWorker(
                 source=client,
@@ -295,6 +338,11 @@ async def fetch(
         report.engine = {
             "concurrency_cap": concurrency,
             "warnings": warnings,
+            "job_concurrency": job_concurrency,
+            # Every shard needs one slot: with more shards than the budget, the array runs one each.
+            "budget_exceeded_by_shards": shard is not None and shard.count > job_concurrency,
+            "max_requests_per_s": max_rps,
+            "max_bytes_per_s": max_bps,
             "limiter": _stats_dict(limiter.statistics()),
             "pacer": _stats_dict(worker.pacer.statistics()),
             "breaker": _stats_dict(worker.breaker.statistics()),
@@ -401,28 +449,51 @@ async def _finish(
     report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     report.duration_s = time.monotonic() - started
     if journal is not None:
-        books = _Books(journal, destination, report.run_id, write_csv=spec.output.metadata_csv)
-        # Compaction and metadata.csv under the compaction lease: another process (a shard)
-        # finishing at the same moment waits, so neither file races or drops rows.
-        await anyio.to_thread.run_sync(lambda: journal.compact(wait_s=_FINISH_LEASE_WAIT_S, then=books.write))
-        report.instances = books.instances
+        report.instances = await close_books(
+            journal, destination, report.run_id, write_csv=spec.output.metadata_csv
+        )
+    await write_run_files(report, destination, options, planner)
+
+
+async def write_run_files(
+    report: RunReport,
+    destination: Destination | BucketDestination,
+    options: RunOptions,
+    planner: Planner | None,
+) -> None:
+    """The report (per run, latest, and ``--report``) and the plan ``status`` counts pending from.
+
+    A shard also writes ``last-report.shard-K-of-N.json`` and its own ``last-plan.shard-K-of-N.json``
+    (its share of the job), so ``status`` can show every shard and the whole job. The plan is kept
+    as sorted 8-byte UID digests beside a small JSON summary (4.8 MB for 600,000 series), never a
+    JSON list of every UID.
+    """
     text = json.dumps(report.as_dict(), indent=2) + "\n"
     reports_dir = destination.state_dir / "reports"
     await anyio.to_thread.run_sync(lambda: reports_dir.mkdir(parents=True, exist_ok=True))
     await write_text_atomic(reports_dir / f"{report.run_id}.json", text)
     await write_text_atomic(destination.state_dir / "last-report.json", text)
+    shard = options.split
+    suffix = f".{shard.name}" if shard is not None else ""
+    if shard is not None:
+        await write_text_atomic(destination.state_dir / f"last-report{suffix}.json", text)
     report_path = _path(options.report_path)
     if report_path is not None:
         await write_text_atomic(report_path, text)
     if planner is not None and not report.interrupted:
         named = planner.named_digests()
-        # The plan as sorted 8-byte UID digests (4.8 MB for 600,000 series) beside a small JSON
-        # summary, instead of a JSON list of every UID; ``tcia-fetch status`` counts from it.
-        await write_bytes_atomic(destination.state_dir / LAST_PLAN_DIGESTS, named.to_bytes())
-        plan_text = json.dumps(
-            {"run_id": report.run_id, "series_count": len(named), "digests": LAST_PLAN_DIGESTS}
+        digests_name = f"last-plan{suffix}.digests" if shard is not None else LAST_PLAN_DIGESTS
+        await write_bytes_atomic(destination.state_dir / digests_name, named.to_bytes())
+        document: dict[str, object] = {
+            "run_id": report.run_id,
+            "series_count": len(named),
+            "digests": digests_name,
+        }
+        if shard is not None:
+            document["shard"] = shard.label
+        await write_text_atomic(
+            destination.state_dir / f"last-plan{suffix}.json", json.dumps(document) + "\n"
         )
-        await write_text_atomic(destination.state_dir / "last-plan.json", plan_text + "\n")
     await anyio.to_thread.run_sync(upload_home_outputs, destination)
 
 
@@ -441,6 +512,31 @@ def _concurrency_warnings(settings: ClientSettings, concurrency: int) -> list[st
         f"the connection pool is sized from the concurrency ({concurrency} downloads, plus "
         f"{QUERY_CONNECTIONS} connections for queries)"
     ]
+
+
+async def journal_sets(
+    journal: Journal, found_damaged: Iterable[Damage], *, retry_failed: bool
+) -> tuple[SortedDigests, _UidUnion, _UidUnion | None]:
+    """(done, damaged, only) for the planner and worker, as compact digest sets (8 bytes per
+    series), never sets of UID strings (issue 13). ``only`` is None unless ``--retry-failed``."""
+    found = [item.series_uid for item in found_damaged]
+    damaged = _UidUnion(await anyio.to_thread.run_sync(journal.digests, "damaged"), found)
+    done = (await anyio.to_thread.run_sync(journal.digests, "done")).without(found)
+    only = (
+        _UidUnion(await anyio.to_thread.run_sync(journal.digests, "failed"), found) if retry_failed else None
+    )
+    return done, damaged, only
+
+
+async def close_books(
+    journal: Journal, destination: Destination | BucketDestination, run_id: str, *, write_csv: bool
+) -> int:
+    """Compact the journal and write metadata.csv and the catalog, all under the compaction
+    lease: another process (a shard, a Dask client) finishing at the same moment waits, so neither
+    file races or drops rows. Returns the instances this run recorded as done."""
+    books = _Books(journal, destination, run_id, write_csv=write_csv)
+    await anyio.to_thread.run_sync(lambda: journal.compact(wait_s=_FINISH_LEASE_WAIT_S, then=books.write))
+    return books.instances
 
 
 class _UidUnion:

@@ -125,6 +125,7 @@ class Planner:
         skip_uids: Container[str] = frozenset(),
         only_uids: Container[str] | None = None,
         options: PlannerOptions | None = None,
+        share: Callable[[str], bool] | None = None,
     ) -> None:
         self._source = source
         self._job = job
@@ -132,6 +133,8 @@ class Planner:
         self._clock = clock
         self._skip_uids = skip_uids
         self._only_uids = only_uids
+        #: A shard's test of ownership (``--shard K/N``): other shards' series are not this run's.
+        self._share = share
         self._options = options or PlannerOptions()
         # Bookkeeping in compact digests (8 bytes per series, issue 13): a 600,000-series job
         # must not hold a set and two lists of UID strings.
@@ -194,6 +197,8 @@ class Planner:
         digest = uid_digest(uid)
         if not self._seen.add(digest):
             self.summary.duplicates += 1
+            return False
+        if self._share is not None and not self._share(uid):
             return False
         if self._only_uids is not None and uid not in self._only_uids:
             return False

@@ -72,6 +72,7 @@ __all__ = [
     "DestinationLock",
     "LockHolder",
     "acquire_destination",
+    "holder_is_live",
     "lock_litter_owner",
     "read_holder",
 ]
@@ -229,6 +230,12 @@ class _Verdict(Enum):
     LIVE = "live"  # its owner runs: respect it
     DEAD = "dead"  # proven dead (or litter): remove it
     UNSURE = "unsure"  # unreadable and young: look again shortly
+
+
+def holder_is_live(holder: LockHolder, *, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> bool:
+    """Whether ``holder`` still counts as running, by the rule the lock itself uses (an unreadable
+    holder that is still young counts as live: it may be a run writing its lock right now)."""
+    return _judge_lock(holder, stale_after_s=stale_after_s, now=time.time()) is not _Verdict.DEAD
 
 
 def acquire_destination(

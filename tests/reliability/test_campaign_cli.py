@@ -35,6 +35,8 @@ def test_reduced_campaign_prints_figures_and_passes(tmp_path: Path) -> None:
             "local",
             "--skip",
             "s3",  # its own reduced test: tests/reliability/test_s3_campaign.py
+            "--skip",
+            "scaleout",  # its own reduced test: tests/reliability/test_scaleout_campaign.py
             "--json",
             str(report),
             "--quiet",

@@ -1,0 +1,1 @@
+"""Scale-out on a Dask distributed cluster (``--scheduler``); see runner.py."""

@@ -1,0 +1,262 @@
+"""The worker side of a Dask run: one runtime per worker process, one series per task.
+
+Each worker process keeps one :class:`_Runtime` per run: an event loop on a private thread (an
+anyio blocking portal) holding the NBIA client session, this worker's journal writer (its own
+segment, as every writer has), and the pacing controls. A task (:func:`fetch_series`, run on one
+of the worker's threads) takes a lease of the cluster-wide semaphore, then hands its series to
+the runtime's loop, where the ordinary :class:`SeriesWorker` fetches, verifies and publishes it
+exactly as a single-process run does. The task returns a small dict the client aggregates.
+
+A worker killed mid-series leaves a staging directory (never a final one: publish is an atomic
+rename that never replaces) and the scheduler runs the task again elsewhere. If the killed worker
+had already published, the retry finds the final directory, checks it against the journal's
+``verified`` record and adopts it instead of downloading again: a series is never published twice.
+
+This module does not import Dask: the semaphore arrives as an argument.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Container, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import Any, Final
+
+import anyio
+import anyio.to_thread
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from tcia_fetch.api.client import NBIAClient
+from tcia_fetch.config import ClientSettings
+from tcia_fetch.engine.breaker import CircuitBreaker
+from tcia_fetch.engine.clock import SystemClock
+from tcia_fetch.engine.concurrency import AdaptiveLimiter
+from tcia_fetch.engine.pacer import ByteRateLimiter, Pacer
+from tcia_fetch.engine.report import RunStats
+from tcia_fetch.engine.retry import RetryPolicy
+from tcia_fetch.engine.worker import SeriesJob, SeriesWorker
+from tcia_fetch.errors import TciaFetchError
+from tcia_fetch.plan.model import PlannedSeries
+from tcia_fetch.series.expectation import SeriesExpectation
+from tcia_fetch.store._fs import host_name
+from tcia_fetch.store.destination import Destination
+from tcia_fetch.store.journal import Journal
+from tcia_fetch.store.layout import render_series_path
+from tcia_fetch.store.reconcile import check_published
+
+__all__ = [
+    "WorkerConfig",
+    "adopt_published",
+    "close_runtime",
+    "fetch_series",
+    "probe_destination",
+    "series_payload",
+]
+
+_MAX_OUTAGE_S: Final = 1800.0
+_RUNTIMES: dict[str, _Runtime] = {}
+_RUNTIMES_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Everything a worker needs for a run (pickled once per task; small)."""
+
+    run_id: str
+    root: str
+    settings: ClientSettings
+    series_job: SeriesJob
+    retry_policy: RetryPolicy
+    concurrency: int
+    max_requests_per_s: float | None
+    max_bytes_per_s: float | None
+    damaged: Container[str]
+
+
+def series_payload(item: PlannedSeries) -> dict[str, Any]:
+    """A planned series as plain data for the wire."""
+    return {
+        "uid": item.series_uid,
+        "count": item.expectation.instance_count,
+        "bytes": item.expectation.total_bytes,
+        "metadata": dict(item.metadata),
+        "origin": item.origin,
+    }
+
+
+def _planned(payload: Mapping[str, Any]) -> PlannedSeries:
+    uid = str(payload["uid"])
+    return PlannedSeries(
+        series_uid=uid,
+        expectation=SeriesExpectation(uid, int(payload["count"]), int(payload["bytes"])),
+        metadata=MappingProxyType(dict(payload["metadata"])),
+        origin=str(payload["origin"]),
+    )
+
+
+def probe_destination(root: str, name: str, nonce: str) -> str | None:
+    """Run on every worker: read the client's probe back and answer with one of our own.
+
+    None when this worker sees the very destination the client wrote (shared filesystem); else
+    what it saw instead. The reply file proves the worker can also write there.
+    """
+    path = Path(root) / ".tcia-fetch" / name
+    try:
+        seen = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    if seen != nonce:
+        return f"{path} holds something else: this is not the client's destination"
+    reply = path.with_name(f"{name}.{host_name()}.{os.getpid()}")
+    try:
+        reply.write_text(nonce, encoding="utf-8")
+    except OSError as exc:
+        return f"cannot write {reply}: {exc.strerror or exc}"
+    return None
+
+
+def fetch_series(
+    payload: dict[str, Any], config: WorkerConfig, semaphore: AbstractContextManager[Any]
+) -> dict[str, Any]:
+    """The task: one series, under one lease of the cluster-wide download cap."""
+    runtime = _runtime(config)
+    with semaphore:
+        return runtime.fetch(payload)
+
+
+def close_runtime(run_id: str) -> bool:
+    """Run on every worker at the end: close the session and seal this worker's journal segment."""
+    with _RUNTIMES_LOCK:
+        runtime = _RUNTIMES.pop(run_id, None)
+    if runtime is None:
+        return False
+    runtime.close()
+    return True
+
+
+def _runtime(config: WorkerConfig) -> _Runtime:
+    with _RUNTIMES_LOCK:
+        runtime = _RUNTIMES.get(config.run_id)
+        if runtime is None:
+            runtime = _Runtime(config)
+            _RUNTIMES[config.run_id] = runtime
+        return runtime
+
+
+class _Runtime:
+    """This worker process's share of a run: session, journal writer, pacing, on its own loop."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self._config = config
+        self._portal_cm = start_blocking_portal(backend="asyncio")
+        self._portal: BlockingPortal = self._portal_cm.__enter__()
+        self._md5_legacy = False
+        try:
+            self._portal.call(self._open)
+        except BaseException:
+            self._portal_cm.__exit__(None, None, None)
+            raise
+
+    async def _open(self) -> None:
+        config = self._config
+        clock = SystemClock()
+        self._clock = clock
+        self._client = NBIAClient(config.settings)
+        await self._client.__aenter__()
+        self._destination = Destination(Path(config.root))
+        await anyio.to_thread.run_sync(self._destination.prepare)
+        # A writer: it appends to its own segment and never compacts (the client does, at the end).
+        self._journal = Journal.open(self._destination.state_dir, run_id=config.run_id, compact_every=2**62)
+        limiter = AdaptiveLimiter(config.concurrency, clock=clock)
+        self._limiter = limiter
+        self._pacer = Pacer(clock, max_requests_per_s=config.max_requests_per_s)
+        self._breaker = CircuitBreaker(clock, max_outage_s=_MAX_OUTAGE_S, on_close=lambda: limiter.restart(1))
+        self._bandwidth = ByteRateLimiter(config.max_bytes_per_s, clock) if config.max_bytes_per_s else None
+
+    def fetch(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return self._portal.call(self._fetch, payload)
+
+    async def _fetch(self, payload: dict[str, Any]) -> dict[str, Any]:
+        item = _planned(payload)
+        outcome: dict[str, Any] = {"uid": item.series_uid, "worker": f"{host_name()}:{os.getpid()}"}
+        stats = RunStats()
+        try:
+            if await anyio.to_thread.run_sync(self._adopt_published, item):
+                return outcome | {"done": True, "adopted": True, "dicom_bytes": 0, "archive_bytes": 0}
+            worker = SeriesWorker(
+                source=self._client,
+                destination=self._destination,
+                journal=self._journal,
+                job=self._config.series_job,
+                run_id=self._config.run_id,
+                retry_policy=self._config.retry_policy,
+                clock=self._clock,
+                pacer=self._pacer,
+                limiter=self._limiter,
+                breaker=self._breaker,
+                bandwidth=self._bandwidth,
+                stats=stats,
+                damaged=self._config.damaged,
+                md5_via_legacy_endpoint=self._md5_legacy,
+            )
+            done = await worker.fetch(item)
+            self._md5_legacy = self._md5_legacy or worker.md5_via_legacy_endpoint
+        except TciaFetchError as exc:
+            if not exc.fatal:
+                raise
+            return outcome | {"done": False, "fatal": str(exc), "reference": exc.reference}
+        failure = worker.failures[0].as_dict() if worker.failures else None
+        return outcome | {
+            "done": done,
+            "adopted": False,
+            "dicom_bytes": stats.done_bytes,
+            "instances": 0,
+            "archive_bytes": stats.archive_bytes,
+            "retries": stats.retries,
+            "throttled": stats.throttled,
+            "failure": failure,
+        }
+
+    def _adopt_published(self, item: PlannedSeries) -> bool:
+        if item.series_uid in self._config.damaged:
+            return False
+        return adopt_published(
+            self._destination, self._journal, self._config.series_job.layout, item, self._config.run_id
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._portal.call(self._close)
+        self._portal_cm.__exit__(None, None, None)
+
+    async def _close(self) -> None:
+        try:
+            await self._client.__aexit__(None, None, None)
+        finally:
+            await anyio.to_thread.run_sync(self._journal.close)
+
+
+def adopt_published(
+    destination: Destination, writer: Journal, layout: str, item: PlannedSeries, run_id: str
+) -> bool:
+    """A retried task whose series a killed worker already published: adopt it, never redo it.
+
+    True (and a ``done`` record appended) only when the final directory exists and matches the
+    journal's ``verified`` (or ``done``) record of it exactly; otherwise the caller fetches, and
+    publish refuses to overwrite whatever is there.
+    """
+    relative = render_series_path(layout, item.metadata)
+    if not os.path.lexists(destination.final_path(PurePosixPath(relative.as_posix()))):
+        return False
+    record = Journal.open(destination.state_dir, run_id=run_id).get(item.series_uid)
+    if record is None or record.status not in ("verified", "done") or record.path != relative.as_posix():
+        return False
+    if check_published(destination, record, check_md5=True):  # rare path: worth a full re-hash
+        return False
+    writer.append(record.with_status("done", run_id=run_id))
+    return True

@@ -1,0 +1,369 @@
+"""A whole run on a Dask cluster (``--scheduler``): plan once here, download on the workers.
+
+The client does what a single-process run does around the downloads: it prepares and locks the
+destination (the whole-destination lock: no shard may run beside it), reconciles the journal,
+plans the job once, and at the end compacts the journal, writes metadata.csv and one report for
+everything. The downloads are Dask tasks, one per series, running the ordinary ``SeriesWorker`` on
+the workers (remote.py). The politeness budget stays the job's:
+
+* at most ``--concurrency`` downloads are in flight on the whole cluster: every task holds a lease
+  of one ``distributed.Semaphore(max_leases=concurrency)`` while it downloads (a dead worker's
+  leases expire and return to the pool);
+* ``--max-rate`` and ``--max-bandwidth`` are split evenly over the workers connected at the start.
+
+The destination must be shared by every worker (a shared filesystem): before any series is
+submitted, the client writes a probe with a random nonce into the state directory and every
+worker must read it back and answer with a file of its own, or the run stops and says which
+worker sees something else. Tasks are submitted in a bounded window (a few per download slot),
+so a 600,000-series job does not put 600,000 tasks on the scheduler at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import anyio.to_thread
+
+from tcia_fetch.api.client import NBIAClient
+from tcia_fetch.cluster import _distributed
+from tcia_fetch.cluster.address import parse_scheduler
+from tcia_fetch.cluster.remote import (
+    WorkerConfig,
+    close_runtime,
+    fetch_series,
+    probe_destination,
+    series_payload,
+)
+from tcia_fetch.engine.clock import SystemClock
+from tcia_fetch.engine.report import RunEvent, RunReport, RunStats, SeriesFailure
+from tcia_fetch.engine.run import (
+    RunOptions,
+    _as_job,
+    _is_production,
+    _new_run_id,
+    _path,
+    _retry_policy,
+    close_books,
+    journal_sets,
+    resolve_client_settings,
+    write_run_files,
+)
+from tcia_fetch.engine.worker import SeriesJob
+from tcia_fetch.errors import ClusterError, DestinationError, InputError, TciaFetchError, redact_url
+from tcia_fetch.job.jobfile import JobSpec
+from tcia_fetch.plan.model import PlannedSeries, PlanSummary
+from tcia_fetch.plan.planner import Planner, PlannerOptions
+from tcia_fetch.plan.shard import split_rate
+from tcia_fetch.store.destination import Destination
+from tcia_fetch.store.journal import Journal
+from tcia_fetch.store.reconcile import reconcile
+from tcia_fetch.store.runlock import acquire_run_lock
+
+__all__ = ["fetch_on_cluster", "run_on_cluster"]
+
+#: Tasks queued on the scheduler per download slot: enough to keep every slot busy.
+_WINDOW_PER_SLOT: Final = 4
+#: Task retries for errors raised inside a task (a dead worker is retried by the scheduler itself).
+_TASK_RETRIES: Final = 2
+_HEARTBEAT_S: Final = 30.0
+
+
+async def fetch_on_cluster(
+    job: JobSpec | Path | str,
+    options: RunOptions,
+    *,
+    stats: RunStats | None = None,
+    on_event: Callable[[RunEvent], None] | None = None,
+) -> RunReport:
+    """``fetch`` with ``options.scheduler`` set: the same contract, the downloads on Dask workers."""
+    if options.scheduler is None:
+        raise InputError("fetch_on_cluster needs RunOptions(scheduler=...)")
+    address = parse_scheduler(options.scheduler)
+    spec = _as_job(job, options)
+    stats = stats or RunStats()
+    clock = SystemClock()
+    out = _path(options.out) or (Path(spec.output.dest) if spec.output.dest else None)
+    if out is None:
+        raise InputError("no destination: give --out DIR or set [output].dest in the job file")
+    settings = await anyio.to_thread.run_sync(resolve_client_settings, spec, options, dict(os.environ))
+    concurrency = options.concurrency or spec.download.concurrency
+    if concurrency < 1:
+        raise InputError(f"--concurrency must be at least 1, got {concurrency}")
+    layout = options.layout or spec.output.layout
+    series_job = SeriesJob(
+        layout=layout,
+        keep=options.keep or spec.output.keep,
+        verify_md5=spec.verify.md5 if options.verify_md5 is None else options.verify_md5,
+        new_file_names=spec.output.new_file_names,
+        fsync=options.fsync,
+    )
+    policy = _retry_policy(spec)
+    run_id = _new_run_id()
+    started = time.monotonic()
+    report = RunReport(
+        run_id=run_id,
+        destination=str(out),
+        base_url=redact_url(settings.base_url),
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        duplicates=spec.duplicates,
+        input_problems=[str(problem) for problem in spec.problems],
+    )
+    destination = await anyio.to_thread.run_sync(Destination, out)
+    await anyio.to_thread.run_sync(destination.prepare)
+    lock = await anyio.to_thread.run_sync(
+        lambda: acquire_run_lock(destination.state_dir, run_id=run_id, shard=None)
+    )
+    journal: Journal | None = None
+    planner: Planner | None = None
+    failures: list[SeriesFailure] = []
+    try:
+        journal = await anyio.to_thread.run_sync(lambda: Journal.open(destination.state_dir, run_id=run_id))
+        reconciliation = await anyio.to_thread.run_sync(reconcile, destination, journal)
+        done_uids, damaged, only = await journal_sets(
+            journal, reconciliation.damaged, retry_failed=options.retry_failed
+        )
+        max_rps = options.max_requests_per_s or spec.download.max_requests_per_s or None
+        max_bps = options.max_bytes_per_s or spec.download.max_bytes_per_s or None
+        workers_hint = address.local_workers or 1
+        async with _distributed.connect(
+            address, threads_per_worker=_distributed.threads_for(concurrency, workers_hint)
+        ) as cluster:
+            scheduler_address = cluster.address
+            workers = await cluster.workers()
+            if not workers:
+                raise ClusterError(f"the Dask cluster at {scheduler_address} has no workers")
+            await _check_shared_destination(cluster, destination)
+            config = WorkerConfig(
+                run_id=run_id,
+                root=str(destination.root),
+                settings=settings,
+                series_job=series_job,
+                retry_policy=policy,
+                concurrency=concurrency,
+                max_requests_per_s=split_rate(max_rps, len(workers)),
+                max_bytes_per_s=split_rate(max_bps, len(workers)),
+                damaged=damaged,
+            )
+            semaphore = await cluster.semaphore(f"tcia-fetch-{run_id}", concurrency)
+            async with NBIAClient(settings) as client:
+                planner = Planner(
+                    client,
+                    spec,
+                    retry_policy=policy,
+                    clock=clock,
+                    skip_uids=done_uids,
+                    only_uids=only,
+                    options=PlannerOptions(
+                        full_metadata=layout == "descriptive",
+                        nlst_fallback=_is_production(settings),
+                        bulk_metadata=client.api_version == "v4",
+                    ),
+                )
+                items: list[PlannedSeries] = []
+
+                async def collect(item: PlannedSeries) -> None:
+                    stats.planned_series += 1
+                    stats.planned_bytes += item.expectation.total_bytes
+                    items.append(item)
+
+                await planner.run(collect)
+                stats.planning_done = True
+                stats.skipped_series = planner.skipped_count
+            try:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(_keep_lock_alive, lock.heartbeat)
+                    await _run_tasks(
+                        cluster, items, config, semaphore, concurrency, stats, failures, on_event
+                    )
+                    group.cancel_scope.cancel()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await cluster.run_on_workers(close_runtime, run_id)
+        report.engine = {
+            "scheduler": scheduler_address if address.url else address.describe(),
+            "workers": len(workers),
+            "concurrency_cap": concurrency,
+            "cluster_semaphore_max_leases": concurrency,
+            "max_requests_per_s_per_worker": config.max_requests_per_s,
+            "max_bytes_per_s_per_worker": config.max_bytes_per_s,
+        }
+    except anyio.get_cancelled_exc_class():
+        report.interrupted = True
+        raise
+    except TciaFetchError as exc:
+        report.fatal_error = str(exc)
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _finish(report, stats, planner, failures, journal, destination, spec, options, started)
+            await anyio.to_thread.run_sync(lock.release)
+    return report
+
+
+async def _check_shared_destination(cluster: _distributed.Cluster, destination: Destination) -> None:
+    """Every worker must read the client's probe and write its reply, or the run stops here."""
+    name = f"cluster-probe-{secrets.token_hex(8)}"
+    nonce = secrets.token_hex(16)
+    probe = destination.state_dir / name
+    await anyio.to_thread.run_sync(functools.partial(probe.write_text, nonce, encoding="utf-8"))
+    try:
+        answers = await cluster.run_on_workers(probe_destination, str(destination.root), name, nonce)
+        problems = {
+            worker: (repr(answer) if isinstance(answer, BaseException) else answer)
+            for worker, answer in answers.items()
+            if answer is not None
+        }
+        if problems:
+            listed = "; ".join(f"{worker}: {problem}" for worker, problem in sorted(problems.items()))
+            raise DestinationError(
+                f"the destination {destination.root} is not shared with every Dask worker ({listed}); "
+                "use a directory on a filesystem all workers mount (NFS, Lustre, GPFS)"
+            )
+    finally:
+        await anyio.to_thread.run_sync(_remove_probes, destination.state_dir, name)
+
+
+def _remove_probes(state_dir: Path, name: str) -> None:
+    for path in state_dir.glob(f"{name}*"):
+        path.unlink(missing_ok=True)
+
+
+async def _run_tasks(
+    cluster: _distributed.Cluster,
+    items: list[PlannedSeries],
+    config: WorkerConfig,
+    semaphore: Any,
+    concurrency: int,
+    stats: RunStats,
+    failures: list[SeriesFailure],
+    on_event: Callable[[RunEvent], None] | None,
+) -> None:
+    """Submit in a bounded window and fold every outcome into ``stats`` and ``failures``."""
+    window = max(2, concurrency * _WINDOW_PER_SLOT)
+    by_key: dict[str, PlannedSeries] = {}
+    queue = iter(items)
+
+    def submit_more() -> None:
+        while cluster.pending < window:
+            item = next(queue, None)
+            if item is None:
+                return
+            key = f"tcia-fetch-{item.series_uid}-{config.run_id}"
+            by_key[key] = item
+            cluster.submit(
+                fetch_series, series_payload(item), config, semaphore, key=key, retries=_TASK_RETRIES
+            )
+
+    submit_more()
+    stats.concurrency_limit = concurrency
+    while cluster.pending:
+        outcome = await cluster.next_completed()
+        item = by_key.pop(outcome.key)
+        result = outcome.result
+        if outcome.error is not None:
+            failures.append(SeriesFailure(item.series_uid, outcome.error, "cluster", 0, item.origin))
+            stats.failed_series += 1
+            _emit(on_event, RunEvent("failed", item.series_uid, outcome.error))
+        elif result.get("fatal"):
+            raise ClusterError(f"worker {result.get('worker')}: {result['fatal']}")
+        elif result.get("done"):
+            stats.done_series += 1
+            stats.done_bytes += int(result.get("dicom_bytes", 0))
+            stats.dicom_bytes += int(result.get("dicom_bytes", 0))
+            stats.archive_bytes += int(result.get("archive_bytes", 0))
+            _emit(on_event, RunEvent("done", item.series_uid, "adopted" if result.get("adopted") else ""))
+        else:
+            failure = result.get("failure") or {}
+            failures.append(
+                SeriesFailure(
+                    item.series_uid,
+                    str(failure.get("reason", "failed")),
+                    str(failure.get("reference", "error")),
+                    int(failure.get("attempts", 0)),
+                    item.origin,
+                )
+            )
+            stats.failed_series += 1
+            _emit(on_event, RunEvent("failed", item.series_uid, str(failure.get("reason", ""))))
+        if result is not None:
+            stats.retries += int(result.get("retries", 0))
+            stats.throttled += int(result.get("throttled", 0))
+        submit_more()
+
+
+async def _keep_lock_alive(heartbeat: Callable[[], None]) -> None:
+    """Prove the client is alive to other hosts while series run for a long time."""
+    while True:
+        await anyio.sleep(_HEARTBEAT_S)
+        await anyio.to_thread.run_sync(heartbeat)
+
+
+def _emit(on_event: Callable[[RunEvent], None] | None, event: RunEvent) -> None:
+    if on_event is not None:
+        on_event(event)
+
+
+async def _finish(
+    report: RunReport,
+    stats: RunStats,
+    planner: Planner | None,
+    failures: list[SeriesFailure],
+    journal: Journal | None,
+    destination: Destination,
+    spec: JobSpec,
+    options: RunOptions,
+    started: float,
+) -> None:
+    """One report for the whole cluster; journal compaction and metadata.csv under the lease."""
+    summary = planner.summary if planner is not None else PlanSummary()
+    skipped = planner.skipped_count if planner is not None else 0
+    failures = failures + [
+        SeriesFailure(p.series_uid, p.reason, p.reference, 0, p.origin) for p in summary.problems
+    ]
+    report.planned = summary.series + skipped + len(summary.problems)
+    report.done = stats.done_series
+    report.skipped = skipped
+    report.failed = len(failures)
+    report.failures = failures
+    report.dicom_bytes = stats.done_bytes
+    report.archive_bytes = stats.archive_bytes
+    report.retries = stats.retries
+    report.throttled = stats.throttled
+    report.duplicates = summary.duplicates
+    report.plan = summary.as_dict()
+    report.plan_errors = list(summary.query_errors)
+    report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
+    report.duration_s = time.monotonic() - started
+    if journal is not None:
+        # Killed workers may have left staging behind; this host's dead ones are removed now.
+        await anyio.to_thread.run_sync(destination.cleanup_leftovers)
+        # Under the compaction lease; a worker the scheduler lost may still be alive somewhere and
+        # writing: compaction folds only the segments of writers that finished.
+        report.instances = await close_books(
+            journal, destination, report.run_id, write_csv=spec.output.metadata_csv
+        )
+    await write_run_files(report, destination, options, planner)
+
+
+def run_on_cluster(job: JobSpec | Path | str, options: RunOptions, scheduler: str | None = None) -> RunReport:
+    """Synchronous entry point for scripts: ``run_on_cluster("job.toml", RunOptions(out=...), "local:4")``."""
+    if scheduler is not None:
+        options = _with_scheduler(options, scheduler)
+
+    async def main() -> RunReport:
+        return await fetch_on_cluster(job, options)
+
+    return anyio.run(main, backend="asyncio")
+
+
+def _with_scheduler(options: RunOptions, scheduler: str) -> RunOptions:
+    return dataclasses.replace(options, scheduler=scheduler)

@@ -1,0 +1,173 @@
+"""The Dask runner: address checks, the shared-destination probe, a missing install, a real local run."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tcia_fetch.campaign.process import serve_in_thread
+from tcia_fetch.cluster import _distributed
+from tcia_fetch.cluster.address import SchedulerAddress, parse_scheduler
+from tcia_fetch.cluster.remote import probe_destination
+from tcia_fetch.cluster.runner import _check_shared_destination, run_on_cluster
+from tcia_fetch.engine.run import RunOptions
+from tcia_fetch.errors import DestinationError, InputError
+from tcia_fetch.store.destination import Destination
+from tcia_fetch.testing import Catalog, FakeNBIA
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("local:4", SchedulerAddress(local_workers=4)),
+        ("tcp://10.1.2.3:8786", SchedulerAddress(url="tcp://10.1.2.3:8786")),
+        ("tls://sched.example.org:8786/", SchedulerAddress(url="tls://sched.example.org:8786")),
+    ],
+)
+def test_scheduler_addresses_are_parsed(text: str, expected: SchedulerAddress) -> None:
+    assert parse_scheduler(text) == expected
+
+
+@pytest.mark.parametrize("text", ["local:0", "local:x", "http://h:1", "h:8786", "tcp://h", "", "local:9999"])
+def test_bad_scheduler_addresses_are_input_errors(text: str) -> None:
+    with pytest.raises(InputError, match="--scheduler"):
+        parse_scheduler(text)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--scheduler", "nowhere"], "--scheduler"),
+        (["--scheduler", "local:2", "--shard", "0/2"], "do not mix"),
+    ],
+)
+def test_bad_scheduler_options_exit_2_before_any_traffic(
+    tmp_path: Path, extra: list[str], needle: str
+) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text('[[query]]\ncollection = "X"\n')
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "tcia_fetch", "run", str(job), "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert needle in done.stderr
+    assert not out.exists()
+
+
+def test_a_missing_dask_install_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(InputError, match=r"pip install 'tcia-fetch\[dask\]'"):
+        _distributed._import()
+
+
+def test_the_probe_tells_a_shared_destination_from_another_one(tmp_path: Path) -> None:
+    state = tmp_path / ".tcia-fetch"
+    state.mkdir()
+    assert "cannot read" in str(probe_destination(str(tmp_path), "probe-1", "n1"))
+    (state / "probe-1").write_text("other")
+    assert "not the client's destination" in str(probe_destination(str(tmp_path), "probe-1", "n1"))
+    (state / "probe-1").write_text("n1")
+    assert probe_destination(str(tmp_path), "probe-1", "n1") is None
+    assert [p.read_text() for p in state.glob("probe-1.*")] == ["n1"]
+
+
+class _TwoWorkers:
+    """A cluster stand-in: one worker shares the destination, the other runs the probe elsewhere."""
+
+    def __init__(self, elsewhere: Path) -> None:
+        self.elsewhere = elsewhere
+
+    async def run_on_workers(self, function: Any, root: str, name: str, nonce: str) -> dict[str, Any]:
+        return {
+            "tcp://node1:1": function(root, name, nonce),
+            "tcp://node2:1": function(str(self.elsewhere), name, nonce),
+        }
+
+
+def test_a_destination_not_shared_with_every_worker_stops_the_run_naming_the_worker(tmp_path: Path) -> None:
+    destination = Destination(tmp_path / "out")
+    destination.prepare()
+    elsewhere = tmp_path / "node2-local-disk"
+    (elsewhere / ".tcia-fetch").mkdir(parents=True)
+
+    async def main() -> None:
+        await _check_shared_destination(_TwoWorkers(elsewhere), destination)  # type: ignore[arg-type]
+
+    with pytest.raises(DestinationError) as caught:
+        anyio.run(main)
+    assert "tcp://node2:1" in str(caught.value)
+    assert "tcp://node1:1" not in str(caught.value)
+    assert "not shared with every Dask worker" in str(caught.value)
+    assert list(destination.state_dir.glob("cluster-probe-*")) == []  # probes cleaned up
+
+
+@pytest.mark.e2e
+def test_a_local_cluster_run_downloads_everything_reports_once_and_resumes(tmp_path: Path) -> None:
+    catalog = Catalog.generate(seed=5, collections=2, patients_per_collection=2, series_per_study=2)
+    uids = sorted(entry.uid for entry in catalog.series)
+    listed = ", ".join(f'"{c}"' for c in sorted({e.collection for e in catalog.series}))
+    job = tmp_path / "job.toml"
+    job.write_text(f"[download]\nconcurrency = 3\n\n[[query]]\ncollection = [{listed}]\n")
+    out = tmp_path / "out"
+    with serve_in_thread(FakeNBIA(catalog)) as server:
+        options = RunOptions(out=out, base_url=server.base_url)
+        report = run_on_cluster(job, options, "local:2")
+        assert report.exit_code == 0, report.failures
+        assert (report.planned, report.done, report.failed) == (len(uids), len(uids), 0)
+        assert report.engine["workers"] == 2
+        assert report.engine["cluster_semaphore_max_leases"] == 3
+        with (out / "metadata.csv").open(newline="", encoding="utf-8") as handle:
+            assert sorted(row["Series UID"] for row in csv.DictReader(handle)) == uids
+        again = run_on_cluster(job, options, "local:1")
+        assert (again.planned, again.done, again.skipped) == (len(uids), 0, len(uids))
+
+
+def _planned(uid: str) -> Any:
+    from types import MappingProxyType
+
+    from tcia_fetch.plan.model import PlannedSeries
+    from tcia_fetch.series.expectation import SeriesExpectation
+
+    return PlannedSeries(uid, SeriesExpectation(uid, 1, 5), MappingProxyType({"SeriesInstanceUID": uid}), "t")
+
+
+def test_a_retry_adopts_what_a_killed_worker_published_and_never_publishes_twice(tmp_path: Path) -> None:
+    from pathlib import PurePosixPath
+
+    from tcia_fetch.cluster.remote import adopt_published
+    from tcia_fetch.store.journal import Journal
+    from tests.store.helpers import record, stage_series
+
+    uid = "1.2.826.0.1.3680043.8.498.1"
+    destination = Destination(tmp_path / "out")
+    destination.prepare()
+    writer = Journal(destination.state_dir, run_id="r")
+    assert not adopt_published(destination, writer, "flat", _planned(uid), "r")  # nothing there yet
+
+    # The killed worker: verified record, then publish, then death before its "done" record.
+    staging, files = stage_series(destination, uid, {"1.dcm": b"12345"})
+    dead = Journal(destination.state_dir, run_id="r")
+    dead.append(record(uid, "verified", run_id="r", path=uid, files=files))
+    destination.publish(staging, PurePosixPath(uid))
+    dead.close()
+
+    assert adopt_published(destination, writer, "flat", _planned(uid), "r")
+    writer.close()
+    assert Journal.open(destination.state_dir, run_id="x").latest()[uid].status == "done"
+
+    # A directory that does not match its record is never adopted (the fetch then refuses to
+    # publish over it and reports it).
+    (destination.root / uid / "1.dcm").write_bytes(b"99999")
+    other = Journal(destination.state_dir, run_id="r")
+    assert not adopt_published(destination, other, "flat", _planned(uid), "r")

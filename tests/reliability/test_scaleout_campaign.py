@@ -1,0 +1,39 @@
+"""The scale-out part of the campaign: shards killed and rerun, a Dask worker killed mid-series.
+
+CI runs ``TCIA_FETCH_CAMPAIGN_SHARDS`` shards (default 3) with ``TCIA_FETCH_CAMPAIGN_SHARD_KILLS``
+kills (default 1) and one Dask worker kill; the release campaign runs more (``--full``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tcia_fetch.campaign.scaleout import run_dask_worker_kill, run_shard_kills
+
+from .conftest import env_int
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+def test_shards_on_one_destination_survive_a_killed_shard(tmp_path: Path) -> None:
+    outcome = run_shard_kills(
+        tmp_path,
+        shards=env_int("TCIA_FETCH_CAMPAIGN_SHARDS", 3),
+        kills=env_int("TCIA_FETCH_CAMPAIGN_SHARD_KILLS", 1),
+        seed=env_int("TCIA_FETCH_CAMPAIGN_SEED", 3),
+    )
+    assert outcome.problems == []
+    assert outcome.loss.counts() == dict.fromkeys(outcome.loss.counts(), 0)
+    assert set(outcome.exit_codes) == {0}
+    assert outcome.passed
+
+
+def test_a_dask_worker_killed_mid_series_costs_nothing(tmp_path: Path) -> None:
+    outcome = run_dask_worker_kill(tmp_path, workers=2, concurrency=2)
+    assert outcome.skipped is None
+    assert outcome.problems == []
+    assert any(message.startswith("killed worker") for message in outcome.messages)
+    assert outcome.loss.counts() == dict.fromkeys(outcome.loss.counts(), 0)
+    assert outcome.exit_codes == [0]
