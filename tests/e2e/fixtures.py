@@ -96,6 +96,8 @@ def _stable_parquet(path: Path) -> bytes:
 
     rows = pq.read_table(path).to_pylist()
     stable = [{k: v for k, v in row.items() if k != "tcia_downloaded_at"} for row in rows]
+    # Rows follow the journal (streamed, issue 13), whose order depends on when each series finished.
+    stable.sort(key=lambda row: json.dumps(row, sort_keys=True, default=str))
     return json.dumps(stable, sort_keys=True, default=str).encode()
 
 
