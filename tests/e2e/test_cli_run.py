@@ -19,7 +19,9 @@ from tcia_fetch.testing import Catalog
 
 from .fixtures import cli, fake_server_process, leftovers, tree_fingerprint
 
-pytestmark = pytest.mark.e2e
+# Every test starts interpreters (about 7 s each on a loaded 2-core machine, where a test here took
+# 67 s): a hang guard sized for that work, not the suite's 120 s default.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 SEED = 41
 SIZING = [

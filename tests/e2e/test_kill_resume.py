@@ -20,7 +20,9 @@ from tcia_fetch.testing import Catalog
 
 from .fixtures import cli, fake_server_process, leftovers, tree_fingerprint
 
-pytestmark = pytest.mark.e2e
+# Seven CLI runs, each an interpreter start (about 7 s on a loaded 2-core machine, where this test
+# took 38 s): a hang guard sized for that work, not the suite's 120 s default.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 SEED = 31
 SIZING = [
