@@ -18,6 +18,8 @@ import json
 import os
 import secrets
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -43,14 +45,14 @@ from tcia_fetch.engine.pacer import ByteRateLimiter, Pacer
 from tcia_fetch.engine.report import RunEvent, RunReport, RunStats, SeriesFailure
 from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.engine.worker import SeriesJob, SeriesWorker
-from tcia_fetch.errors import InputError, TciaFetchError, redact_url
+from tcia_fetch.errors import DestinationError, InputError, TciaFetchError, redact_url
 from tcia_fetch.job.jobfile import JobSpec, load_job
 from tcia_fetch.plan.model import PlannedSeries, PlanSummary
 from tcia_fetch.plan.planner import Planner, PlannerOptions
 from tcia_fetch.plan.shard import Shard, parse_shard, split_count, split_rate
 from tcia_fetch.plan.suggest import unmatched_tables
 from tcia_fetch.store.atomic import write_bytes_atomic, write_text_atomic
-from tcia_fetch.store.catalog import catalog_available, write_catalogs
+from tcia_fetch.store.catalog import catalog_available
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.digests import LAST_PLAN_DIGESTS, SortedDigests
 from tcia_fetch.store.home import (
@@ -78,6 +80,8 @@ _HEARTBEAT_S = 30.0
 _MAX_OUTAGE_S = 1800.0
 #: How long a finishing run waits for another process's compaction (a shard) before giving up.
 _FINISH_LEASE_WAIT_S = 600.0
+_CATALOG_TIMEOUT_S = 3600.0
+_CATALOG_ERROR_CHARS = 600
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,14 +533,44 @@ async def journal_sets(
 
 
 async def close_books(
-    journal: Journal, destination: Destination | BucketDestination, run_id: str, *, write_csv: bool
+    journal: Journal,
+    destination: Destination | BucketDestination,
+    run_id: str,
+    *,
+    write_csv: bool,
+    force: bool = False,
 ) -> int:
     """Compact the journal and write metadata.csv and the catalog, all under the compaction
     lease: another process (a shard, a Dask client) finishing at the same moment waits, so neither
-    file races or drops rows. Returns the instances this run recorded as done."""
-    books = _Books(journal, destination, run_id, write_csv=write_csv)
+    file races or drops rows. Returns the instances this run recorded as done.
+
+    ``force`` rewrites them even when ``journal`` itself appended nothing (a Dask client, whose
+    workers appended through journals of their own)."""
+    books = _Books(journal, destination, run_id, write_csv=write_csv, force=force)
     await anyio.to_thread.run_sync(lambda: journal.compact(wait_s=_FINISH_LEASE_WAIT_S, then=books.write))
     return books.instances
+
+
+def _write_catalog_in_child(destination: Destination | BucketDestination) -> None:
+    """catalog.parquet and instances.parquet, written by a short-lived ``tcia-fetch catalog DEST``.
+
+    Why a child process: importing pyarrow alone adds about 45 MB of resident memory, which would
+    double the downloader's peak on a shared login node (tests/e2e/test_memory.py). The child reads
+    the journal compacted just before (streamed, bounded memory), writes both tables and exits; it
+    runs while this process holds the compaction lease, so no other writer races it. Credentials
+    for a bucket reach it through the environment, never its command line.
+    """
+    target = str(destination.root) if isinstance(destination, Destination) else destination.location.url
+    command = [sys.executable, "-m", "tcia_fetch", "catalog", target]
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=_CATALOG_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DestinationError(f"cannot write the Parquet catalog of {target}: {exc}") from exc
+    if result.returncode != 0:
+        detail = result.stderr.strip()[-_CATALOG_ERROR_CHARS:]
+        raise DestinationError(f"cannot write the Parquet catalog of {target}: {detail}")
 
 
 class _UidUnion:
@@ -561,17 +595,25 @@ class _Books:
     """
 
     def __init__(
-        self, journal: Journal, destination: Destination | BucketDestination, run_id: str, *, write_csv: bool
+        self,
+        journal: Journal,
+        destination: Destination | BucketDestination,
+        run_id: str,
+        *,
+        write_csv: bool,
+        force: bool = False,
     ) -> None:
         self._journal = journal
         self._destination = destination
         self._run_id = run_id
         self._write_csv = write_csv
+        self._force = force
         self.instances = 0
 
     def write(self) -> None:
         csv_path = self._destination.root / "metadata.csv"
-        if self._journal.appended == 0 and (not self._write_csv or self._csv_is_current(csv_path)):
+        unchanged = not self._force and self._journal.appended == 0
+        if unchanged and (not self._write_csv or self._csv_is_current(csv_path)):
             return
 
         def rows() -> Iterator[dict[str, str]]:
@@ -595,8 +637,8 @@ class _Books:
         else:
             for _ in rows():
                 pass
-        if catalog_available():  # the Parquet catalog, derived from the same journal records
-            write_catalogs(self._journal.iter_latest("done"), self._destination.root)
+        if catalog_available():  # the Parquet catalog, derived from the same (compacted) journal
+            _write_catalog_in_child(self._destination)
 
     def _csv_is_current(self, csv_path: Path) -> bool:
         snapshot = self._destination.state_dir / SNAPSHOT_NAME
