@@ -91,7 +91,9 @@ def _last_planned(destination: Destination | BucketDestination) -> SortedDigests
             if isinstance(document.get("series"), list):
                 return SortedDigests.of_uids(str(uid) for uid in document["series"])
             raw = destination.state.read(str(document.get("digests", LAST_PLAN_DIGESTS)))
-            return SortedDigests.from_bytes(raw or b"")
+            if raw is None:  # a plan summary without its digests: say so rather than count 0 done
+                raise DestinationError("last-plan.json names a digests file that is not in the bucket")
+            return SortedDigests.from_bytes(raw)
         except (ValueError, AttributeError) as exc:
             raise DestinationError(f"{destination.state.describe('last-plan.json')}: {exc}") from exc
     plan_file = destination.state_dir / "last-plan.json"

@@ -346,12 +346,29 @@ async def _finish(
     if journal is not None:
         # Killed workers may have left staging behind; this host's dead ones are removed now.
         await anyio.to_thread.run_sync(destination.cleanup_leftovers)
-        # Under the compaction lease; a worker the scheduler lost may still be alive somewhere and
-        # writing: compaction folds only the segments of writers that finished.
-        report.instances = await close_books(
-            journal, destination, report.run_id, write_csv=spec.output.metadata_csv
-        )
+        report.instances = await _close_books(journal, destination, report.run_id, spec)
     await write_run_files(report, destination, options, planner)
+
+
+async def _close_books(journal: Journal, destination: Destination, run_id: str, spec: JobSpec) -> int:
+    """Compaction, metadata.csv and the catalog from a view that includes the workers' records.
+
+    The client's own view was read before any task ran: it knows nothing of the segments the
+    workers appended to since, and it appended (almost) nothing itself. So it is closed, and a
+    fresh view is read now that the workers have closed their writers (their segments are
+    finished, so the compaction folds them). Under the compaction lease; a worker the scheduler
+    lost may still be alive somewhere and writing: its segment is merged, never folded.
+    """
+    await anyio.to_thread.run_sync(journal.close)
+    fresh = await anyio.to_thread.run_sync(lambda: Journal.open(destination.state_dir, run_id=run_id))
+    try:
+        # Records in segments are appends the snapshot (and so metadata.csv) may not reflect yet.
+        workers_appended = fresh.statistics.segment_records > 0
+        return await close_books(
+            fresh, destination, run_id, write_csv=spec.output.metadata_csv, force=workers_appended
+        )
+    finally:
+        await anyio.to_thread.run_sync(fresh.close)
 
 
 def run_on_cluster(job: JobSpec | Path | str, options: RunOptions, scheduler: str | None = None) -> RunReport:

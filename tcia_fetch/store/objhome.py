@@ -34,12 +34,13 @@ from typing import Final
 from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.errors import DestinationBusyError, FinalPathExistsError, InputError
 from tcia_fetch.series.archive import ARCHIVE_SUFFIX, check_tar_zst
-from tcia_fetch.store._fs import host_name
+from tcia_fetch.store._fs import host_name, pid_is_alive
 from tcia_fetch.store._objstore import ObjectInfo, ObjectStore, open_object_store
 from tcia_fetch.store.destination import Destination, _checked_parts
+from tcia_fetch.store.digests import LAST_PLAN_DIGESTS
 from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.location import BucketLocation
-from tcia_fetch.store.lock import DEFAULT_STALE_AFTER_S
+from tcia_fetch.store.lock import DEFAULT_STALE_AFTER_S, _process_start
 from tcia_fetch.store.objstate import STATE_PREFIX, ObjectStateStorage
 from tcia_fetch.store.reconcile import Damage, Reconciliation
 
@@ -48,7 +49,9 @@ __all__ = ["BucketDestination", "BucketLock", "refuse_unsupported_keep"]
 LOCK_NAME: Final = "lock"
 #: Files the run writes at the destination root and in the state area, uploaded at the end.
 ROOT_OUTPUTS: Final = ("metadata.csv", "catalog.parquet", "instances.parquet")
-STATE_OUTPUTS: Final = ("last-report.json", "last-plan.json")
+#: In upload order: the plan's digests before the ``last-plan.json`` that names them, so a
+#: reader (``status``) never finds a plan whose digests are missing.
+STATE_OUTPUTS: Final = ("last-report.json", LAST_PLAN_DIGESTS, "last-plan.json")
 
 
 def refuse_unsupported_keep(keep: str) -> None:
@@ -167,10 +170,14 @@ class BucketDestination:
             path = self.root / name
             if path.is_file():
                 self.store.upload_file(self.location.key(name), path)
+                path.unlink(missing_ok=True)  # a spool, not a cache: never uploaded twice
         for name in STATE_OUTPUTS:
             path = self.state_dir / name
             if path.is_file():
                 self.state.write(name, path.read_bytes())
+                # The local copy is only a mirror for this upload: a later run that writes no plan
+                # (interrupted) must not upload this one again over a newer run's from elsewhere.
+                path.unlink(missing_ok=True)
         reports = self.state_dir / "reports"
         if reports.is_dir():
             for path in sorted(reports.iterdir()):
@@ -277,8 +284,17 @@ class BucketDestination:
 class BucketLock:
     """The destination lock in a bucket: a create-exclusive PUT with owner info and a heartbeat.
 
-    Staleness is by age only (another host's pid cannot be checked): a lock whose object was
-    last written (server time, ``LastModified``) more than ``stale_after_s`` ago is taken over.
+    The rule of the directory lock (:mod:`tcia_fetch.store.lock`): a holder on THIS host whose
+    process is gone (dead pid, or the pid now belongs to a newer process) is proof, and its lock
+    is taken over at once, so a rerun after a SIGKILL or a crash does not wait. A holder on
+    another host cannot be checked: its lock is taken over only by age, when the object was last
+    written (server time, ``LastModified``; the heartbeat rewrites it) more than
+    ``stale_after_s`` ago.
+
+    Taking over deletes the judged object and creates a new one exclusively; just before the
+    delete the object's ETag is compared with the one judged, so a lock that was refreshed or
+    re-taken meanwhile is judged again. (S3 has no conditional delete everywhere, so a tiny
+    window remains; a holder that lost its lock that way learns it at its next heartbeat.)
     """
 
     home: BucketDestination
@@ -294,6 +310,7 @@ class BucketLock:
         body: dict[str, object] = {
             "host": host_name(),
             "pid": os.getpid(),
+            "proc_start": _process_start(os.getpid()),
             "run_id": run_id,
             "started_at": time.time(),
             "token": token,
@@ -305,19 +322,25 @@ class BucketLock:
             info = home.store.head(key)
             if info is None:
                 continue  # released meanwhile
-            if time.time() - info.modified <= stale_after_s:
-                holder = _holder(home.state.read(LOCK_NAME))
+            data = home.state.read(LOCK_NAME)
+            if data is None:
+                continue  # released meanwhile
+            age = time.time() - info.modified
+            if age <= stale_after_s and not _holder_died_here(data):
                 raise DestinationBusyError(
-                    f"{home.location.url} is in use by {holder} (lock s3://{home.store.bucket}/{key}, "
-                    f"refreshed {time.time() - info.modified:.0f}s ago; taken over after "
-                    f"{stale_after_s:.0f}s without a heartbeat)"
+                    f"{home.location.url} is in use by {_holder(data)} (lock s3://{home.store.bucket}/{key}, "
+                    f"refreshed {age:.0f}s ago; taken over after {stale_after_s:.0f}s without a "
+                    "heartbeat, or at once when its process on this host has died)"
                 )
-            home.state.delete(LOCK_NAME)  # stale by age: take it over
+            # Dead (this host) or stale by age: take it over, unless it changed since it was judged.
+            now = home.store.head(key)
+            if now is not None and now.etag == info.etag:
+                home.state.delete(LOCK_NAME)
         raise DestinationBusyError(f"could not take the lock of {home.location.url}: other runs keep racing")
 
     def heartbeat(self) -> None:
         current = self.home.state.read(LOCK_NAME)
-        if current is None or json.loads(current).get("token") != self.token:
+        if current is None or _token(current) != self.token:
             raise DestinationBusyError(
                 f"lost the lock of {self.home.location.url}: {_holder(current)} took it"
             )
@@ -329,8 +352,40 @@ class BucketLock:
             return
         self.released = True
         current = self.home.state.read(LOCK_NAME)
-        if current is not None and json.loads(current).get("token") == self.token:
+        if current is not None and _token(current) == self.token:
             self.home.state.delete(LOCK_NAME)
+
+
+def _token(data: bytes) -> object:
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return None
+    return document.get("token") if isinstance(document, dict) else None
+
+
+def _holder_died_here(data: bytes) -> bool:
+    """Whether the lock's holder ran on this host and its process is gone (proof, not a guess).
+
+    An unreadable lock, or one of another host, is never judged dead here (age decides).
+    """
+    try:
+        document = json.loads(data)
+        host = document["host"]
+        pid = int(document["pid"])
+        started = document.get("proc_start")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+    if host != host_name() or pid <= 0:
+        return False
+    if not pid_is_alive(pid):
+        return True
+    if pid == os.getpid():
+        return False  # our own process: a lock we hold (or held) is never "dead"
+    if started is None:
+        return False
+    now_started = _process_start(pid)
+    return now_started is not None and now_started != started
 
 
 def _holder(data: bytes | None) -> str:

@@ -152,12 +152,12 @@ def test_a_retry_adopts_what_a_killed_worker_published_and_never_publishes_twice
     uid = "1.2.826.0.1.3680043.8.498.1"
     destination = Destination(tmp_path / "out")
     destination.prepare()
-    writer = Journal(destination.state_dir, run_id="r")
+    writer = Journal.open(destination.state_dir, run_id="r")
     assert not adopt_published(destination, writer, "flat", _planned(uid), "r")  # nothing there yet
 
     # The killed worker: verified record, then publish, then death before its "done" record.
     staging, files = stage_series(destination, uid, {"1.dcm": b"12345"})
-    dead = Journal(destination.state_dir, run_id="r")
+    dead = Journal.open(destination.state_dir, run_id="r")
     dead.append(record(uid, "verified", run_id="r", path=uid, files=files))
     destination.publish(staging, PurePosixPath(uid))
     dead.close()
@@ -169,5 +169,5 @@ def test_a_retry_adopts_what_a_killed_worker_published_and_never_publishes_twice
     # A directory that does not match its record is never adopted (the fetch then refuses to
     # publish over it and reports it).
     (destination.root / uid / "1.dcm").write_bytes(b"99999")
-    other = Journal(destination.state_dir, run_id="r")
+    other = Journal.open(destination.state_dir, run_id="r")
     assert not adopt_published(destination, other, "flat", _planned(uid), "r")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 
 from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.errors import DestinationBusyError, JournalError
+from tcia_fetch.store._fs import host_name
 from tcia_fetch.store._objstore import open_object_store
 from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.location import BucketLocation
@@ -117,6 +120,37 @@ def test_bucket_lock_refuses_a_live_holder_and_takes_over_a_stale_one(
     assert home.state.read("lock") is not None  # releasing a lost lock never deletes the new holder's
     taken.release()
     assert home.state.read("lock") is None
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_bucket_lock_of_a_dead_process_on_this_host_is_taken_over_at_once(
+    location: BucketLocation, tmp_path: Path
+) -> None:
+    # A SIGKILLed run leaves its lock behind, freshly heartbeaten: on this host a dead pid is
+    # proof (the rule of the directory lock), so the rerun must not wait for it to age out.
+    home = BucketDestination(location, work_dir=tmp_path / "w1", policy=RetryPolicy(testing=True))
+    killed = {"host": host_name(), "pid": _dead_pid(), "run_id": "killed", "token": "t", "started_at": 0}
+    assert home.state.create("lock", json.dumps(killed).encode())
+    taken = BucketLock.acquire(home, run_id="rerun")
+    assert json.loads(home.state.read("lock") or b"{}")["run_id"] == "rerun"
+    taken.release()
+    assert home.state.read("lock") is None
+
+
+def test_bucket_lock_of_another_host_is_judged_by_age_only(location: BucketLocation, tmp_path: Path) -> None:
+    # Another host's pid means nothing here: its lock stays until it goes stale by age.
+    home = BucketDestination(location, work_dir=tmp_path / "w1", policy=RetryPolicy(testing=True))
+    remote = {"host": "elsewhere-node", "pid": _dead_pid(), "run_id": "remote", "token": "t", "started_at": 0}
+    assert home.state.create("lock", json.dumps(remote).encode())
+    with pytest.raises(DestinationBusyError, match="run remote"):
+        BucketLock.acquire(home, run_id="rerun")
+    time.sleep(1.1)
+    BucketLock.acquire(home, run_id="rerun", stale_after_s=0.5).release()
 
 
 def test_a_log_continues_after_its_highest_part_even_with_gaps(

@@ -131,6 +131,8 @@ async def test_tar_zst_series_land_whole_in_the_bucket_with_state_catalog_and_cs
     assert "tcia/.tcia-fetch/snapshot.jsonl.zst" in state
     assert "tcia/.tcia-fetch/lock" not in state
     assert "tcia/.tcia-fetch/last-report.json" in state
+    # The plan `status` counts from: its digests too, or a bucket's status shows nothing done.
+    assert {"tcia/.tcia-fetch/last-plan.json", "tcia/.tcia-fetch/last-plan.digests"} <= state
     last_report = client.get_object(Bucket=bucket, Key="tcia/.tcia-fetch/last-report.json")["Body"].read()
     last = json.loads(last_report)
     assert last["done"] == 4
