@@ -48,12 +48,12 @@ from tcia_fetch.engine.report import RunEvent, RunReport, RunStats, SeriesFailur
 from tcia_fetch.engine.run import (
     RunOptions,
     _as_job,
-    _is_production,
     _new_run_id,
     _path,
     _retry_policy,
     close_books,
     journal_sets,
+    planner_options,
     resolve_client_settings,
     write_run_files,
 )
@@ -61,7 +61,7 @@ from tcia_fetch.engine.worker import SeriesJob
 from tcia_fetch.errors import ClusterError, DestinationError, InputError, TciaFetchError, redact_url
 from tcia_fetch.job.jobfile import JobSpec
 from tcia_fetch.plan.model import PlannedSeries, PlanSummary
-from tcia_fetch.plan.planner import Planner, PlannerOptions
+from tcia_fetch.plan.planner import Planner
 from tcia_fetch.plan.shard import split_rate
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.journal import Journal
@@ -162,11 +162,7 @@ async def fetch_on_cluster(
                     clock=clock,
                     skip_uids=done_uids,
                     only_uids=only,
-                    options=PlannerOptions(
-                        full_metadata=layout == "descriptive",
-                        nlst_fallback=_is_production(settings),
-                        bulk_metadata=client.api_version == "v4",
-                    ),
+                    options=planner_options(layout, settings, client),
                 )
                 items: list[PlannedSeries] = []
 

@@ -192,14 +192,19 @@ async def plan(
             spec,
             retry_policy=_retry_policy(spec),
             clock=clock,
-            options=PlannerOptions(
-                full_metadata=(options.layout or spec.output.layout) == "descriptive",
-                nlst_fallback=_is_production(settings),
-                bulk_metadata=client.api_version == "v4",
-            ),
+            options=planner_options(options.layout or spec.output.layout, settings, client),
         )
         summary = await planner.run(collect)
     return items, summary
+
+
+def planner_options(layout: str, settings: ClientSettings, client: NBIAClient) -> PlannerOptions:
+    """How every run (plan, fetch, a cluster run) lets the planner use this server."""
+    return PlannerOptions(
+        full_metadata=layout == "descriptive",
+        nlst_fallback=_is_production(settings),
+        bulk_metadata=client.api_version == "v4",
+    )
 
 
 def _is_production(settings: ClientSettings) -> bool:
@@ -312,11 +317,7 @@ async def fetch(
                 clock=clock,
                 skip_uids=done_uids,
                 only_uids=only,
-                options=PlannerOptions(
-                    full_metadata=layout == "descriptive",
-                    nlst_fallback=_is_production(settings),
-                    bulk_metadata=client.api_version == "v4",
-                ),
+                options=planner_options(layout, settings, client),
                 share=shard.owns if shard is not None else None,
             )
             worker = SeriesWorker(
