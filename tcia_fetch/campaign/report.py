@@ -16,6 +16,7 @@ from tcia_fetch.campaign.crash import PHASES, CrashResult
 from tcia_fetch.campaign.faults import MixOutcome, ScenarioOutcome
 from tcia_fetch.campaign.fuzz import FuzzResult
 from tcia_fetch.campaign.hostile import HostileResult
+from tcia_fetch.campaign.hostile_server import HostileServerResult
 from tcia_fetch.campaign.local import LocalOutcome
 from tcia_fetch.campaign.oracle import DataLoss
 from tcia_fetch.campaign.s3 import S3Result
@@ -35,6 +36,7 @@ class CampaignFigures:
     crash: CrashResult | None = None
     local: list[LocalOutcome] = field(default_factory=list)
     hostile: HostileResult | None = None
+    server: HostileServerResult | None = None
     fuzz: FuzzResult | None = None
     secrets: SecretsResult | None = None
     s3: S3Result | None = None
@@ -78,6 +80,8 @@ class CampaignFigures:
         reasons += [f"{o.name}: {'; '.join(o.problems)}" for o in self.local if o.problems]
         if self.hostile is not None:
             reasons += self.hostile.problems[:10]
+        if self.server is not None:
+            reasons += [f"hostile server: {problem}" for problem in self.server.problems[:20]]
         if self.fuzz is not None:
             for name, target in self.fuzz.targets.items():
                 reasons += [f"fuzz {name}: {violation}" for violation in target.violations[:5]]
@@ -148,6 +152,7 @@ class CampaignFigures:
                 for o in self.local
             ],
             "hostile": self.hostile.as_dict() if self.hostile else None,
+            "server": self.server.as_dict() if self.server else None,
             "fuzz": self.fuzz.as_dict() if self.fuzz else None,
             "secrets": self.secrets.as_dict() if self.secrets else None,
             "s3": self.s3.as_dict() if self.s3 else None,
@@ -203,6 +208,13 @@ class CampaignFigures:
                 f"hostile   {h.tried} archives in {len(h.families)} families: {h.rejected} rejected, "
                 f"{h.accepted} accepted, {h.escapes} escapes, {h.too_slow} too slow, "
                 f"{h.too_much_memory} over memory; slowest {h.slowest_case_s:.2f} s"
+            )
+        if self.server is not None:
+            sv = self.server
+            worst = max((o.peak_rss_mb or 0.0 for o in sv.outcomes), default=0.0)
+            lines.append(
+                f"server    {len(sv.outcomes)} hostile-server cases: "
+                f"{len(sv.outcomes) - sv.failed} protected, {sv.failed} failed; worst peak RSS {worst:.0f} MB"
             )
         if self.fuzz is not None:
             f = self.fuzz

@@ -26,7 +26,7 @@ from tcia_fetch.campaign.report import CampaignFigures
 
 __all__ = ["PARTS", "CampaignSizes", "run_campaign"]
 
-PARTS = ("faults", "crash", "local", "scaleout", "hostile", "fuzz", "secrets", "s3")
+PARTS = ("faults", "crash", "local", "scaleout", "hostile", "server", "fuzz", "secrets", "s3")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class CampaignSizes:
     #: Passes over every named start-up crash point (one kill-and-restart round per point).
     startup_rounds: int = 1
     hostile: int = 200
+    #: Hostile-server family: include the heavy cases (GiB-sized bombs, long storms).
+    server_heavy: bool = False
     fuzz_examples: int = 5_000
     disk_full_sizes_kib: tuple[int, ...] = (700,)
     s3_kills: int = 3
@@ -56,6 +58,7 @@ class CampaignSizes:
             kills=200,
             startup_rounds=3,
             hostile=1_000,
+            server_heavy=True,
             fuzz_examples=100_000,
             disk_full_sizes_kib=(300, 700, 1_100),
             s3_kills=30,
@@ -98,6 +101,7 @@ def run_campaign(
             ("local", lambda: _local(figures, sizes, root / "local", say)),
             ("scaleout", lambda: _scaleout(figures, sizes, root / "scaleout", seed, say)),
             ("hostile", lambda: _hostile(figures, sizes, root / "hostile", seed, say)),
+            ("server", lambda: _server(figures, sizes, root / "server", say)),
             ("fuzz", lambda: _fuzz(figures, sizes, say)),
             ("secrets", lambda: _secrets(figures, root / "secrets", say)),
             ("s3", lambda: _s3(figures, sizes, root / "s3", seed, say)),
@@ -192,6 +196,12 @@ def _hostile(
         from tcia_fetch.campaign.hostile import run_hostile
 
         figures.hostile = run_hostile(sizes.hostile, root, seed=seed, progress=say)
+
+
+def _server(figures: CampaignFigures, sizes: CampaignSizes, root: Path, say: Callable[[str], None]) -> None:
+    from tcia_fetch.campaign.hostile_server import run_hostile_server
+
+    figures.server = run_hostile_server(root, include_heavy=sizes.server_heavy, progress=say)
 
 
 def _fuzz(figures: CampaignFigures, sizes: CampaignSizes, say: Callable[[str], None]) -> None:
