@@ -35,10 +35,12 @@ batch log is enough to act on.
     │   ├── SizeMismatchError           DICOM byte total differs from TotalSizeInBytes
     │   └── ChecksumMismatchError       an MD5 differs, or the MD5 list is missing or inconsistent
     ├── MetadataError                   the server's own figures are missing or impossible; retryable
+    │   └── ImplausibleFiguresError     counts/sizes beyond any real series; per series, not retried
     ├── StorageError (OSError)          the local destination; fatal
     │   ├── DiskFullError               ENOSPC / EDQUOT
     │   ├── DestinationError            missing, read-only or otherwise unusable destination
     │   │   └── FinalPathExistsError    a series' final path is taken by something else; per series
+    │   ├── InsufficientSpaceError      one series' planned bytes exceed the free space; per series
     │   ├── DestinationBusyError        another live run owns the destination
     │   ├── ObjectStoreAuthError        the object store refused our credentials (or found none)
     │   └── BucketMissingError          the destination bucket does not exist
@@ -72,7 +74,9 @@ __all__ = [
     "DiskFullError",
     "FinalPathExistsError",
     "HTTPStatusError",
+    "ImplausibleFiguresError",
     "InputError",
+    "InsufficientSpaceError",
     "IntegrityError",
     "InvalidParameterError",
     "JournalError",
@@ -389,6 +393,18 @@ class MetadataError(TciaFetchError):
     reference = "metadata"
 
 
+class ImplausibleFiguresError(MetadataError):
+    """The server claims an instance count or byte total no real series comes near.
+
+    Bad server data, never bad input: the series fails on its own (the rest of the job goes on)
+    and is not retried, since asking again returns the same figures. The bounds and their
+    source are in :mod:`tcia_fetch.series.plausible`.
+    """
+
+    retryable = False
+    reference = "implausible-figures"
+
+
 # --- local state -----------------------------------------------------------------------------
 
 
@@ -422,6 +438,20 @@ class FinalPathExistsError(DestinationError):
     fatal = False
     exit_code = EXIT_SOME_FAILED
     reference = "final-path-exists"
+
+
+class InsufficientSpaceError(StorageError):
+    """One series needs more room than its destination's filesystem has free, even alone.
+
+    Checked before the series' first byte is requested (engine/space.py), so nothing is written.
+    Not fatal: smaller series may still fit, and the rest of the job goes on; a rerun after
+    freeing space fetches it. A destination with less free space than the reserve is
+    :class:`DiskFullError` instead, which ends the run like ENOSPC does.
+    """
+
+    fatal = False
+    exit_code = EXIT_SOME_FAILED
+    reference = "no-space-for-series"
 
 
 class DestinationBusyError(StorageError):

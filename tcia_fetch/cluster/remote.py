@@ -39,6 +39,7 @@ from tcia_fetch.engine.concurrency import AdaptiveLimiter
 from tcia_fetch.engine.pacer import ByteRateLimiter, Pacer
 from tcia_fetch.engine.report import RunStats
 from tcia_fetch.engine.retry import RetryPolicy
+from tcia_fetch.engine.space import SpaceGuard
 from tcia_fetch.engine.worker import SeriesJob, SeriesWorker
 from tcia_fetch.errors import TciaFetchError
 from tcia_fetch.plan.model import PlannedSeries
@@ -177,6 +178,7 @@ class _Runtime:
         self._pacer = Pacer(clock, max_requests_per_s=config.max_requests_per_s)
         self._breaker = CircuitBreaker(clock, max_outage_s=_MAX_OUTAGE_S, on_close=lambda: limiter.restart(1))
         self._bandwidth = ByteRateLimiter(config.max_bytes_per_s, clock) if config.max_bytes_per_s else None
+        self._space = SpaceGuard(self._destination.state_dir)  # shared by this process' series
 
     def fetch(self, payload: dict[str, Any]) -> dict[str, Any]:
         return self._portal.call(self._fetch, payload)
@@ -203,6 +205,7 @@ class _Runtime:
                 stats=stats,
                 damaged=self._config.damaged,
                 md5_via_legacy_endpoint=self._md5_legacy,
+                space=self._space,
             )
             done = await worker.fetch(item)
             self._md5_legacy = self._md5_legacy or worker.md5_via_legacy_endpoint

@@ -44,6 +44,7 @@ from tcia_fetch.engine.concurrency import AdaptiveLimiter
 from tcia_fetch.engine.pacer import ByteRateLimiter, Pacer
 from tcia_fetch.engine.report import RunEvent, RunReport, RunStats, SeriesFailure
 from tcia_fetch.engine.retry import RetryPolicy
+from tcia_fetch.engine.space import SpaceGuard
 from tcia_fetch.engine.worker import SeriesJob, SeriesWorker
 from tcia_fetch.errors import DestinationError, InputError, TciaFetchError, redact_url
 from tcia_fetch.job.jobfile import JobSpec, load_job
@@ -110,6 +111,9 @@ class RunOptions:
     shard: Shard | str | None = None
     #: Run the downloads on a Dask cluster: ``tcp://host:port`` or ``local:N`` (tcia_fetch.cluster).
     scheduler: str | None = None
+    #: Bytes kept free on the staging filesystem (engine/space.py); None: 256 MiB or 1 % of it,
+    #: whichever is smaller.
+    min_free_bytes: int | None = None
 
     def __post_init__(self) -> None:
         # Accept plain strings from scripts; store Paths.
@@ -125,6 +129,8 @@ class RunOptions:
             raise InputError("--shard and --scheduler do not mix: a Dask run already spreads the whole job")
         if self.scheduler is not None:
             parse_scheduler(self.scheduler)  # a bad address is exit 2 before any connection
+        if self.min_free_bytes is not None and self.min_free_bytes < 0:
+            raise InputError(f"min_free_bytes: must be 0 or more, not {self.min_free_bytes}")
 
     @property
     def split(self) -> Shard | None:
@@ -338,6 +344,8 @@ async def fetch(
                 on_event=on_event,
                 damaged=damaged,
                 budget=budget,
+                # Staging lives beside the state directory (a bucket home's is local too).
+                space=SpaceGuard(destination.state_dir, reserve_bytes=options.min_free_bytes),
             )
             await _run_pool(planner, worker, concurrency, lock.heartbeat, stats)
         report.engine = {

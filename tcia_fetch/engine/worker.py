@@ -12,9 +12,14 @@ Order of a successful attempt, and why each step is where it is:
    GroupPublisher). A crash between any two steps is repaired by startup reconciliation:
    nothing unverified is ever at a final path, and a published series is never re-downloaded.
 
+Before step 1, the server's figures must be plausible (series/plausible.py) and the series'
+staging bytes must fit in the free space (engine/space.py); neither costs a request.
+
 Failures of one series are retried under its :class:`RetryState` and finally recorded as
 ``failed`` with the reason; only fatal errors (disk full, destination unusable, auth) leave
-this module and stop the run.
+this module and stop the run. A failed attempt keeps nothing alive into the retry wait: its
+extractor is dropped and the exception's tracebacks (which reference the attempt's frames,
+batches and extractor) are cleared before sleeping.
 """
 
 from __future__ import annotations
@@ -38,9 +43,12 @@ from tcia_fetch.engine.concurrency import AdaptiveLimiter, Slot
 from tcia_fetch.engine.pacer import ByteRateLimiter, Pacer
 from tcia_fetch.engine.report import RunEvent, RunStats, SeriesFailure
 from tcia_fetch.engine.retry import RetryPolicy, RetryState
+from tcia_fetch.engine.space import SpaceGuard, staging_bytes_needed
 from tcia_fetch.errors import (
     ArchiveTooLargeError,
     CountMismatchError,
+    ImplausibleFiguresError,
+    InsufficientSpaceError,
     IntegrityError,
     InvalidParameterError,
     RateLimitedError,
@@ -53,6 +61,7 @@ from tcia_fetch.errors import (
 from tcia_fetch.plan.model import PlannedSeries
 from tcia_fetch.series.expectation import SeriesExpectation
 from tcia_fetch.series.extract import SeriesExtractor, VerifiedSeries
+from tcia_fetch.series.plausible import check_plausible
 from tcia_fetch.store.home import SeriesHome
 from tcia_fetch.store.journal import FileEntry, Journal, SeriesRecord
 from tcia_fetch.store.layout import render_series_path
@@ -70,6 +79,8 @@ EXTRACTOR_THREADS = max(6, 2 * (os.cpu_count() or 1) + 2)
 #: Verification failures that may mean the series changed on the server after planning: the
 #: worker asks ``getSeriesSize`` once more before spending its integrity budget on them.
 _FIGURES_DISAGREE = (CountMismatchError, SizeMismatchError, ArchiveTooLargeError)
+#: Refusals decided before any request: they say nothing about the server's health.
+_REFUSED_BEFORE_REQUEST = (ImplausibleFiguresError, InsufficientSpaceError)
 
 
 class _Stream(Protocol):
@@ -164,6 +175,8 @@ class SeriesWorker:
     rng: random.Random = field(default_factory=random.Random)
     #: Body bytes held by all downloads together (see engine/budget.py); the run sizes it.
     budget: ByteBudget = field(default_factory=lambda: budget_for(8))
+    #: Free-space check before each attempt (engine/space.py); None checks nothing.
+    space: SpaceGuard | None = None
 
     def __post_init__(self) -> None:
         self.commit = GroupCommit(self.journal)
@@ -184,10 +197,12 @@ class SeriesWorker:
             except TciaFetchError as exc:
                 if exc.fatal:
                     raise
+                _drop_tracebacks(exc)  # nothing of the failed attempt may live on through them
                 if not switched_endpoint and self._fall_back_for_md5(exc):
                     switched_endpoint = True  # once per series: the MD5 endpoint cannot refuse it
                     continue
-                self._feedback(item.series_uid, exc)
+                if not isinstance(exc, _REFUSED_BEFORE_REQUEST):
+                    self._feedback(item.series_uid, exc)
                 if progress.dicom_bytes and not isinstance(exc, IntegrityError):
                     # A transfer that broke after real progress says little about the server.
                     state.note_progress()
@@ -209,6 +224,17 @@ class SeriesWorker:
     # -- one attempt ---------------------------------------------------------------------------
 
     async def _attempt(
+        self, item: PlannedSeries, expectation: SeriesExpectation, progress: _Progress
+    ) -> None:
+        check_plausible(expectation)  # the caps below are only as good as the figures
+        if self.space is None:
+            await self._attempt_in_room(item, expectation, progress)
+            return
+        need = staging_bytes_needed(expectation, self.job.keep)
+        async with self.space.hold(item.series_uid, need):
+            await self._attempt_in_room(item, expectation, progress)
+
+    async def _attempt_in_room(
         self, item: PlannedSeries, expectation: SeriesExpectation, progress: _Progress
     ) -> None:
         await self.breaker.wait_closed()
@@ -304,6 +330,7 @@ class SeriesWorker:
         except BaseException:
             if held:
                 budget.release(held)
+            batch.clear()
             self.stats.dicom_bytes -= counted
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(target.discard)
@@ -477,12 +504,22 @@ class _Target:
         return self._open().finish()
 
     def discard(self) -> None:
-        """Close the extractor and remove the staging directory (after a failure)."""
-        if self._extractor is not None:
-            self._extractor.close()
+        """Close and drop the extractor, and remove the staging directory (after a failure)."""
+        self.close()
         if self.staging is not None:
             self._destination.discard(self.staging)
 
     def close(self) -> None:
-        if self._extractor is not None:
-            self._extractor.close()
+        extractor, self._extractor = self._extractor, None
+        if extractor is not None:
+            extractor.close()
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    """Clear the tracebacks of ``exc`` and its causes: they pin the failed attempt's frames."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__

@@ -24,11 +24,12 @@ import anyio
 
 from tcia_fetch.engine.clock import Clock
 from tcia_fetch.engine.retry import RetryPolicy, retry_call
-from tcia_fetch.errors import MetadataError, TciaFetchError
+from tcia_fetch.errors import ImplausibleFiguresError, MetadataError, TciaFetchError
 from tcia_fetch.job.jobfile import JobSpec, SeriesQuery
 from tcia_fetch.plan.model import PlannedSeries, PlanProblem, PlanSummary, frozen_row
 from tcia_fetch.plan.suggest import EmptyQueryExplainer, client_exclusions, combination_count
 from tcia_fetch.series.expectation import SeriesExpectation
+from tcia_fetch.series.plausible import implausibility
 from tcia_fetch.store.digests import GrowingDigestSet, SortedDigests, sorted_unique, uid_digest
 
 __all__ = ["Planner", "PlannerOptions", "SeriesSource"]
@@ -331,6 +332,10 @@ class Planner:
                 "metadata",
                 origin,
             )
+            return
+        implausible = implausibility(count, size)
+        if implausible is not None:  # bad server data: this series fails, the job goes on
+            self._problem(row.series_uid, implausible, ImplausibleFiguresError.reference, origin)
             return
         item = PlannedSeries(
             series_uid=row.series_uid,

@@ -12,8 +12,11 @@ message names the member and the numbers:
   (:mod:`tcia_fetch.series.names`), and every member is a regular file;
 * at most one ``LICENSE`` and one ``md5hashes.csv``; every other member is a DICOM Part-10
   file (``DICM`` at offset 128);
-* caps from the server's figures (:class:`~tcia_fetch.series.limits.ArchiveLimits`) hold at
-  every byte: DICOM bytes, member count, raw archive bytes, LICENSE and md5-list sizes;
+* the server's figures are plausible at all (:mod:`tcia_fetch.series.plausible`), and the caps
+  derived from them (:class:`~tcia_fetch.series.limits.ArchiveLimits`) hold at every byte:
+  DICOM bytes, member count, raw archive bytes, LICENSE and md5-list sizes (the list's cap
+  shrinks to the DICOM members actually seen when it starts; it is parsed as it streams and
+  never buffered whole);
 * the instance count equals ``ObjectCount``, the DICOM byte total equals ``TotalSizeInBytes``;
 * ``md5hashes.csv`` lists exactly the DICOM members, each with its actual MD5 (required when
   ``require_md5``; checked whenever present).
@@ -55,9 +58,10 @@ from tcia_fetch.series.dicom_meta import (
     read_sop_class_uid,
 )
 from tcia_fetch.series.expectation import SeriesExpectation
-from tcia_fetch.series.limits import ArchiveLimits
-from tcia_fetch.series.md5list import MD5_LIST_NAME, parse_md5_list
+from tcia_fetch.series.limits import ArchiveLimits, md5_list_cap
+from tcia_fetch.series.md5list import MD5_LIST_NAME, Md5ListParser
 from tcia_fetch.series.names import MemberNames, member_name_problem
+from tcia_fetch.series.plausible import check_plausible
 from tcia_fetch.series.zipstream import MemberHeader, StreamedMember, ZipStreamReader
 
 if TYPE_CHECKING:
@@ -140,6 +144,7 @@ class SeriesExtractor:
         fsync: bool = True,
     ) -> None:
         uid = expectation.series_uid
+        check_plausible(expectation)
         if expectation.instance_count < 1:
             raise MetadataError(
                 f"the server reports {expectation.instance_count} instances: nothing to verify against",
@@ -167,7 +172,8 @@ class SeriesExtractor:
         self._current: _OpenMember | None = None
         self._files: list[VerifiedFile] = []
         self._dicom_md5: dict[str, str] = {}
-        self._md5_list: bytearray | None = None
+        self._md5_list: Md5ListParser | None = None
+        self._md5_list_cap = 0
         self._sop_class_uid: str | None = None
         self._failure: Exception | None = None
         self._result: VerifiedSeries | None = None
@@ -274,6 +280,14 @@ class SeriesExtractor:
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        # Nothing of a finished or failed attempt outlives it: drop the per-member state (the
+        # md5 map, the list parser, a DICOM head) so that whoever still holds this object (an
+        # exception's traceback during a retry wait) holds no buffers through it.
+        self._current = None
+        self._md5_list = None
+        self._dicom_md5 = {}
+        self._files = []
+        self._archive = None
 
     def _check_usable(self) -> None:
         if self._failure is not None:
@@ -299,7 +313,12 @@ class SeriesExtractor:
             kind = "license"
         elif header.name == MD5_LIST_NAME:
             kind = "md5list"
-            self._md5_list = bytearray()
+            # NBIA appends the list after every instance: it may describe only the DICOM members
+            # already seen (the claimed count when it comes first), and its bytes are capped to
+            # match, so a list padded with junk or blank lines is cut off within a few KiB.
+            rows = len(self._dicom_md5) or self.expectation.instance_count
+            self._md5_list_cap = min(self.limits.max_md5_list_bytes, md5_list_cap(rows))
+            self._md5_list = Md5ListParser(max_entries=rows)
         head_limit = 0
         if kind == "dicom":
             head_limit = DICOM_HEAD_BYTES if not self._dicom_md5 else DICOM_MAGIC_END
@@ -338,9 +357,9 @@ class SeriesExtractor:
         elif member.kind == "license":
             self._check_member_cap(member, self.limits.max_license_bytes)
         else:
-            self._check_member_cap(member, self.limits.max_md5_list_bytes)
+            self._check_member_cap(member, self._md5_list_cap)
             assert self._md5_list is not None
-            self._md5_list += data
+            self._md5_list.feed(data)
         member.md5.update(data)
         if member.fd is not None:
             self._write(member.fd, data, member.name)
@@ -413,7 +432,7 @@ class SeriesExtractor:
                     f"the archive has no {MD5_LIST_NAME} but MD5 verification is required (IncludeMD5=Yes)"
                 )
             return
-        listed = parse_md5_list(bytes(self._md5_list))
+        listed = self._md5_list.finish()
         for name in listed:
             if name not in self._dicom_md5:
                 raise ChecksumMismatchError(

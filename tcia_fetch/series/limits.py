@@ -16,10 +16,12 @@ __all__ = [
     "ARCHIVE_PER_MEMBER_SLACK_BYTES",
     "ARCHIVE_PROPORTIONAL_SLACK",
     "LICENSE_MAX_BYTES",
+    "MD5_LIST_ABSOLUTE_MAX_BYTES",
     "MD5_LIST_FIXED_BYTES",
     "MD5_LIST_PER_INSTANCE_BYTES",
     "NON_DICOM_MEMBERS",
     "ArchiveLimits",
+    "md5_list_cap",
 ]
 
 #: Members that are not DICOM instances: ``LICENSE`` (getImage) and ``md5hashes.csv`` (IncludeMD5).
@@ -40,6 +42,9 @@ LICENSE_MAX_BYTES = 1 << 20
 #: ``<name>,<32 hex>\n`` is about 50 bytes; 200 tolerates long names and CRLF.
 MD5_LIST_PER_INSTANCE_BYTES = 200
 MD5_LIST_FIXED_BYTES = 1 << 10
+#: Whatever the server claims: 250,000 instances (series/plausible.py) at 200 bytes a row is
+#: 50 MB; no real list comes near this, so no claim can buy a bigger one.
+MD5_LIST_ABSOLUTE_MAX_BYTES = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,14 @@ class ArchiveLimits:
             max_members=max_members,
             max_archive_bytes=max_archive_bytes,
             max_license_bytes=LICENSE_MAX_BYTES,
-            max_md5_list_bytes=MD5_LIST_PER_INSTANCE_BYTES * expectation.instance_count
-            + MD5_LIST_FIXED_BYTES,
+            max_md5_list_bytes=md5_list_cap(expectation.instance_count),
         )
+
+
+def md5_list_cap(rows: int) -> int:
+    """The most bytes ``md5hashes.csv`` may take when it describes at most ``rows`` files.
+
+    The extractor asks again when the list starts, with the DICOM members it has actually seen
+    (NBIA appends the list last), so a padded list is cut off after a few KiB on a small series.
+    """
+    return min(MD5_LIST_PER_INSTANCE_BYTES * rows + MD5_LIST_FIXED_BYTES, MD5_LIST_ABSOLUTE_MAX_BYTES)

@@ -21,7 +21,7 @@ import socket
 import struct
 import time
 import zlib
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from email.utils import formatdate
 
@@ -198,9 +198,49 @@ async def _zip_pieces(request: _ZipRequest) -> AsyncGenerator[bytes, None]:
                 digest = format(int(digest, 16) ^ 0x1, "032x")
                 wrong_done = True
             lines.append(f"{names[instance.position]},{digest}")
-        for piece in small_member("md5hashes.csv", ("\n".join(lines) + "\n").encode("ascii")):
-            yield piece
+        rows = ("\n".join(lines) + "\n").encode("ascii")
+        if kind is FaultKind.MD5_LIST_BOMB and fault is not None:
+            for piece in _md5_list_bomb(writer, rows, fault.param_int("inflated_bytes")):
+                yield piece
+        else:
+            for piece in small_member("md5hashes.csv", rows):
+                yield piece
     yield writer.finish()
+
+
+#: One MiB of blank lines, deflated once from a fresh compressor and full-flushed: a block that
+#: references nothing before it, so it can be repeated to inflate to any size.
+_BLANK_MIB = b"\n" * (1 << 20)
+_BLANK_BLOCK: bytes | None = None
+
+
+def _md5_list_bomb(writer: ZipStreamWriter, rows: bytes, inflated_bytes: int) -> Iterator[bytes]:
+    """md5hashes.csv: the real ``rows``, then blank lines up to ``inflated_bytes`` (MD5_LIST_BOMB).
+
+    About 1 KiB on the wire per MiB inflated. The CRC is computed as the pieces are sent (about a
+    millisecond per MiB), so a client that gives up early costs the server nothing more.
+    """
+    global _BLANK_BLOCK
+    if _BLANK_BLOCK is None:
+        blank = zlib.compressobj(9, zlib.DEFLATED, -15)
+        _BLANK_BLOCK = blank.compress(_BLANK_MIB) + blank.flush(zlib.Z_FULL_FLUSH)
+    head = zlib.compressobj(6, zlib.DEFLATED, -15)
+    first = head.compress(rows) + head.flush(zlib.Z_FULL_FLUSH)
+    yield writer.local_header("md5hashes.csv")
+    yield first
+    compressed = len(first)
+    crc = zlib.crc32(rows)
+    size = len(rows)
+    while size + len(_BLANK_MIB) <= inflated_bytes:
+        yield _BLANK_BLOCK
+        crc = zlib.crc32(_BLANK_MIB, crc)
+        size += len(_BLANK_MIB)
+        compressed += len(_BLANK_BLOCK)
+    final = zlib.compressobj(6, zlib.DEFLATED, -15).flush(zlib.Z_FINISH)
+    yield final
+    compressed += len(final)
+    writer.add_data(compressed)
+    yield writer.data_descriptor(crc, compressed, size)
 
 
 def _yes(value: str | None) -> bool:

@@ -63,9 +63,16 @@ class FaultKind(enum.Enum):
     # (default 0) API requests: every query and download answers 503 (mode="503", the default) or has
     # its connection closed without a response (mode="close"). One window per rule; `times` unused.
     OUTAGE = "OUTAGE"
+    # --- issue 14, archive hardening (md5 list, plausibility, free space) ---
+    # getImage's md5hashes.csv holds the real rows followed by blank lines until it inflates to
+    # inflated_bytes (default 1 GiB); a ~1 KiB deflate block is repeated, so serving it costs little.
+    MD5_LIST_BOMB = "MD5_LIST_BOMB"
+    # Query answers claim image_count instances (default 6,000,000; None keeps the real count) and
+    # total_bytes bytes (default None: the real size) for the series, in every query endpoint.
+    CLAIM_FIGURES = "CLAIM_FIGURES"
 
 
-QUERY_FAULTS = frozenset({FaultKind.WRONG_SIZE, FaultKind.SLOW_QUERY})
+QUERY_FAULTS = frozenset({FaultKind.WRONG_SIZE, FaultKind.SLOW_QUERY, FaultKind.CLAIM_FIGURES})
 #: Faults of the whole server rather than of one request kind.
 SERVER_FAULTS = frozenset({FaultKind.OUTAGE})
 DOWNLOAD_FAULTS = frozenset(set(FaultKind) - QUERY_FAULTS - SERVER_FAULTS)
@@ -92,6 +99,8 @@ _DEFAULTS: Mapping[FaultKind, Mapping[str, object]] = {
     FaultKind.RESET: {"after_bytes": 1000},
     FaultKind.RATE_LIMIT_DATE: {"retry_in_s": 2.0, "clock_skew_s": 0.0},
     FaultKind.OUTAGE: {"duration_s": 5.0, "mode": "503", "after_requests": 0},
+    FaultKind.MD5_LIST_BOMB: {"inflated_bytes": 1 << 30},
+    FaultKind.CLAIM_FIGURES: {"image_count": 6_000_000, "total_bytes": None},
 }
 
 DEFAULT_RANDOM_KINDS = (

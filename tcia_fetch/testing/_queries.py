@@ -16,7 +16,7 @@ from aiohttp import web
 
 from tcia_fetch.testing._catalog import SeriesEntry
 from tcia_fetch.testing._downloads import outage_guard
-from tcia_fetch.testing._faults import FaultKind
+from tcia_fetch.testing._faults import FaultKind, FaultRule
 from tcia_fetch.testing._formats import (
     ERROR_PREFIX,
     LEGACY_SERIES_COLUMNS,
@@ -102,6 +102,9 @@ async def _slow_and_sizes(state: ServerState, uids: Iterable[str]) -> dict[str, 
     delay = sum(rule.param_float("delay_s") for rule in rules if rule.kind is FaultKind.SLOW_QUERY)
     deltas: dict[str, tuple[int, int]] = {}
     for rule in rules:
+        if rule.kind is FaultKind.CLAIM_FIGURES:
+            _claim_figures(state, rule, uid_list, deltas)
+            continue
         if rule.kind is not FaultKind.WRONG_SIZE:
             continue
         targets = uid_list if rule.series_uid is None else [rule.series_uid]
@@ -113,6 +116,23 @@ async def _slow_and_sizes(state: ServerState, uids: Iterable[str]) -> dict[str, 
             )
     await state.query_delay(delay)
     return deltas
+
+
+def _claim_figures(
+    state: ServerState, rule: FaultRule, uids: Sequence[str], deltas: dict[str, tuple[int, int]]
+) -> None:
+    """CLAIM_FIGURES as deltas: the answer claims exactly the rule's count and bytes."""
+    targets = uids if rule.series_uid is None else [rule.series_uid]
+    for uid in targets:
+        entry = state.catalog.get(uid)
+        if entry is None:
+            continue
+        count, size = rule.params["image_count"], rule.params["total_bytes"]
+        old_bytes, old_count = deltas.get(uid, (0, 0))
+        deltas[uid] = (
+            old_bytes + (rule.param_int("total_bytes") - entry.total_bytes if size is not None else 0),
+            old_count + (rule.param_int("image_count") - entry.instance_count if count is not None else 0),
+        )
 
 
 def _allowed(generation: int, names: Sequence[str]) -> Sequence[str] | None:
