@@ -40,7 +40,7 @@ batch log is enough to act on.
     │   ├── DiskFullError               ENOSPC / EDQUOT
     │   ├── DestinationError            missing, read-only or otherwise unusable destination
     │   │   └── FinalPathExistsError    a series' final path is taken by something else; per series
-    │   ├── InsufficientSpaceError      one series' planned bytes exceed the free space; per series
+    │   ├── InsufficientSpaceError      a series' planned bytes exceed the free space; not started
     │   ├── DestinationBusyError        another live run owns the destination
     │   ├── ObjectStoreAuthError        the object store refused our credentials (or found none)
     │   └── BucketMissingError          the destination bucket does not exist
@@ -444,9 +444,9 @@ class InsufficientSpaceError(StorageError):
     """One series needs more room than its destination's filesystem has free, even alone.
 
     Checked before the series' first byte is requested (engine/space.py), so nothing is written.
-    Not fatal: smaller series may still fit, and the rest of the job goes on; a rerun after
-    freeing space fetches it. A destination with less free space than the reserve is
-    :class:`DiskFullError` instead, which ends the run like ENOSPC does.
+    Not fatal by itself: the series is set aside and the rest of the job goes on (smaller series
+    may still fit); the run then ends as a full disk does, exit 3, naming the series set aside
+    (:func:`tcia_fetch.engine.space.space_refusal_error`). A rerun after freeing space fetches them.
     """
 
     fatal = False

@@ -8,12 +8,13 @@
   exabyte. Both are refused while planning as implausible server data, never requested, and
   reported; the rest of the job is fetched.
 * ``free-space``: one series claims more bytes than the destination's filesystem has free (yet
-  less than the plausibility bound). It fails before its first byte is requested with the
-  numbers, instead of a deflate bomb filling the disk; the rest of the job is fetched.
+  less than the plausibility bound). It is set aside before its first byte is requested, instead
+  of a deflate bomb filling the disk; the rest of the job is fetched, then the run ends as a full
+  disk does (exit 3) with a message naming the series and the free space.
 
-Each case judges the end state: exit code 1, the report names exactly the bad series with a
-reason that says why, every other series is done, nothing of the bad series is in the
-destination, no staging leftovers, and the CLI's peak RSS stays under 200 MB.
+Each case judges the end state: the exit code, the report naming exactly the bad series with a
+reason that says why, every other series done, nothing of the bad series in the destination,
+no staging leftovers, and the CLI's peak RSS under 200 MB.
 """
 
 from __future__ import annotations
@@ -99,10 +100,14 @@ def _free_space(workdir: Path) -> ServerCaseOutcome:
     rule = FaultRule(
         FaultKind.CLAIM_FIGURES, series_uid=target, times=None, image_count=None, total_bytes=claim
     )
-    # On a filesystem with more than 4 TiB free, no plausible claim exceeds it: the series is then
-    # refused as implausible, which protects the disk just as well.
-    expected: _Expected = (("free space", "implausible"), ("no-space-for-series", "implausible-figures"))
-    return _run_case(workdir, "free-space", catalog, [rule], bad={target: expected}, must_request=False)
+    if claim == MAX_PLAUSIBLE_BYTES:
+        # More than 4 TiB free: no plausible claim exceeds it, and the series is refused as
+        # implausible instead, which protects the disk just as well.
+        expected: _Expected = (("implausible",), ("implausible-figures",))
+        return _run_case(workdir, "free-space", catalog, [rule], bad={target: expected}, must_request=False)
+    return _run_case(
+        workdir, "free-space", catalog, [rule], bad={}, unfit=target, must_request=False, exit_code=3
+    )
 
 
 def _run_case(
@@ -113,12 +118,16 @@ def _run_case(
     *,
     bad: dict[str, _Expected],
     must_request: bool,
+    unfit: str | None = None,
+    exit_code: int = 1,
 ) -> ServerCaseOutcome:
     """Run the job of every catalog series against the hostile fake and judge the end state.
 
     ``bad`` maps each series that must fail to the words its reason may say (one of them) and the
-    references it may have. ``must_request``: whether the bad series may be downloaded at
-    all (an md5 bomb is only seen by downloading; an implausible claim must never cost a request).
+    references it may have. ``unfit``: a series that must be set aside for lack of space and
+    named in the run's fatal error (exit 3) after the rest is done. ``must_request``: whether the
+    bad series may be downloaded at all (an md5 bomb is only seen by downloading; an implausible
+    or unfit claim must never cost a request).
     """
     outcome = ServerCaseOutcome(FAMILY, name)
     uids = [entry.uid for entry in catalog.series]
@@ -141,8 +150,10 @@ def _run_case(
     problems = outcome.problems
     if run.timed_out:
         problems.append("the run did not finish within 240 s")
-    if run.exit_code != 1:
-        problems.append(f"exit code {run.exit_code}, expected 1: {(run.stdout + run.stderr)[-300:]!r}")
+    if run.exit_code != exit_code:
+        problems.append(
+            f"exit code {run.exit_code}, expected {exit_code}: {(run.stdout + run.stderr)[-300:]!r}"
+        )
     if run.peak_rss_mb >= PEAK_RSS_LIMIT_MB:
         problems.append(f"peak RSS {run.peak_rss_mb} MB, limit {PEAK_RSS_LIMIT_MB} MB")
     report = _report(out)
@@ -152,8 +163,15 @@ def _run_case(
     done, failed = report.get("done"), report.get("failed")
     outcome.series_done = done if isinstance(done, int) else None
     outcome.series_failed = failed if isinstance(failed, int) else None
-    problems += _judge_report(report, uids, bad)
-    for uid in bad:
+    refused = [unfit] if unfit is not None else []
+    problems += _judge_report(report, uids, bad, len(bad) + len(refused))
+    if unfit is not None:
+        fatal = str(report.get("fatal_error") or "")
+        if unfit not in fatal or "free space" not in fatal:
+            problems.append(f"the fatal error does not name {unfit} and the free space: {fatal[:300]!r}")
+        if unfit not in run.stdout + run.stderr:
+            problems.append(f"the output does not name {unfit}")
+    for uid in [*bad, *refused]:
         if not must_request and uid in requested:
             problems.append(f"{uid} was requested although its figures had to be refused first")
         leaks = [p for p in out.rglob(f"*{uid}*") if _STATE_DIR not in p.relative_to(out).parts]
@@ -176,9 +194,11 @@ def _report(out: Path) -> dict[str, object] | None:
     return loaded if isinstance(loaded, dict) else None
 
 
-def _judge_report(report: dict[str, object], uids: list[str], bad: dict[str, _Expected]) -> list[str]:
+def _judge_report(
+    report: dict[str, object], uids: list[str], bad: dict[str, _Expected], not_done: int
+) -> list[str]:
     problems: list[str] = []
-    expected_done = len(uids) - len(bad)
+    expected_done = len(uids) - not_done
     if report.get("done") != expected_done:
         problems.append(f"{report.get('done')} series done, expected the {expected_done} good ones")
     failures = report.get("failures")

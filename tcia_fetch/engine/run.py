@@ -44,7 +44,7 @@ from tcia_fetch.engine.concurrency import AdaptiveLimiter
 from tcia_fetch.engine.pacer import ByteRateLimiter, Pacer
 from tcia_fetch.engine.report import RunEvent, RunReport, RunStats, SeriesFailure
 from tcia_fetch.engine.retry import RetryPolicy
-from tcia_fetch.engine.space import SpaceGuard
+from tcia_fetch.engine.space import SpaceGuard, space_refusal_error
 from tcia_fetch.engine.worker import SeriesJob, SeriesWorker
 from tcia_fetch.errors import DestinationError, InputError, TciaFetchError, redact_url
 from tcia_fetch.job.jobfile import JobSpec, load_job
@@ -346,6 +346,7 @@ async def fetch(
                 budget=budget,
                 # Staging lives beside the state directory (a bucket home's is local too).
                 space=SpaceGuard(destination.state_dir, reserve_bytes=options.min_free_bytes),
+                set_aside_unfit=True,
             )
             await _run_pool(planner, worker, concurrency, lock.heartbeat, stats)
         report.engine = {
@@ -360,6 +361,8 @@ async def fetch(
             "pacer": _stats_dict(worker.pacer.statistics()),
             "breaker": _stats_dict(worker.breaker.statistics()),
         }
+        if worker.unfit:  # the rest of the job is done: now end as a full disk does
+            raise space_refusal_error(worker.unfit)
     except anyio.get_cancelled_exc_class():
         report.interrupted = True
         raise

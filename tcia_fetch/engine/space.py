@@ -8,9 +8,11 @@ small reserve and minus what the series already in flight may still write. Then:
 
 * it fits: the series goes ahead and its bytes stay reserved until its attempt ends;
 * it fits once the series in flight are done: the attempt waits for them (deferred, not failed);
-* it does not fit even alone: :class:`~tcia_fetch.errors.InsufficientSpaceError`, a failure
-  of that series only, reported with the numbers (a smaller series may still fit, and a rerun
-  after freeing space fetches it);
+* it does not fit even alone: :class:`~tcia_fetch.errors.InsufficientSpaceError`; the series is
+  set aside unstarted and the rest of the job goes on (smaller series may still fit), and the run
+  then ends as a full disk does, exit 3, naming what was set aside (:func:`space_refusal_error`);
+  a rerun after freeing space fetches it. A lying claim thus stops nothing but itself and
+  cannot fill the disk;
 * the filesystem has less free space than the reserve: :class:`~tcia_fetch.errors.DiskFullError`,
   which ends the run with exit 3 exactly as an ENOSPC while writing does.
 
@@ -34,7 +36,13 @@ from tcia_fetch.errors import DiskFullError, InsufficientSpaceError, StorageErro
 from tcia_fetch.series.expectation import SeriesExpectation
 from tcia_fetch.series.limits import ArchiveLimits
 
-__all__ = ["DEFAULT_RESERVE_BYTES", "RESERVE_FRACTION", "SpaceGuard", "staging_bytes_needed"]
+__all__ = [
+    "DEFAULT_RESERVE_BYTES",
+    "RESERVE_FRACTION",
+    "SpaceGuard",
+    "space_refusal_error",
+    "staging_bytes_needed",
+]
 
 #: The reserve kept free: the journal, metadata.csv, reports and other programs need room too.
 DEFAULT_RESERVE_BYTES = 256 << 20
@@ -141,3 +149,17 @@ class SpaceGuard:
         except OSError as exc:
             raise StorageError(f"cannot read the free space of {self.path}: {exc.strerror or exc}") from exc
         return total, used, free
+
+
+def space_refusal_error(refused: list[InsufficientSpaceError]) -> DiskFullError:
+    """The run's end when series were set aside for lack of space: disk full, exit 3.
+
+    Raised after every other series had its chance, so one oversized claim costs the job
+    nothing else, and a disk that really is full still ends the run the way ENOSPC does.
+    """
+    first = refused[0]
+    more = f" and {len(refused) - 1} more" if len(refused) > 1 else ""
+    return DiskFullError(
+        f"{len(refused)} series did not fit in the free space and were not started: "
+        f"{first.series_uid}{more}; {first.message}",
+    )

@@ -47,6 +47,7 @@ from tcia_fetch.engine.space import SpaceGuard, staging_bytes_needed
 from tcia_fetch.errors import (
     ArchiveTooLargeError,
     CountMismatchError,
+    DiskFullError,
     ImplausibleFiguresError,
     InsufficientSpaceError,
     IntegrityError,
@@ -80,7 +81,7 @@ EXTRACTOR_THREADS = max(6, 2 * (os.cpu_count() or 1) + 2)
 #: worker asks ``getSeriesSize`` once more before spending its integrity budget on them.
 _FIGURES_DISAGREE = (CountMismatchError, SizeMismatchError, ArchiveTooLargeError)
 #: Refusals decided before any request: they say nothing about the server's health.
-_REFUSED_BEFORE_REQUEST = (ImplausibleFiguresError, InsufficientSpaceError)
+_REFUSED_BEFORE_REQUEST = (ImplausibleFiguresError,)
 
 
 class _Stream(Protocol):
@@ -177,6 +178,11 @@ class SeriesWorker:
     budget: ByteBudget = field(default_factory=lambda: budget_for(8))
     #: Free-space check before each attempt (engine/space.py); None checks nothing.
     space: SpaceGuard | None = None
+    #: Series that did not fit in the free space even alone. With ``set_aside_unfit`` they are
+    #: collected here for the run to end on (space_refusal_error); otherwise the first one is
+    #: at once a fatal DiskFullError.
+    set_aside_unfit: bool = False
+    unfit: list[InsufficientSpaceError] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.commit = GroupCommit(self.journal)
@@ -198,6 +204,8 @@ class SeriesWorker:
                 if exc.fatal:
                     raise
                 _drop_tracebacks(exc)  # nothing of the failed attempt may live on through them
+                if isinstance(exc, InsufficientSpaceError):
+                    return self._set_aside(exc)
                 if not switched_endpoint and self._fall_back_for_md5(exc):
                     switched_endpoint = True  # once per series: the MD5 endpoint cannot refuse it
                     continue
@@ -377,6 +385,14 @@ class SeriesWorker:
         self._emit(RunEvent("done", item.series_uid, relative.as_posix()))
 
     # -- failure handling ------------------------------------------------------------------------
+
+    def _set_aside(self, exc: InsufficientSpaceError) -> bool:
+        """A series too large for the free space: nothing was requested or written for it."""
+        if not self.set_aside_unfit:
+            raise DiskFullError(exc.message, series_uid=exc.series_uid) from exc
+        self.unfit.append(exc)
+        self._emit(RunEvent("warning", exc.series_uid or "", exc.describe()))
+        return False
 
     def _fall_back_for_md5(self, exc: TciaFetchError) -> bool:
         """Switch the run to getImageWithMD5Hash when getImage refuses ``IncludeMD5``.

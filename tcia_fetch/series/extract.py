@@ -174,6 +174,7 @@ class SeriesExtractor:
         self._dicom_md5: dict[str, str] = {}
         self._md5_list: Md5ListParser | None = None
         self._md5_list_cap = 0
+        self._md5_list_error: ChecksumMismatchError | None = None
         self._sop_class_uid: str | None = None
         self._failure: Exception | None = None
         self._result: VerifiedSeries | None = None
@@ -359,7 +360,14 @@ class SeriesExtractor:
         else:
             self._check_member_cap(member, self._md5_list_cap)
             assert self._md5_list is not None
-            self._md5_list.feed(data)
+            if self._md5_list_error is None:
+                try:
+                    self._md5_list.feed(data)
+                except ChecksumMismatchError as exc:
+                    # Held until the member's CRC has been checked (member_ended): a transfer
+                    # that flipped a bit is a corrupt archive, not a bad list. Nothing more is
+                    # parsed meanwhile, and the byte cap above still bounds the member.
+                    self._md5_list_error = exc
         member.md5.update(data)
         if member.fd is not None:
             self._write(member.fd, data, member.name)
@@ -369,6 +377,8 @@ class SeriesExtractor:
         member = self._current
         assert member is not None
         digest = member.md5.hexdigest()
+        if member.kind == "md5list" and self._md5_list_error is not None:
+            raise self._md5_list_error
         if member.kind == "dicom":
             self._check_dicom_magic(member)
             if not self._dicom_md5:

@@ -8,6 +8,7 @@ into the retry wait.
 from __future__ import annotations
 
 import gc
+import json
 import shutil
 import weakref
 from pathlib import Path
@@ -19,6 +20,7 @@ import tcia_fetch.engine.worker as worker_module
 from tcia_fetch.engine.clock import SystemClock
 from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.engine.run import RunOptions, fetch
+from tcia_fetch.errors import DiskFullError, TciaFetchError
 from tcia_fetch.series.extract import SeriesExtractor
 from tcia_fetch.testing import Catalog, FakeNBIA, FaultKind, FaultPlan, FaultRule
 
@@ -45,21 +47,24 @@ def catalog() -> Catalog:
 async def run_job(
     tmp_path: Path, catalog: Catalog, rules: list[FaultRule], *, clock: SystemClock | None = None
 ) -> tuple[Any, Path, list[str]]:
-    """Run every catalog series; return the report, the destination and the UIDs downloaded."""
+    """Run every catalog series; the report (or the fatal error), the destination, UIDs downloaded."""
     uids = [entry.uid for entry in catalog.series]
     fake = FakeNBIA(catalog, faults=FaultPlan(rules=rules))
     out = tmp_path / "out"
     async with fake.serve() as server:
-        report = await fetch(
-            write_job(tmp_path, uids),
-            RunOptions(out=out, base_url=server.base_url),
-            retry_policy=FAST,
-            clock=clock,
-        )
+        try:
+            ended: Any = await fetch(
+                write_job(tmp_path, uids),
+                RunOptions(out=out, base_url=server.base_url),
+                retry_policy=FAST,
+                clock=clock,
+            )
+        except TciaFetchError as exc:
+            ended = exc
         downloaded = [
             r.query.get("SeriesInstanceUID", "") for r in server.request_log if r.endpoint == "getImage"
         ]
-    return report, out, downloaded
+    return ended, out, downloaded
 
 
 class CheckingClock(SystemClock):
@@ -103,9 +108,11 @@ async def test_md5_list_bomb_fails_that_series_only_and_nothing_outlives_an_atte
     assert set(clock.alive_during_waits) == {0}
 
 
-async def test_implausible_and_oversized_claims_fail_those_series_before_any_download(
+async def test_implausible_claims_fail_and_an_unfit_claim_ends_the_run_after_the_rest(
     tmp_path: Path, catalog: Catalog
 ) -> None:
+    """Implausible figures: per-series failures. A plausible claim beyond the free space: set
+    aside unstarted, the rest fetched, then the run ends as a full disk does (exit 3)."""
     many, huge, big = (entry.uid for entry in catalog.series[:3])
     free = shutil.disk_usage(tmp_path).free
     assert free < (3 << 40), "this test needs a claim beyond the free space that is still plausible"
@@ -122,18 +129,19 @@ async def test_implausible_and_oversized_claims_fail_those_series_before_any_dow
             total_bytes=free + (1 << 30),
         ),
     ]
-    report, out, downloaded = await run_job(tmp_path, catalog, rules)
-    assert report.exit_code == 1
-    failed = {f.series_uid: f for f in report.failures}
-    assert {uid: f.reference for uid, f in failed.items()} == {
+    ended, out, downloaded = await run_job(tmp_path, catalog, rules)
+    assert isinstance(ended, DiskFullError) and ended.exit_code == 3
+    assert big in ended.message and "free space" in ended.message
+    assert not {many, huge, big} & set(downloaded)  # refused before a single request
+    report = json.loads((out / ".tcia-fetch" / "last-report.json").read_text())
+    failed = {f["SeriesInstanceUID"]: f for f in report["failures"]}
+    assert {uid: f["reference"] for uid, f in failed.items()} == {
         many: "implausible-figures",
         huge: "implausible-figures",
-        big: "no-space-for-series",
     }
-    assert "6,000,000 instances" in failed[many].reason
-    assert "1,152,921,504,606,846,976 bytes" in failed[huge].reason
-    assert "free space" in failed[big].reason
-    assert not {many, huge, big} & set(downloaded)  # refused before a single request
+    assert "6,000,000 instances" in failed[many]["reason"]
+    assert "1,152,921,504,606,846,976 bytes" in failed[huge]["reason"]
+    assert big in report["fatal_error"]
     others = [entry.uid for entry in catalog.series[3:]]
-    assert others and report.done == len(others)
+    assert others and report["done"] == len(others)
     assert_destination(out, catalog, done=others, absent=[many, huge, big])

@@ -7,7 +7,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tcia_fetch.engine.space import DEFAULT_RESERVE_BYTES, SpaceGuard, staging_bytes_needed
+from tcia_fetch.engine.space import (
+    DEFAULT_RESERVE_BYTES,
+    SpaceGuard,
+    space_refusal_error,
+    staging_bytes_needed,
+)
 from tcia_fetch.errors import DiskFullError, InsufficientSpaceError
 from tcia_fetch.series.expectation import SeriesExpectation
 
@@ -53,7 +58,7 @@ async def test_a_series_that_fits_goes_ahead_and_holds_its_bytes(tmp_path: Path)
     assert guard.held_bytes == 0
 
 
-async def test_a_series_larger_than_the_free_space_fails_alone(tmp_path: Path) -> None:
+async def test_a_series_larger_than_the_free_space_is_refused_even_alone(tmp_path: Path) -> None:
     guard = SpaceGuard(tmp_path, reserve_bytes=GIB, usage=Disk(10 * GIB, 4 * GIB))
     with pytest.raises(InsufficientSpaceError) as caught:
         async with guard.hold("big", 3 * GIB + 1):
@@ -110,3 +115,14 @@ async def test_a_series_that_fits_after_the_others_waits_for_them(tmp_path: Path
         assert order == ["first in"] and guard.deferred == 1  # deferred, not failed
         let_first_go.set()
     assert order == ["first in", "first out", "second in"]
+
+
+def test_series_set_aside_end_the_run_as_disk_full() -> None:
+    refused = [
+        InsufficientSpaceError(f"needs {n} bytes; not enough free space", series_uid=f"1.{n}") for n in (5, 6)
+    ]
+    error = space_refusal_error(refused)
+    assert isinstance(error, DiskFullError) and error.fatal and error.exit_code == 3
+    assert error.message.startswith(
+        "2 series did not fit in the free space and were not started: 1.5 and 1 more"
+    )
