@@ -49,6 +49,7 @@ from tcia_fetch.errors import DestinationError, InputError, TciaFetchError, reda
 from tcia_fetch.job.jobfile import JobSpec, load_job
 from tcia_fetch.plan.model import PlannedSeries, PlanSummary
 from tcia_fetch.plan.planner import Planner, PlannerOptions
+from tcia_fetch.plan.rows import BAD_ROW_REFERENCE
 from tcia_fetch.plan.shard import Shard, parse_shard, split_count, split_rate
 from tcia_fetch.plan.suggest import unmatched_tables
 from tcia_fetch.store.atomic import write_bytes_atomic, write_text_atomic
@@ -67,7 +68,9 @@ from tcia_fetch.store.journal import SNAPSHOT_NAME, Journal
 from tcia_fetch.store.location import looks_like_url, parse_destination
 from tcia_fetch.store.metadata_csv import metadata_csv_row, write_metadata_csv
 from tcia_fetch.store.reconcile import Damage
+from tcia_fetch.store.records import SeriesRecord
 from tcia_fetch.store.runlock import acquire_run_lock
+from tcia_fetch.store.seriespath import SeriesPaths, recorded_damaged_paths
 from tcia_fetch.transport import QUERY_CONNECTIONS
 
 if TYPE_CHECKING:
@@ -300,6 +303,10 @@ async def fetch(
         done_uids, damaged, only = await journal_sets(
             journal, reconciliation.damaged, retry_failed=options.retry_failed
         )
+        # A repaired series goes back where it was published, whatever the layout renders now.
+        damaged_paths = await anyio.to_thread.run_sync(
+            recorded_damaged_paths, journal, reconciliation.damaged
+        )
         max_rps = options.max_requests_per_s or spec.download.max_requests_per_s or None
         max_bps = options.max_bytes_per_s or spec.download.max_bytes_per_s or None
         if shard is not None:  # the budget is the job's: each shard takes its share
@@ -338,6 +345,7 @@ async def fetch(
                 on_event=on_event,
                 damaged=damaged,
                 budget=budget,
+                paths=SeriesPaths(layout, destination, damaged_paths),
             )
             await _run_pool(planner, worker, concurrency, lock.heartbeat, stats)
         report.engine = {
@@ -454,10 +462,34 @@ async def _finish(
     report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     report.duration_s = time.monotonic() - started
     if journal is not None:
+        await journal_bad_rows(journal, summary, report.run_id)
         report.instances = await close_books(
             journal, destination, report.run_id, write_csv=spec.output.metadata_csv
         )
     await write_run_files(report, destination, options, planner)
+
+
+async def journal_bad_rows(journal: Journal, summary: PlanSummary, run_id: str) -> None:
+    """Record series whose server row was unusable as failed, like any failed series.
+
+    So ``status`` counts them as failed (not forever pending) and ``--retry-failed`` asks for
+    them again; each rerun that meets the same row records the same failure again (issue 14).
+    """
+    records = [
+        SeriesRecord(
+            series_uid=problem.series_uid,
+            status="failed",
+            at=time.time(),
+            run_id=run_id,
+            reason=problem.reason,
+            reference=problem.reference,
+            attempts=0,
+        )
+        for problem in summary.problems
+        if problem.reference == BAD_ROW_REFERENCE
+    ]
+    if records:
+        await anyio.to_thread.run_sync(journal.extend, records)
 
 
 async def write_run_files(

@@ -27,6 +27,7 @@ __all__ = [
     "DOWNLOAD_FAULTS",
     "OUTAGE_MODES",
     "QUERY_FAULTS",
+    "ROW_FAULTS",
     "SERVER_FAULTS",
     "FaultKind",
     "FaultPlan",
@@ -63,12 +64,23 @@ class FaultKind(enum.Enum):
     # (default 0) API requests: every query and download answers 503 (mode="503", the default) or has
     # its connection closed without a response (mode="close"). One window per rule; `times` unused.
     OUTAGE = "OUTAGE"
+    # --- issue 14, bad rows / reserved names / path collisions (served by testing/_badrows.py) ---
+    # getSeries, getUpdatedSeries and getSeriesMetadata answers gain one extra row per text in
+    # `uids` (default: a path traversal, an empty UID, a 299-character UID and one holding an ANSI
+    # escape), each a copy of the answer's first row with only SeriesInstanceUID changed.
+    BAD_UID_ROWS = "BAD_UID_ROWS"
+    # The rows of the targeted series (series_uid; None = every row) in the same answers carry
+    # `value` in `column` (default ImageCount = "many", a row that does not fit; value None drops
+    # the column). A collection named "metadata.csv" or a descriptive-path twin is played this way.
+    ROW_VALUE = "ROW_VALUE"
 
 
 QUERY_FAULTS = frozenset({FaultKind.WRONG_SIZE, FaultKind.SLOW_QUERY})
+#: Faults that rewrite the rows of series answers (issue 14).
+ROW_FAULTS = frozenset({FaultKind.BAD_UID_ROWS, FaultKind.ROW_VALUE})
 #: Faults of the whole server rather than of one request kind.
 SERVER_FAULTS = frozenset({FaultKind.OUTAGE})
-DOWNLOAD_FAULTS = frozenset(set(FaultKind) - QUERY_FAULTS - SERVER_FAULTS)
+DOWNLOAD_FAULTS = frozenset(set(FaultKind) - QUERY_FAULTS - SERVER_FAULTS - ROW_FAULTS)
 OUTAGE_MODES = ("503", "close")
 
 _DEFAULTS: Mapping[FaultKind, Mapping[str, object]] = {
@@ -92,6 +104,8 @@ _DEFAULTS: Mapping[FaultKind, Mapping[str, object]] = {
     FaultKind.RESET: {"after_bytes": 1000},
     FaultKind.RATE_LIMIT_DATE: {"retry_in_s": 2.0, "clock_skew_s": 0.0},
     FaultKind.OUTAGE: {"duration_s": 5.0, "mode": "503", "after_requests": 0},
+    FaultKind.BAD_UID_ROWS: {"uids": ("../../../etc/evil", "", "1." * 149 + "1", "1.2.840.\x1b[31m99")},
+    FaultKind.ROW_VALUE: {"column": "ImageCount", "value": "many"},
 }
 
 DEFAULT_RANDOM_KINDS = (
@@ -242,6 +256,11 @@ class FaultState:
         """
         with self._lock:
             return self._take(QUERY_FAULTS, series_uids)
+
+    def row_faults(self, series_uids: Iterable[str]) -> list[FaultRule]:
+        """Every row fault with firings left for a series answer holding these series (one firing each)."""
+        with self._lock:
+            return self._take(ROW_FAULTS, series_uids)
 
     def outage(self, now: float) -> FaultRule | None:
         """The OUTAGE rule in force for an API request arriving at monotonic time ``now``, if any.
