@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tcia_fetch.campaign.hostile_server import ServerCase, ServerCaseOutcome, run_cli_measured
+from tcia_fetch.store.journal import Journal
 from tcia_fetch.testing import Catalog, FakeNBIA, FaultKind, FaultPlan, FaultRule, serve_in_background
 
 __all__ = ["cases"]
@@ -45,19 +46,20 @@ _TWIN_COLUMNS = (
 
 
 def cases() -> list[ServerCase]:
-    """The three families' cases (all light: a handful of tiny series each)."""
+    """The three families' cases (a handful of tiny series each; each case runs the CLI twice)."""
     return [
-        ServerCase("bad-rows", "getseries-bad-uids", _bad_uids),
-        ServerCase("bad-rows", "metadata-chunk-bad-row", _bad_metadata_row),
-        ServerCase("reserved-names", "collection-named-metadata-csv", _reserved_names),
-        ServerCase("path-collisions", "descriptive-twins", _path_collisions),
+        ServerCase("bad-rows", "bad-uids-and-bad-metadata-row", _bad_rows),
+        # The same end states are checked in process on every CI run
+        # (tests/engine/test_run_names.py); the CLI versions run with the full campaign.
+        ServerCase("reserved-names", "collection-named-metadata-csv", _reserved_names, heavy=True),
+        ServerCase("path-collisions", "descriptive-twins", _path_collisions, heavy=True),
     ]
 
 
-def _catalog(extra: tuple[str, ...] = ()) -> Catalog:
+def _catalog(extra: tuple[str, ...] = (), *, collections: int = 1) -> Catalog:
     return Catalog.generate(
         seed=14,
-        collections=1,
+        collections=collections,
         patients_per_collection=2,
         series_per_study=3,
         instances_per_series=(2, 3),
@@ -197,35 +199,50 @@ def _check_published(judge: _Judge, out: Path, uids: list[str]) -> dict[str, Pat
 # -- bad-rows ------------------------------------------------------------------------------------
 
 
-def _bad_uids(workdir: Path) -> ServerCaseOutcome:
-    judge = _Judge("bad-rows", "getseries-bad-uids")
-    catalog = _catalog()
-    good = [entry.uid for entry in catalog.series]
-    fake = FakeNBIA(catalog, faults=FaultPlan(rules=[FaultRule(FaultKind.BAD_UID_ROWS, times=None)]))
+def _bad_rows(workdir: Path) -> ServerCaseOutcome:
+    """Bad UIDs among a query's rows, and one row of a metadata chunk that does not fit."""
+    judge = _Judge("bad-rows", "bad-uids-and-bad-metadata-row")
+    catalog = _catalog(collections=2)
+    queried, listed = catalog.collections
+    in_query = [entry.uid for entry in catalog.series if entry.collection == queried]
+    in_list = [entry.uid for entry in catalog.series if entry.collection == listed]
+    broken = in_list[1]
+    rules = [
+        FaultRule(FaultKind.BAD_UID_ROWS, times=None),
+        FaultRule(FaultKind.ROW_VALUE, series_uid=broken, times=None, column="FileSize", value="-5"),
+    ]
+    fake = FakeNBIA(catalog, faults=FaultPlan(rules=rules))
     job = workdir / "job.toml"
-    job.write_text(f'[download]\nconcurrency = 3\n\n[[query]]\ncollection = "{catalog.collections[0]}"\n')
-
-    def four_bad_rows(failures: dict[str, str]) -> bool:
-        return len(failures) == 4 and set(failures.values()) == {_BAD_ROW} and not set(failures) & set(good)
-
-    _two_runs(judge, workdir, fake, job, expect_exit=1, expect_done=len(good), expect_failed=four_bad_rows)
-    _check_published(judge, workdir / "out", good)
-    judge.check(not (workdir / "etc").exists(), "a path from a bad UID was created")
-    return judge.outcome
-
-
-def _bad_metadata_row(workdir: Path) -> ServerCaseOutcome:
-    judge = _Judge("bad-rows", "metadata-chunk-bad-row")
-    catalog = _catalog()
-    uids = [entry.uid for entry in catalog.series]
-    broken = uids[2]
-    rule = FaultRule(FaultKind.ROW_VALUE, series_uid=broken, times=None, column="FileSize", value="-5")
-    fake = FakeNBIA(catalog, faults=FaultPlan(rules=[rule]))
-    job = _uid_job(workdir, uids)
-    _two_runs(
-        judge, workdir, fake, job, expect_exit=1, expect_done=len(uids) - 1, expect_failed={broken: _BAD_ROW}
+    listed_uids = ", ".join(f'"{uid}"' for uid in in_list)
+    job.write_text(
+        f'[download]\nconcurrency = 3\n\n[[query]]\ncollection = "{queried}"\n\n'
+        f"[series]\nuids = [{listed_uids}]\n",
+        encoding="utf-8",
     )
-    _check_published(judge, workdir / "out", [uid for uid in uids if uid != broken])
+    good = [uid for uid in in_query + in_list if uid != broken]
+
+    def five_bad(failures: dict[str, str]) -> bool:
+        # four bad UIDs from getSeries (reported under labels) and the series of the broken row
+        return (
+            len(failures) == 5
+            and set(failures.values()) == {_BAD_ROW}
+            and failures.get(broken) == _BAD_ROW
+            and not set(failures) & set(good)
+        )
+
+    first, _ = _two_runs(
+        judge, workdir, fake, job, expect_exit=1, expect_done=len(good), expect_failed=five_bad
+    )
+    out = workdir / "out"
+    _check_published(judge, out, good)
+    judge.check(not (workdir / "etc").exists(), "a path from a bad UID was created")
+    # status reads the journal: the bad series must be failed there too, not forever pending
+    journal = Journal.open(out / ".tcia-fetch", run_id="hostile-rows-judge")
+    try:
+        recorded = {record.series_uid for record in journal.iter_latest("failed")}
+    finally:
+        journal.close()
+    judge.check(recorded == set(_failures(first)), f"journal's failed series {sorted(recorded)}")
     return judge.outcome
 
 

@@ -486,7 +486,8 @@ async def journal_bad_rows(journal: Journal, summary: PlanSummary, run_id: str) 
             attempts=0,
         )
         for problem in summary.problems
-        if problem.reference == BAD_ROW_REFERENCE
+        # already recorded (a rerun): appending it again would only grow the journal
+        if problem.reference == BAD_ROW_REFERENCE and journal.status_of(problem.series_uid) != "failed"
     ]
     if records:
         await anyio.to_thread.run_sync(journal.extend, records)
