@@ -53,7 +53,7 @@ from tcia_fetch.plan.rows import BAD_ROW_REFERENCE
 from tcia_fetch.plan.shard import Shard, parse_shard, split_count, split_rate
 from tcia_fetch.plan.suggest import unmatched_tables
 from tcia_fetch.store.atomic import write_bytes_atomic, write_text_atomic
-from tcia_fetch.store.catalog import catalog_available
+from tcia_fetch.store.catalog import CATALOG_NAME, INSTANCES_NAME, catalog_available
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.digests import LAST_PLAN_DIGESTS, SortedDigests
 from tcia_fetch.store.home import (
@@ -70,7 +70,7 @@ from tcia_fetch.store.metadata_csv import metadata_csv_row, write_metadata_csv
 from tcia_fetch.store.reconcile import Damage
 from tcia_fetch.store.records import SeriesRecord
 from tcia_fetch.store.runlock import acquire_run_lock
-from tcia_fetch.store.seriespath import SeriesPaths, recorded_damaged_paths
+from tcia_fetch.store.seriespath import SeriesPaths, blocked_root_outputs, recorded_damaged_paths
 from tcia_fetch.transport import QUERY_CONNECTIONS
 
 if TYPE_CHECKING:
@@ -459,6 +459,8 @@ async def _finish(
     # A [[query]] that matched nothing at all is a mistake (exit 1); see plan/suggest.py.
     unmatched = [finding.message for finding in unmatched_tables(summary.empty_queries)]
     report.plan_errors = list(summary.query_errors) + unmatched
+    # A directory where metadata.csv or the catalog goes (left by an older version) is reported.
+    report.plan_errors += list((await anyio.to_thread.run_sync(blocked_root_outputs, destination)).values())
     report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     report.duration_s = time.monotonic() - started
     if journal is not None:
@@ -646,8 +648,10 @@ class _Books:
 
     def write(self) -> None:
         csv_path = self._destination.root / "metadata.csv"
+        blocked = blocked_root_outputs(self._destination)
+        write_csv = self._write_csv and csv_path.name not in blocked
         unchanged = not self._force and self._journal.appended == 0
-        if unchanged and (not self._write_csv or self._csv_is_current(csv_path)):
+        if unchanged and (not write_csv or self._csv_is_current(csv_path)):
             return
 
         def rows() -> Iterator[dict[str, str]]:
@@ -664,14 +668,15 @@ class _Books:
                     root=self._destination.root if isinstance(self._destination, Destination) else None,
                 )
 
-        if self._write_csv:
+        if write_csv:
             write_metadata_csv(csv_path, rows())
             stamp = time.time_ns()  # the snapshot's clock (fine-grained), not the filesystem's
             os.utime(csv_path, ns=(stamp, stamp))
         else:
             for _ in rows():
                 pass
-        if catalog_available():  # the Parquet catalog, derived from the same (compacted) journal
+        if catalog_available() and not blocked.keys() & {CATALOG_NAME, INSTANCES_NAME}:
+            # the Parquet catalog, derived from the same (compacted) journal
             _write_catalog_in_child(self._destination)
 
     def _csv_is_current(self, csv_path: Path) -> bool:

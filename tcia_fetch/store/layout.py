@@ -59,6 +59,7 @@ __all__ = [
     "RESERVED_ROOT_NAMES",
     "SeriesLayout",
     "disambiguated",
+    "is_reserved_root_name",
     "parse_layout",
     "render_series_path",
     "sanitize_component",
@@ -231,7 +232,7 @@ class SeriesLayout:
     def render(self, row: Mapping[str, object]) -> PurePosixPath:
         """The series directory for ``row``, relative to the destination root."""
         parts = [component.render(row) for component in self.components]
-        if parts[0].casefold() in _RESERVED_FOLDED:
+        if is_reserved_root_name(parts[0]):
             parts[0] = _limit_length("_" + parts[0])
         return PurePosixPath(*parts)
 
@@ -302,6 +303,11 @@ def parse_layout(layout: str) -> SeriesLayout:
 def _preset_component(part: str) -> _Component:
     field = part[1:-1]
     return _Component(("", field, ""))
+
+
+def is_reserved_root_name(name: str) -> bool:
+    """True when ``name`` at the destination root would take the place of one of our own files."""
+    return name.casefold() in _RESERVED_FOLDED
 
 
 def disambiguated(relative: PurePosixPath, series_uid: str) -> PurePosixPath:

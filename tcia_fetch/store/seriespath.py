@@ -24,12 +24,12 @@ import threading
 from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath
 
-from tcia_fetch.store.destination import Destination
+from tcia_fetch.store.destination import STATE_DIR_NAME, Destination
 from tcia_fetch.store.journal import Journal
-from tcia_fetch.store.layout import disambiguated, parse_layout
+from tcia_fetch.store.layout import RESERVED_ROOT_NAMES, disambiguated, is_reserved_root_name, parse_layout
 from tcia_fetch.store.reconcile import Damage
 
-__all__ = ["SeriesPaths", "recorded_damaged_paths"]
+__all__ = ["SeriesPaths", "blocked_root_outputs", "recorded_damaged_paths"]
 
 
 class SeriesPaths:
@@ -48,7 +48,8 @@ class SeriesPaths:
         Blocking (``lstat`` on the destination): call it from a worker thread.
         """
         recorded = self._recorded.get(series_uid)
-        if recorded:
+        # ...unless an older version put it where our own files belong (a collection "metadata.csv")
+        if recorded and not is_reserved_root_name(PurePosixPath(recorded).parts[0]):
             return PurePosixPath(recorded)
         planned = self._layout.render(row)
         if self._home is None or self._layout.unique_per_series:
@@ -75,6 +76,29 @@ class SeriesPaths:
         except OSError:
             return False  # publishing meets the same error and reports it with the path
         return True
+
+
+def blocked_root_outputs(home: object) -> dict[str, str]:
+    """Root files a directory stands in the way of, each with what to do (name → message).
+
+    Versions before reserved names published a collection called ``metadata.csv`` as a directory
+    of that name, after which every run died writing metadata.csv (EISDIR, exit 3). Such an output
+    is now skipped and reported (exit 1) with the way out; every other output is still written.
+    Blocking (``stat``): call it from a worker thread.
+    """
+    if not isinstance(home, Destination):
+        return {}  # in a bucket, "metadata.csv" and "metadata.csv/..." are independent keys
+    found: dict[str, str] = {}
+    for name in sorted(RESERVED_ROOT_NAMES - {STATE_DIR_NAME}):
+        path = home.root / name
+        if path.is_dir():
+            found[name] = (
+                f"{path} is a directory, so tcia-fetch cannot write its {name}: an older version "
+                f"published a collection named {name!r} there. Move that directory away, run "
+                f"'tcia-fetch verify {home.root}', then run the job again: its series are fetched "
+                f"again under _{name}/"
+            )
+    return found
 
 
 def recorded_damaged_paths(journal: Journal, found: Iterable[Damage]) -> dict[str, str]:

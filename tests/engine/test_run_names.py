@@ -20,6 +20,20 @@ from tcia_fetch.testing import Catalog, FakeNBIA, FaultKind, FaultPlan, FaultRul
 pytestmark = pytest.mark.anyio
 
 FAST = RetryPolicy(attempts=2, integrity_attempts=2, base_s=0.01, cap_s=0.02, floor_s=0.0)
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return Catalog.generate(
+        seed=41,
+        collections=1,
+        patients_per_collection=1,
+        series_per_study=2,
+        instances_per_series=(2, 3),
+        instance_bytes=(1_500, 3_000),
+    )
+
+
 TWINS = ("1.2.826.0.1.3680043.10.1.77712345", "1.2.826.0.1.3680043.10.2.88812345")
 TWIN_COLUMNS = (
     "PatientID",
@@ -77,3 +91,23 @@ async def test_reserved_collection_name_and_descriptive_twins_publish_everything
         assert sorted(path.name for path in where.glob("*.dcm")) and len(list(where.glob("*.dcm"))) == (
             entry.instance_count
         )
+
+
+async def test_a_directory_left_where_metadata_csv_goes_is_reported_not_fatal(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    """An older version published a collection "metadata.csv" as a directory: runs went on dying."""
+    out = tmp_path / "out"
+    old = out / "metadata.csv" / "P-1" / "1.2.3" / "1.2.3.4"
+    old.mkdir(parents=True)
+    (old / "1-1.dcm").write_bytes(b"old")
+    uids = [entry.uid for entry in catalog.series[:2]]
+    job = tmp_path / "job.toml"
+    job.write_text("[series]\nuids = [" + ", ".join(f'"{uid}"' for uid in uids) + "]\n")
+    async with FakeNBIA(catalog).serve() as server:
+        report = await fetch(job, RunOptions(out=out, base_url=server.base_url), retry_policy=FAST)
+    assert (report.done, report.failed, report.fatal_error) == (2, 0, None)
+    [message] = report.plan_errors
+    assert f"{out / 'metadata.csv'} is a directory" in message and "tcia-fetch verify" in message
+    assert report.exit_code == 1
+    assert (old / "1-1.dcm").read_bytes() == b"old"  # nothing of the user's is touched

@@ -83,3 +83,11 @@ def test_a_recorded_path_wins_and_unique_layouts_are_never_renamed(tmp_path: Pat
     taken = _publish(destination, classic, uid, ROW)
     # classic paths end in the whole UID: something there is not another series, and is refused
     assert classic.choose(uid, ROW) == taken
+
+
+def test_a_recorded_path_under_a_reserved_name_is_not_reused(tmp_path: Path) -> None:
+    """A series an older version put in metadata.csv/ is repaired into _metadata.csv/."""
+    uid = ROW["SeriesInstanceUID"]
+    row = {**ROW, "Collection": "metadata.csv"}
+    paths = SeriesPaths("classic", Destination(tmp_path / "out"), {uid: f"metadata.csv/HN-001/1.2.3/{uid}"})
+    assert paths.choose(uid, row).parts[0] == "_metadata.csv"
