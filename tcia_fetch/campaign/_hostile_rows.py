@@ -235,7 +235,8 @@ def _bad_rows(workdir: Path) -> ServerCaseOutcome:
     )
     out = workdir / "out"
     _check_published(judge, out, good)
-    judge.check(not (workdir / "etc").exists(), "a path from a bad UID was created")
+    named = sorted(str(path) for path in workdir.rglob("*evil*"))
+    judge.check(not named and not (workdir / "etc").exists(), f"a path from a bad UID was created: {named}")
     # status reads the journal: the bad series must be failed there too, not forever pending
     journal = Journal.open(out / ".tcia-fetch", run_id="hostile-rows-judge")
     try:

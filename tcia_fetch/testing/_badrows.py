@@ -34,6 +34,7 @@ def hostile_rows(faults: FaultState, rows: Sequence[dict[str, object]]) -> list[
         elif rule.kind is FaultKind.BAD_UID_ROWS:
             template = dict(out[0]) if out else {}
             texts = rule.params["uids"]
-            assert isinstance(texts, list | tuple)
+            if not isinstance(texts, list | tuple):  # one text, as ``--fault BAD_UID_ROWS,uids=x`` gives
+                texts = (texts,)
             out.extend({**template, "SeriesInstanceUID": str(text)} for text in texts)
     return out
