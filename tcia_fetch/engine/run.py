@@ -475,24 +475,32 @@ async def journal_bad_rows(journal: Journal, summary: PlanSummary, run_id: str) 
     """Record series whose server row was unusable as failed, like any failed series.
 
     So ``status`` counts them as failed (not forever pending) and ``--retry-failed`` asks for
-    them again; each rerun that meets the same row records the same failure again (issue 14).
+    them again. A rerun meeting the same row reports it again; the journal keeps the first record
+    (appending the same failure on every rerun would only grow it) (issue 14).
     """
-    records = [
-        SeriesRecord(
-            series_uid=problem.series_uid,
-            status="failed",
-            at=time.time(),
-            run_id=run_id,
-            reason=problem.reason,
-            reference=problem.reference,
-            attempts=0,
-        )
-        for problem in summary.problems
-        # already recorded (a rerun): appending it again would only grow the journal
-        if problem.reference == BAD_ROW_REFERENCE and journal.status_of(problem.series_uid) != "failed"
-    ]
-    if records:
-        await anyio.to_thread.run_sync(journal.extend, records)
+    problems = [problem for problem in summary.problems if problem.reference == BAD_ROW_REFERENCE]
+    if not problems:
+        return
+
+    def record() -> None:
+        now = time.time()
+        fresh = [
+            SeriesRecord(
+                series_uid=problem.series_uid,
+                status="failed",
+                at=now,
+                run_id=run_id,
+                reason=problem.reason,
+                reference=problem.reference,
+                attempts=0,
+            )
+            for problem in problems
+            if journal.status_of(problem.series_uid) != "failed"
+        ]
+        if fresh:
+            journal.extend(fresh)
+
+    await anyio.to_thread.run_sync(record)
 
 
 async def write_run_files(
