@@ -37,6 +37,7 @@ from tcia_fetch.api.models import (
     ValueCount,
     ValueList,
     rows_to_models,
+    screen_rows,
 )
 from tcia_fetch.api.parse import Row, parse_rows
 from tcia_fetch.config import ClientSettings
@@ -363,11 +364,13 @@ class NBIAClient:
             "SeriesInstanceUID": series_uid,
         }
         rows = await self._query("getSeries", params, collection=collection, series_uid=series_uid)
-        return rows_to_models(SeriesRow, rows)
+        # Row by row: one broken row is set aside (``rejected_rows``) for the planner to report
+        # as that series' failure, instead of failing the whole answer (issue 14).
+        return screen_rows(SeriesRow, rows)
 
     async def updated_series(self, from_date: dt.date) -> list[SeriesRow]:
         """``getUpdatedSeries``: series released strictly after ``from_date``."""
-        return rows_to_models(SeriesRow, await self._query("getUpdatedSeries", {"fromDate": from_date}))
+        return screen_rows(SeriesRow, await self._query("getUpdatedSeries", {"fromDate": from_date}))
 
     async def series_metadata(
         self, series_uids: Sequence[str], *, collection: str | None = None
@@ -387,7 +390,7 @@ class NBIAClient:
         rows = await self._query(
             "getSeriesMetadata", {"list": ",".join(series_uids)}, collection=collection, csv_expected=True
         )
-        return rows_to_models(SeriesMetadataRow, rows)
+        return screen_rows(SeriesMetadataRow, rows)
 
     async def series_size(self, series_uid: str, *, collection: str | None = None) -> SeriesSize | None:
         """``getSeriesSize``; None when the series is unknown or not public (empty body)."""

@@ -11,12 +11,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 from tcia_fetch.api.client import NBIAClient
-from tcia_fetch.api.models import SeriesRow, ServerRow
+from tcia_fetch.api.models import SeriesRow, ServerRow, rejected_rows
 from tcia_fetch.api.where import parse_where
 from tcia_fetch.config import ClientSettings
 from tcia_fetch.engine.clock import SystemClock
 from tcia_fetch.engine.retry import RetryPolicy, retry_call
-from tcia_fetch.errors import InputError
+from tcia_fetch.errors import InputError, ResponseFormatError
 from tcia_fetch.plan.suggest import EmptyQuery, EmptyQueryExplainer
 
 __all__ = [
@@ -94,7 +94,11 @@ async def find_series(
     given = {key: value for key, value in filters.items() if value is not None}
 
     async def action(client: NBIAClient) -> tuple[list[dict[str, object]], EmptyQuery | None]:
-        server_rows = [row.server_dict() for row in await client.series(**given)]
+        answer = await client.series(**given)
+        broken = rejected_rows(answer)
+        if broken:  # a listing must not hide a row: the query says what did not fit, as before
+            raise ResponseFormatError(f"{len(broken)} getSeries row(s) do not fit: {broken[0].reason}")
+        server_rows = [row.server_dict() for row in answer]
         rows = filter_series_rows(server_rows, where_text)
         if rows:
             return rows, None

@@ -14,7 +14,8 @@ downloader's ``metadata.csv`` use it, never a re-serialisation of parsed values.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Self, TypeVar
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
@@ -24,6 +25,8 @@ from tcia_fetch.errors import ResponseFormatError, TciaFetchError
 
 __all__ = [
     "PatientRow",
+    "RejectedRow",
+    "ScreenedRows",
     "SeriesMetadataRow",
     "SeriesRow",
     "SeriesSize",
@@ -32,7 +35,9 @@ __all__ = [
     "StudyRow",
     "ValueCount",
     "ValueList",
+    "rejected_rows",
     "rows_to_models",
+    "screen_rows",
 ]
 
 
@@ -124,6 +129,53 @@ _RowT = TypeVar("_RowT", bound="ServerRow")
 def rows_to_models(model: type[_RowT], rows: Iterable[Mapping[str, object]]) -> list[_RowT]:
     """Validate server rows into ``model``; see :meth:`ServerRow.from_server`."""
     return [model.from_server(row) for row in rows]
+
+
+#: How much of a rejected row's UID text is kept (a hostile row may carry megabytes there).
+_REJECTED_UID_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    """A server row that did not fit its model, kept so the one series it names can be reported.
+
+    ``uid_text`` is the row's ``SeriesInstanceUID`` as sent when it was text (cut to 200
+    characters), else None; ``reason`` says which column did not fit. One such row fails its own
+    series only: the rest of the answer is still used (issue 14).
+    """
+
+    uid_text: str | None
+    reason: str
+
+
+_ItemT = TypeVar("_ItemT")
+
+
+class ScreenedRows(list[_ItemT]):
+    """The rows of an answer that fit their model, in server order, plus those that did not."""
+
+    def __init__(self, rows: Iterable[_ItemT], rejected: Iterable[RejectedRow]) -> None:
+        super().__init__(rows)
+        self.rejected: list[RejectedRow] = list(rejected)
+
+
+def screen_rows(model: type[_RowT], rows: Iterable[Mapping[str, object]]) -> ScreenedRows[_RowT]:
+    """Validate each row on its own: one broken row is set aside instead of failing the answer."""
+    good: list[_RowT] = []
+    rejected: list[RejectedRow] = []
+    for row in rows:
+        try:
+            good.append(model.from_server(row))
+        except ResponseFormatError as exc:
+            uid = row.get("SeriesInstanceUID", row.get("Series UID")) if isinstance(row, Mapping) else None
+            text = uid[:_REJECTED_UID_CHARS] if isinstance(uid, str) else None
+            rejected.append(RejectedRow(text, exc.message))
+    return ScreenedRows(good, rejected)
+
+
+def rejected_rows(rows: Sequence[object]) -> list[RejectedRow]:
+    """The rows :func:`screen_rows` set aside from ``rows`` (none for a plain list)."""
+    return list(rows.rejected) if isinstance(rows, ScreenedRows) else []
 
 
 class _SeriesColumns(ServerRow):

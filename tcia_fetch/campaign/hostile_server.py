@@ -40,6 +40,7 @@ __all__ = [
 #: Modules holding one family each (``cases()``); imported lazily by :func:`all_cases`.
 FAMILY_MODULES: tuple[str, ...] = (
     "tcia_fetch.campaign._hostile_archive",  # issue 14 item 2: md5-list bomb, implausible claims, free space
+    "tcia_fetch.campaign._hostile_rows",  # bad-rows, reserved-names, path-collisions (issue 14: 4, 5, 9)
 )
 
 

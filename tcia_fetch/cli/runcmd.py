@@ -211,7 +211,8 @@ def print_report(report: RunReport, *, quiet: bool = False, console: Console | N
         )
     empty = [finding.get("message", "") for finding in report.plan.get("empty_queries", [])]
     for error in report.plan_errors:
-        label = "matched nothing" if error in empty else "query failed"
+        queried = error in report.plan.get("query_errors", [])
+        label = "matched nothing" if error in empty else "query failed" if queried else "error"
         console.print(f"[red]{label}[/red]: ", end="", soft_wrap=True)
         console.print(error, soft_wrap=True, markup=False)
     for message in empty:

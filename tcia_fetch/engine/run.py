@@ -50,10 +50,11 @@ from tcia_fetch.errors import DestinationError, InputError, TciaFetchError, reda
 from tcia_fetch.job.jobfile import JobSpec, load_job
 from tcia_fetch.plan.model import PlannedSeries, PlanSummary
 from tcia_fetch.plan.planner import Planner, PlannerOptions
+from tcia_fetch.plan.rows import BAD_ROW_REFERENCE
 from tcia_fetch.plan.shard import Shard, parse_shard, split_count, split_rate
 from tcia_fetch.plan.suggest import unmatched_tables
 from tcia_fetch.store.atomic import write_bytes_atomic, write_text_atomic
-from tcia_fetch.store.catalog import catalog_available
+from tcia_fetch.store.catalog import CATALOG_NAME, INSTANCES_NAME, catalog_available
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.digests import LAST_PLAN_DIGESTS, SortedDigests
 from tcia_fetch.store.home import (
@@ -68,7 +69,9 @@ from tcia_fetch.store.journal import SNAPSHOT_NAME, Journal
 from tcia_fetch.store.location import looks_like_url, parse_destination
 from tcia_fetch.store.metadata_csv import metadata_csv_row, write_metadata_csv
 from tcia_fetch.store.reconcile import Damage
+from tcia_fetch.store.records import SeriesRecord
 from tcia_fetch.store.runlock import acquire_run_lock
+from tcia_fetch.store.seriespath import SeriesPaths, blocked_root_outputs, recorded_damaged_paths
 from tcia_fetch.transport import QUERY_CONNECTIONS
 
 if TYPE_CHECKING:
@@ -306,6 +309,10 @@ async def fetch(
         done_uids, damaged, only = await journal_sets(
             journal, reconciliation.damaged, retry_failed=options.retry_failed
         )
+        # A repaired series goes back where it was published, whatever the layout renders now.
+        damaged_paths = await anyio.to_thread.run_sync(
+            recorded_damaged_paths, journal, reconciliation.damaged
+        )
         max_rps = options.max_requests_per_s or spec.download.max_requests_per_s or None
         max_bps = options.max_bytes_per_s or spec.download.max_bytes_per_s or None
         if shard is not None:  # the budget is the job's: each shard takes its share
@@ -347,6 +354,7 @@ async def fetch(
                 # Staging lives beside the state directory (a bucket home's is local too).
                 space=SpaceGuard(destination.state_dir, reserve_bytes=options.min_free_bytes),
                 set_aside_unfit=True,
+                paths=SeriesPaths(layout, destination, damaged_paths),
             )
             await _run_pool(planner, worker, concurrency, lock.heartbeat, stats)
         report.engine = {
@@ -462,13 +470,48 @@ async def _finish(
     # A [[query]] that matched nothing at all is a mistake (exit 1); see plan/suggest.py.
     unmatched = [finding.message for finding in unmatched_tables(summary.empty_queries)]
     report.plan_errors = list(summary.query_errors) + unmatched
+    # A directory where metadata.csv or the catalog goes (left by an older version) is reported.
+    report.plan_errors += list((await anyio.to_thread.run_sync(blocked_root_outputs, destination)).values())
     report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     report.duration_s = time.monotonic() - started
     if journal is not None:
+        await journal_bad_rows(journal, summary, report.run_id)
         report.instances = await close_books(
             journal, destination, report.run_id, write_csv=spec.output.metadata_csv
         )
     await write_run_files(report, destination, options, planner)
+
+
+async def journal_bad_rows(journal: Journal, summary: PlanSummary, run_id: str) -> None:
+    """Record series whose server row was unusable as failed, like any failed series.
+
+    So ``status`` counts them as failed (not forever pending) and ``--retry-failed`` asks for
+    them again. A rerun meeting the same row reports it again; the journal keeps the first record
+    (appending the same failure on every rerun would only grow it) (issue 14).
+    """
+    problems = [problem for problem in summary.problems if problem.reference == BAD_ROW_REFERENCE]
+    if not problems:
+        return
+
+    def record() -> None:
+        now = time.time()
+        fresh = [
+            SeriesRecord(
+                series_uid=problem.series_uid,
+                status="failed",
+                at=now,
+                run_id=run_id,
+                reason=problem.reason,
+                reference=problem.reference,
+                attempts=0,
+            )
+            for problem in problems
+            if journal.status_of(problem.series_uid) != "failed"
+        ]
+        if fresh:
+            journal.extend(fresh)
+
+    await anyio.to_thread.run_sync(record)
 
 
 async def write_run_files(
@@ -624,8 +667,10 @@ class _Books:
 
     def write(self) -> None:
         csv_path = self._destination.root / "metadata.csv"
+        blocked = blocked_root_outputs(self._destination)
+        write_csv = self._write_csv and csv_path.name not in blocked
         unchanged = not self._force and self._journal.appended == 0
-        if unchanged and (not self._write_csv or self._csv_is_current(csv_path)):
+        if unchanged and (not write_csv or self._csv_is_current(csv_path)):
             return
 
         def rows() -> Iterator[dict[str, str]]:
@@ -642,14 +687,15 @@ class _Books:
                     root=self._destination.root if isinstance(self._destination, Destination) else None,
                 )
 
-        if self._write_csv:
+        if write_csv:
             write_metadata_csv(csv_path, rows())
             stamp = time.time_ns()  # the snapshot's clock (fine-grained), not the filesystem's
             os.utime(csv_path, ns=(stamp, stamp))
         else:
             for _ in rows():
                 pass
-        if catalog_available():  # the Parquet catalog, derived from the same (compacted) journal
+        if catalog_available() and not blocked.keys() & {CATALOG_NAME, INSTANCES_NAME}:
+            # the Parquet catalog, derived from the same (compacted) journal
             _write_catalog_in_child(self._destination)
 
     def _csv_is_current(self, csv_path: Path) -> bool:

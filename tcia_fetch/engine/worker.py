@@ -65,8 +65,8 @@ from tcia_fetch.series.extract import SeriesExtractor, VerifiedSeries
 from tcia_fetch.series.plausible import check_plausible
 from tcia_fetch.store.home import SeriesHome
 from tcia_fetch.store.journal import FileEntry, Journal, SeriesRecord
-from tcia_fetch.store.layout import render_series_path
 from tcia_fetch.store.records import json_safe_metadata
+from tcia_fetch.store.seriespath import SeriesPaths
 
 __all__ = ["FEED_BATCH_BYTES", "ImageSource", "SeriesJob", "SeriesWorker"]
 
@@ -183,8 +183,13 @@ class SeriesWorker:
     #: at once a fatal DiskFullError.
     set_aside_unfit: bool = False
     unfit: list[InsufficientSpaceError] = field(default_factory=list)
+    #: Where each series is published (its layout path, a recorded path for a repair, or a
+    #: second choice when another series holds it); the run passes one knowing damaged paths.
+    paths: SeriesPaths | None = None
 
     def __post_init__(self) -> None:
+        if self.paths is None:
+            self.paths = SeriesPaths(self.job.layout, self.destination)
         self.commit = GroupCommit(self.journal)
         self.publisher = GroupPublisher(self.journal)
         self.extractors = anyio.CapacityLimiter(EXTRACTOR_THREADS)
@@ -352,7 +357,17 @@ class SeriesWorker:
         return dicom_bytes
 
     async def _publish(self, item: PlannedSeries, verified: VerifiedSeries, staging: Path) -> None:
-        relative = render_series_path(self.job.layout, item.metadata)
+        paths = self.paths
+        assert paths is not None
+        relative = await anyio.to_thread.run_sync(paths.choose, item.series_uid, item.metadata)
+        try:
+            await self._publish_at(item, verified, staging, relative)
+        finally:
+            paths.release(relative)
+
+    async def _publish_at(
+        self, item: PlannedSeries, verified: VerifiedSeries, staging: Path, relative: PurePosixPath
+    ) -> None:
         files = tuple(FileEntry(f.name, f.size, f.md5) for f in verified.files)
         metadata = json_safe_metadata(item.metadata)
 

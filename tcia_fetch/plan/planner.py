@@ -22,11 +22,13 @@ from typing import Protocol, TypeVar
 
 import anyio
 
+from tcia_fetch.api.models import RejectedRow, ScreenedRows, rejected_rows
 from tcia_fetch.engine.clock import Clock
 from tcia_fetch.engine.retry import RetryPolicy, retry_call
 from tcia_fetch.errors import ImplausibleFiguresError, MetadataError, TciaFetchError
 from tcia_fetch.job.jobfile import JobSpec, SeriesQuery
 from tcia_fetch.plan.model import PlannedSeries, PlanProblem, PlanSummary, frozen_row
+from tcia_fetch.plan.rows import BAD_ROW_REFERENCE, bad_uid_label, series_uid_problem
 from tcia_fetch.plan.suggest import EmptyQueryExplainer, client_exclusions, combination_count
 from tcia_fetch.series.expectation import SeriesExpectation
 from tcia_fetch.series.plausible import implausibility
@@ -228,7 +230,9 @@ class Planner:
                 self._problem(uid, f"metadata lookup failed: {exc.describe()}", exc.reference, origin)
             return
         by_uid = {row.series_uid: row for row in rows}
-        missing = [uid for uid, _ in chunk if uid not in by_uid]
+        # A row that did not fit fails the series it names, not the chunk of up to 500 (issue 14).
+        broken = self._broken_rows(rejected_rows(rows), {uid for uid, _ in chunk}, by_uid)
+        missing = [uid for uid, _ in chunk if uid not in by_uid and uid not in broken]
         if missing and self._options.nlst_fallback:
             try:
                 async with limiter:
@@ -241,6 +245,9 @@ class Planner:
                 nlst_rows = []
             by_uid.update((row.series_uid, row) for row in nlst_rows)
         for uid, origin in chunk:
+            if uid in broken:
+                self._problem(uid, broken[uid], BAD_ROW_REFERENCE, origin)
+                continue
             row = by_uid.get(uid)
             if row is None:
                 self._problem(
@@ -254,10 +261,25 @@ class Planner:
 
     async def _series_one_by_one(self, uids: Sequence[str], limiter: anyio.CapacityLimiter) -> list[_Row]:
         rows: list[_Row] = []
+        rejected: list[RejectedRow] = []
         for uid in uids:
             async with limiter:
-                rows.extend(await self._call(functools.partial(self._source.series, series_uid=uid)))
-        return rows
+                answer = await self._call(functools.partial(self._source.series, series_uid=uid))
+            rows.extend(answer)
+            rejected.extend(rejected_rows(answer))
+        return ScreenedRows(rows, rejected)
+
+    @staticmethod
+    def _broken_rows(
+        rejected: Sequence[RejectedRow], wanted: Container[str], good: Mapping[str, _Row]
+    ) -> dict[str, str]:
+        """Requested UIDs whose only row did not fit, each with the reason (others are ignored)."""
+        broken: dict[str, str] = {}
+        for row in rejected:
+            uid = row.uid_text
+            if uid is not None and uid in wanted and uid not in good:
+                broken[uid] = f"the server's metadata row for this series does not fit: {row.reason}"
+        return broken
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -278,9 +300,22 @@ class Planner:
                 raise
             self.summary.query_errors.append(f"{origin} {query.describe()} {filters}: {exc.describe()}")
             return
-        accepted = [
-            row for row in rows if query.accepts(row.image_count, row.series_date, row.series_description)
-        ]
+        rejected = rejected_rows(rows)
+        for bad in rejected:
+            self._bad_row(bad.uid_text, f"the server's getSeries row does not fit: {bad.reason}", origin)
+        bad_rows = len(rejected)
+        accepted = []
+        for row in rows:
+            if not query.accepts(row.image_count, row.series_date, row.series_description):
+                continue
+            problem = series_uid_problem(row.series_uid)
+            if problem is not None:  # never a path, a URL or a fatal InputError: this series fails
+                self._bad_row(row.series_uid, problem, origin)
+                bad_rows += 1
+                continue
+            accepted.append(row)
+        if not accepted and bad_rows:
+            return  # the query matched series; each bad row is already a failed series
         if not accepted:  # never silent: say which filter matched nothing, and what was meant
             self.summary.empty_queries.append(
                 await self._explainer.explain(
@@ -345,6 +380,13 @@ class Planner:
         )
         self.summary.add(item)
         await emit(item)
+
+    def _bad_row(self, uid_text: str | None, reason: str, origin: str) -> None:
+        """A row naming a series by an unusable UID: one failed series under a stable label."""
+        label = uid_text if uid_text is not None and series_uid_problem(uid_text) is None else None
+        label = label or bad_uid_label(uid_text)
+        if self._claim(label):
+            self._problem(label, reason, BAD_ROW_REFERENCE, origin)
 
     def _problem(self, uid: str, reason: str, reference: str, origin: str) -> None:
         self.summary.problems.append(PlanProblem(uid, reason, reference, origin))

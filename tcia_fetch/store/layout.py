@@ -19,7 +19,16 @@ What a caller may rely on:
 * a missing, ``None`` or empty field renders as ``NA``;
 * rendering is deterministic: the same row always gives the same path (resume relies on it). Dates
   render as ``MM-DD-YYYY`` whether they arrive as :class:`datetime.date` or as the server's string;
-* a custom template must contain ``{SeriesInstanceUID}`` so that two series never share a directory.
+* a custom template must contain ``{SeriesInstanceUID}`` so that two series never share a directory;
+* the first component is never one of :data:`RESERVED_ROOT_NAMES`, the names tcia-fetch itself
+  writes at the destination root (compared ignoring case, as macOS and SMB do): such a name gets a
+  leading ``_`` (a collection called ``metadata.csv`` lands in ``_metadata.csv/``), the same rule
+  as for Windows device names. The alternative, failing those series, would leave a collection
+  impossible to fetch; a renamed directory is still found through metadata.csv and the catalog.
+
+The descriptive preset keeps only the last five characters of the UIDs, so two series of a study
+with the same number and description can render the same path. :func:`disambiguated` is the
+second choice the engine uses then (``<name>~<hash of the UID>``; see store/seriespath.py).
 
 Descriptive names follow the Java Data Retriever (``getPartOfName``/``getDescPartOfName``): a part is
 left out together with its ``-`` when it is null, empty or the string ``"null"``; descriptions get
@@ -47,7 +56,10 @@ __all__ = [
     "DEFAULT_LAYOUT",
     "MAX_COMPONENT_BYTES",
     "PRESET_LAYOUTS",
+    "RESERVED_ROOT_NAMES",
     "SeriesLayout",
+    "disambiguated",
+    "is_reserved_root_name",
     "parse_layout",
     "render_series_path",
     "sanitize_component",
@@ -62,6 +74,16 @@ PRESET_LAYOUTS: Mapping[str, str] = {
     "descriptive": "{Collection}/{PatientID}/{*DescriptiveStudy}/{*DescriptiveSeries}",
     "flat": "{SeriesInstanceUID}",
 }
+
+#: Every name tcia-fetch writes at the root of a destination (a directory or a bucket prefix): the
+#: state directory, metadata.csv and the two Parquet tables. Reports, locks, the journal and the
+#: last plan live inside the state directory; temporaries start with a dot, which no rendered
+#: component can. Keep this list in step with those writers (tests/store/test_reserved_names.py
+#: pins it against their constants).
+RESERVED_ROOT_NAMES: frozenset[str] = frozenset(
+    {".tcia-fetch", "metadata.csv", "catalog.parquet", "instances.parquet"}
+)
+_RESERVED_FOLDED = frozenset(name.casefold() for name in RESERVED_ROOT_NAMES)
 
 _PLAIN_NUMBER = re.compile(r"-?[0-9]{1,18}(\.[0-9]{1,12})?")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_()\-]*)\}")
@@ -209,7 +231,15 @@ class SeriesLayout:
 
     def render(self, row: Mapping[str, object]) -> PurePosixPath:
         """The series directory for ``row``, relative to the destination root."""
-        return PurePosixPath(*(component.render(row) for component in self.components))
+        parts = [component.render(row) for component in self.components]
+        if is_reserved_root_name(parts[0]):
+            parts[0] = _limit_length("_" + parts[0])
+        return PurePosixPath(*parts)
+
+    @property
+    def unique_per_series(self) -> bool:
+        """True when a rendered path holds the whole series UID, so two series never share one."""
+        return any("SeriesInstanceUID" in component.pieces[1::2] for component in self.components)
 
 
 def _parse_component(text: str, *, template: str) -> _Component:
@@ -273,6 +303,23 @@ def parse_layout(layout: str) -> SeriesLayout:
 def _preset_component(part: str) -> _Component:
     field = part[1:-1]
     return _Component(("", field, ""))
+
+
+def is_reserved_root_name(name: str) -> bool:
+    """True when ``name`` at the destination root would take the place of one of our own files."""
+    return name.casefold() in _RESERVED_FOLDED
+
+
+def disambiguated(relative: PurePosixPath, series_uid: str) -> PurePosixPath:
+    """``relative`` with ``~`` and a short hash of ``series_uid`` after its last component.
+
+    Deterministic (the same series always gets the same second choice) and still one safe
+    component of at most :data:`MAX_COMPONENT_BYTES` bytes: the name is cut to make room.
+    """
+    digest = hashlib.sha256(series_uid.encode("utf-8", "surrogatepass")).hexdigest()
+    suffix = "~" + digest[:_HASH_SUFFIX_CHARS]
+    head = relative.name.encode("utf-8")[: MAX_COMPONENT_BYTES - len(suffix)].decode("utf-8", errors="ignore")
+    return relative.with_name(head + suffix)
 
 
 def render_series_path(layout: str, row: Mapping[str, object]) -> PurePosixPath:

@@ -27,6 +27,7 @@ __all__ = [
     "DOWNLOAD_FAULTS",
     "OUTAGE_MODES",
     "QUERY_FAULTS",
+    "ROW_FAULTS",
     "SERVER_FAULTS",
     "FaultKind",
     "FaultPlan",
@@ -70,12 +71,23 @@ class FaultKind(enum.Enum):
     # Query answers claim image_count instances (default 6,000,000; None keeps the real count) and
     # total_bytes bytes (default None: the real size) for the series, in every query endpoint.
     CLAIM_FIGURES = "CLAIM_FIGURES"
+    # --- issue 14, bad rows / reserved names / path collisions (served by testing/_badrows.py) ---
+    # getSeries, getUpdatedSeries and getSeriesMetadata answers gain one extra row per text in
+    # `uids` (default: a path traversal, an empty UID, a 299-character UID and one holding an ANSI
+    # escape), each a copy of the answer's first row with only SeriesInstanceUID changed.
+    BAD_UID_ROWS = "BAD_UID_ROWS"
+    # The rows of the targeted series (series_uid; None = every row) in the same answers carry
+    # `value` in `column` (default ImageCount = "many", a row that does not fit; value None drops
+    # the column). A collection named "metadata.csv" or a descriptive-path twin is played this way.
+    ROW_VALUE = "ROW_VALUE"
 
 
 QUERY_FAULTS = frozenset({FaultKind.WRONG_SIZE, FaultKind.SLOW_QUERY, FaultKind.CLAIM_FIGURES})
+#: Faults that rewrite the rows of series answers (issue 14).
+ROW_FAULTS = frozenset({FaultKind.BAD_UID_ROWS, FaultKind.ROW_VALUE})
 #: Faults of the whole server rather than of one request kind.
 SERVER_FAULTS = frozenset({FaultKind.OUTAGE})
-DOWNLOAD_FAULTS = frozenset(set(FaultKind) - QUERY_FAULTS - SERVER_FAULTS)
+DOWNLOAD_FAULTS = frozenset(set(FaultKind) - QUERY_FAULTS - SERVER_FAULTS - ROW_FAULTS)
 OUTAGE_MODES = ("503", "close")
 
 _DEFAULTS: Mapping[FaultKind, Mapping[str, object]] = {
@@ -101,6 +113,8 @@ _DEFAULTS: Mapping[FaultKind, Mapping[str, object]] = {
     FaultKind.OUTAGE: {"duration_s": 5.0, "mode": "503", "after_requests": 0},
     FaultKind.MD5_LIST_BOMB: {"inflated_bytes": 1 << 30},
     FaultKind.CLAIM_FIGURES: {"image_count": 6_000_000, "total_bytes": None},
+    FaultKind.BAD_UID_ROWS: {"uids": ("../../../etc/evil", "", "1." * 149 + "1", "1.2.840.\x1b[31m99")},
+    FaultKind.ROW_VALUE: {"column": "ImageCount", "value": "many"},
 }
 
 DEFAULT_RANDOM_KINDS = (
@@ -251,6 +265,11 @@ class FaultState:
         """
         with self._lock:
             return self._take(QUERY_FAULTS, series_uids)
+
+    def row_faults(self, series_uids: Iterable[str]) -> list[FaultRule]:
+        """Every row fault with firings left for a series answer holding these series (one firing each)."""
+        with self._lock:
+            return self._take(ROW_FAULTS, series_uids)
 
     def outage(self, now: float) -> FaultRule | None:
         """The OUTAGE rule in force for an API request arriving at monotonic time ``now``, if any.

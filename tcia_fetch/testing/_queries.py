@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from aiohttp import web
 
+from tcia_fetch.testing._badrows import hostile_rows
 from tcia_fetch.testing._catalog import SeriesEntry
 from tcia_fetch.testing._downloads import outage_guard
 from tcia_fetch.testing._faults import FaultKind, FaultRule
@@ -373,7 +374,8 @@ async def _series_response(
     """getSeries-shaped rows for ``entries`` (v4 or legacy columns), after any query faults."""
     deltas = await _slow_and_sizes(state, (entry.uid for entry in entries))
     columns = SERIES_COLUMNS if generation == 4 else LEGACY_SERIES_COLUMNS
-    return _respond(_series_rows(entries, deltas, generation), columns, _param(request, "format"))
+    rows = hostile_rows(state.faults, _series_rows(entries, deltas, generation))
+    return _respond(rows, columns, _param(request, "format"))
 
 
 async def get_series(state: ServerState, generation: int, request: web.Request) -> web.StreamResponse:
@@ -469,6 +471,7 @@ async def get_series_metadata(
     for entry in ordered:
         delta_bytes, delta_count = deltas.get(entry.uid, (0, 0))
         rows.append(entry.metadata_row(delta_bytes=delta_bytes, delta_count=delta_count))
+    rows = hostile_rows(state.faults, rows)
     choice = str(requested_format).upper() if requested_format else "CSV"
     return _respond(rows, METADATA_COLUMNS, "CSV-DOWNLOAD" if choice == "CSV" else choice)
 

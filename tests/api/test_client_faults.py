@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tcia_fetch.api.client import NBIAClient
+from tcia_fetch.api.models import rejected_rows
 from tcia_fetch.config import ClientSettings
 from tcia_fetch.errors import (
     InvalidParameterError,
@@ -146,7 +147,7 @@ async def test_whitespace_body_is_no_rows(quirk_server: str) -> None:
         assert await client.modalities() == []
 
 
-@pytest.mark.parametrize("method", ["collections", "manufacturers", "series"])
+@pytest.mark.parametrize("method", ["collections", "manufacturers"])
 async def test_html_truncated_json_and_impossible_values_are_format_errors(
     quirk_server: str, method: str
 ) -> None:
@@ -154,6 +155,15 @@ async def test_html_truncated_json_and_impossible_values_are_format_errors(
         with pytest.raises(ResponseFormatError) as caught:
             await getattr(client, method)()
     assert caught.value.retryable
+
+
+async def test_a_series_row_with_an_impossible_value_is_set_aside_not_fatal(quirk_server: str) -> None:
+    """Issue 14: one bad row fails its own series (the planner reports it), not the whole answer."""
+    async with NBIAClient(base_url=quirk_server) as client:
+        rows = await client.series()
+    assert list(rows) == []
+    [rejected] = rejected_rows(rows)
+    assert rejected.uid_text == "1.2.3" and "FileSize" in rejected.reason
 
 
 async def test_invalid_parameter_answer(quirk_server: str) -> None:
