@@ -39,6 +39,7 @@ __all__ = [
 
 #: Modules holding one family each (``cases()``); imported lazily by :func:`all_cases`.
 FAMILY_MODULES: tuple[str, ...] = ()
+FAMILY_MODULES += ("tcia_fetch.campaign._hostile_bodies",)  # issue 14: query-bomb, redirect
 
 
 @dataclass

@@ -1,0 +1,121 @@
+"""JSON query answers parsed as they stream: the only module that imports ``ijson``.
+
+``json.loads`` needs the whole body, then the whole decoded text, then every object at once: a
+300 MB ``getSeries`` answer cost about three times its size. ijson's push interface
+(``items_coro``, the yajl2 C backend when installed, which ``import ijson`` picks) turns each
+chunk into the rows it completes, so memory is one chunk plus one row.
+
+What ijson does not bound, this module does: a row (or the leading bytes before the first
+row) may not pass ``max_row_bytes`` of input, so a never-ending string or object, a deep
+nesting or an endless run of whitespace ends with :class:`BodyTooLargeError` after at most
+that much, instead of growing ijson's buffers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import ijson  # type: ignore[import-untyped]  # no stubs; wrapped here only
+
+from tcia_fetch.errors import BodyTooLargeError, ResponseFormatError
+
+__all__ = ["BACKEND", "JsonRowStream"]
+
+#: ijson's backend in use (``yajl2_c`` where its wheel is installed; pure Python otherwise).
+BACKEND: str = str(getattr(ijson, "backend_name", getattr(ijson, "backend", "unknown")))
+
+_WHITESPACE = b" \t\r\n"
+_BOM = b"\xef\xbb\xbf"
+
+
+class JsonRowStream:
+    """Push parser: ``feed(chunk)`` returns the rows that chunk completed; ``close()`` the rest.
+
+    Accepts what :func:`tcia_fetch.api.parse.parse_json_rows` accepts: an array of objects, one
+    object, or an empty/whitespace body (no rows). Keys are kept verbatim and ``null`` values
+    dropped. Anything else raises :class:`ResponseFormatError` with a short excerpt.
+    """
+
+    def __init__(self, *, max_row_bytes: int, what: str = "response") -> None:
+        self._max_row_bytes = max_row_bytes
+        self._what = what
+        self._events: list[object] = ijson.sendable_list()
+        self._coro: object | None = None  # ijson's coroutine, once the top level is known
+        self._head = b""
+        self._since_row = 0
+        self._index = 0
+        self._started = False
+
+    def _begin(self, chunk: bytes) -> bytes:
+        """Before the first significant byte: drop a BOM, decide array or object, refuse the rest."""
+        self._head += chunk
+        head = self._head[len(_BOM) :] if self._head.startswith(_BOM) else self._head
+        if len(self._head) < len(_BOM) and _BOM.startswith(self._head):
+            return b""
+        stripped = head.lstrip(_WHITESPACE)
+        if not stripped:
+            self._head = b""
+            return b""
+        first = stripped[:1]
+        if first not in (b"[", b"{"):
+            excerpt = stripped[:120].decode("utf-8", "replace")
+            raise ResponseFormatError(f"{self._what}: expected JSON, got {excerpt!r}")
+        prefix = "item" if first == b"[" else ""
+        self._coro = ijson.items_coro(self._events, prefix, use_float=True)
+        self._started = True
+        self._head = b""
+        return stripped
+
+    def feed(self, chunk: bytes) -> list[dict[str, object]]:
+        """Parse one chunk; the rows it completed."""
+        if not chunk:
+            return []
+        self._since_row += len(chunk)
+        if not self._started:
+            chunk = self._begin(chunk)
+            if not chunk:
+                self._check_row_size()
+                return []
+        try:
+            self._coro.send(chunk)  # type: ignore[union-attr]
+        except ijson.JSONError as exc:
+            raise ResponseFormatError(f"{self._what}: malformed JSON body ({_short(exc)})") from None
+        rows = list(self._take())
+        if rows:
+            self._since_row = 0
+        else:
+            self._check_row_size()
+        return rows
+
+    def close(self) -> list[dict[str, object]]:
+        """The body ended: the last rows; a truncated document raises ResponseFormatError."""
+        if not self._started:
+            return []
+        try:
+            self._coro.close()  # type: ignore[union-attr]
+        except ijson.JSONError as exc:
+            raise ResponseFormatError(
+                f"{self._what}: malformed or truncated JSON body ({_short(exc)})"
+            ) from None
+        return list(self._take())
+
+    def _check_row_size(self) -> None:
+        if self._since_row > self._max_row_bytes:
+            raise BodyTooLargeError(
+                f"{self._what}: more than {self._max_row_bytes} bytes without a complete row "
+                "(no real row is that large)"
+            )
+
+    def _take(self) -> Iterator[dict[str, object]]:
+        events, self._events[:] = list(self._events), []
+        for item in events:
+            if not isinstance(item, dict):
+                raise ResponseFormatError(
+                    f"{self._what}: row {self._index} is {type(item).__name__}, not an object"
+                )
+            self._index += 1
+            yield {str(key): value for key, value in item.items() if value is not None}
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).strip()[:160] or type(exc).__name__
