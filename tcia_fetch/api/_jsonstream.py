@@ -6,24 +6,32 @@
 chunk into the rows it completes, so memory is one chunk plus one row.
 
 What ijson does not bound, this module does: a row (or the leading bytes before the first
-row) may not pass ``max_row_bytes`` of input, so a never-ending string or object, a deep
-nesting or an endless run of whitespace ends with :class:`BodyTooLargeError` after at most
-that much, instead of growing ijson's buffers.
+row) may not pass ``max_row_bytes`` of input, so a never-ending string or object or an endless
+run of whitespace ends with :class:`BodyTooLargeError` after at most that much, instead of
+growing ijson's buffers. Nesting is bounded too, because yajl's cost grows with the square of
+the depth (16,000 ``[`` take seconds): input is handed to ijson in pieces of at most
+:data:`_OPENS_PER_SEND` opening brackets, and a row that opens more than :data:`MAX_NESTING`
+(an upper bound of its depth: a real row nests 2 deep) is refused before ijson sees more.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import ijson  # type: ignore[import-untyped]  # no stubs; wrapped here only
 
 from tcia_fetch.errors import BodyTooLargeError, ResponseFormatError
 
-__all__ = ["BACKEND", "JsonRowStream"]
+__all__ = ["BACKEND", "MAX_NESTING", "JsonRowStream"]
 
 #: ijson's backend in use (``yajl2_c`` where its wheel is installed; pure Python otherwise).
 BACKEND: str = str(getattr(ijson, "backend_name", getattr(ijson, "backend", "unknown")))
 
+#: The most opening brackets one row may hold (a real row: its own ``{`` and a few ``{}`` nulls).
+MAX_NESTING = 256
+_OPENS_PER_SEND = 64
+_OPENING = re.compile(rb"[\[{]")
 _WHITESPACE = b" \t\r\n"
 _BOM = b"\xef\xbb\xbf"
 
@@ -43,6 +51,7 @@ class JsonRowStream:
         self._coro: object | None = None  # ijson's coroutine, once the top level is known
         self._head = b""
         self._since_row = 0
+        self._opens_since_row = 0
         self._index = 0
         self._started = False
 
@@ -76,11 +85,21 @@ class JsonRowStream:
             if not chunk:
                 self._check_row_size()
                 return []
-        try:
-            self._coro.send(chunk)  # type: ignore[union-attr]
-        except ijson.JSONError as exc:
-            raise ResponseFormatError(f"{self._what}: malformed JSON body ({_short(exc)})") from None
-        rows = list(self._take())
+        rows: list[dict[str, object]] = []
+        for piece, opens in _pieces(chunk):
+            self._opens_since_row += opens
+            if self._opens_since_row > MAX_NESTING + _OPENS_PER_SEND:
+                raise BodyTooLargeError(
+                    f"{self._what}: a row opening more than {MAX_NESTING} brackets (no real row nests so)"
+                )
+            try:
+                self._coro.send(piece)  # type: ignore[union-attr]
+            except ijson.JSONError as exc:
+                raise ResponseFormatError(f"{self._what}: malformed JSON body ({_short(exc)})") from None
+            completed = list(self._take())
+            if completed:
+                rows += completed
+                self._opens_since_row = opens  # the last row began within this piece, at worst
         if rows:
             self._since_row = 0
         else:
@@ -115,6 +134,18 @@ class JsonRowStream:
                 )
             self._index += 1
             yield {str(key): value for key, value in item.items() if value is not None}
+
+
+def _pieces(chunk: bytes) -> Iterator[tuple[bytes, int]]:
+    """``chunk`` cut so that each piece holds at most ``_OPENS_PER_SEND`` opening brackets."""
+    start = 0
+    opens = 0
+    for match in _OPENING.finditer(chunk):
+        if opens == _OPENS_PER_SEND:
+            yield chunk[start : match.start()], opens
+            start, opens = match.start(), 0
+        opens += 1
+    yield chunk[start:], opens
 
 
 def _short(exc: Exception) -> str:

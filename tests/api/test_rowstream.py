@@ -93,10 +93,10 @@ def test_csv_row_bound_counts_the_pending_record_only() -> None:
 
 
 def _decode_all(decoder: BodyDecoder, body: bytes, step: int = 65536) -> bytes:
-    out = b""
+    out: list[bytes] = []
     for start in range(0, len(body), step):
-        out += b"".join(decoder.feed(body[start : start + step]))
-    return out + b"".join(decoder.finish())
+        out += decoder.feed(body[start : start + step])
+    return b"".join(out + decoder.finish())
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "deflate", "deflate-raw", None, "identity"])
@@ -112,11 +112,11 @@ def test_decoder_round_trips_real_encodings(encoding: str | None) -> None:
     else:
         body = data
     decoder = BodyDecoder(encoding, limit=None, max_ratio=200, what="getX")
-    assert _decode_all(decoder, body, step=7) == data
+    assert _decode_all(decoder, body, step=7 if encoding not in (None, "identity") else 4096) == data
 
 
 def test_decoder_refuses_a_bomb_after_a_few_mib_and_never_buffers_it() -> None:
-    bomb = gzip.compress(bytes(64 * 2**20), compresslevel=9)  # ~64 kB on the wire
+    bomb = gzip.compress(bytes(16 * 2**20), compresslevel=9)  # ~16 kB on the wire
     decoder = BodyDecoder("gzip", limit=None, max_ratio=200, what="getCollectionValues")
     biggest = 0
     with pytest.raises(BodyTooLargeError, match="decompression bomb"):
