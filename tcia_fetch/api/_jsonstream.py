@@ -29,8 +29,8 @@ __all__ = ["BACKEND", "MAX_NESTING", "JsonRowStream"]
 BACKEND: str = str(getattr(ijson, "backend_name", getattr(ijson, "backend", "unknown")))
 
 #: The most opening brackets one row may hold (a real row: its own ``{`` and a few ``{}`` nulls).
-MAX_NESTING = 256
-_OPENS_PER_SEND = 64
+MAX_NESTING = 64
+_OPENS_PER_SEND = 128
 _OPENING = re.compile(rb"[\[{]")
 _WHITESPACE = b" \t\r\n"
 _BOM = b"\xef\xbb\xbf"
@@ -133,11 +133,20 @@ class JsonRowStream:
                     f"{self._what}: row {self._index} is {type(item).__name__}, not an object"
                 )
             self._index += 1
-            yield {str(key): value for key, value in item.items() if value is not None}
+            # The server omits null fields; a null it does send is dropped the same way.
+            yield (
+                {key: value for key, value in item.items() if value is not None}
+                if None in item.values()
+                else item
+            )
 
 
 def _pieces(chunk: bytes) -> Iterator[tuple[bytes, int]]:
     """``chunk`` cut so that each piece holds at most ``_OPENS_PER_SEND`` opening brackets."""
+    total = chunk.count(b"{") + chunk.count(b"[")
+    if total <= _OPENS_PER_SEND:  # a real 64 KiB chunk: about 80 rows, one brace each
+        yield chunk, total
+        return
     start = 0
     opens = 0
     for match in _OPENING.finditer(chunk):
