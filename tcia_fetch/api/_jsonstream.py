@@ -10,8 +10,9 @@ row) may not pass ``max_row_bytes`` of input, so a never-ending string or object
 run of whitespace ends with :class:`BodyTooLargeError` after at most that much, instead of
 growing ijson's buffers. Nesting is bounded too, because yajl's cost grows with the square of
 the depth (16,000 ``[`` take seconds): input is handed to ijson in pieces of at most
-:data:`_OPENS_PER_SEND` opening brackets, and a row that opens more than :data:`MAX_NESTING`
-(an upper bound of its depth: a real row nests 2 deep) is refused before ijson sees more.
+:data:`_OPENS_PER_SEND` opening brackets, and once the brackets opened since the last complete
+row (an upper bound of the depth: a real row nests 2 deep) pass :data:`MAX_NESTING`, the body is
+refused before ijson sees more.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ BACKEND: str = str(getattr(ijson, "backend_name", getattr(ijson, "backend", "unk
 
 #: The most opening brackets one row may hold (a real row: its own ``{`` and a few ``{}`` nulls).
 MAX_NESTING = 64
-_OPENS_PER_SEND = 128
+_OPENS_PER_SEND = 16
 _OPENING = re.compile(rb"[\[{]")
 _WHITESPACE = b" \t\r\n"
 _BOM = b"\xef\xbb\xbf"
@@ -87,10 +88,12 @@ class JsonRowStream:
                 return []
         rows: list[dict[str, object]] = []
         for piece, opens in _pieces(chunk):
+            # Rows completing in every piece keep this at most two pieces' worth; a nesting that
+            # never closes a row grows it piece by piece until it passes the bound.
             self._opens_since_row += opens
-            if self._opens_since_row > MAX_NESTING + _OPENS_PER_SEND:
+            if self._opens_since_row > MAX_NESTING:
                 raise BodyTooLargeError(
-                    f"{self._what}: a row opening more than {MAX_NESTING} brackets (no real row nests so)"
+                    f"{self._what}: a row opening more than {MAX_NESTING} brackets (a real row nests 2 deep)"
                 )
             try:
                 self._coro.send(piece)  # type: ignore[union-attr]
@@ -109,6 +112,8 @@ class JsonRowStream:
     def close(self) -> list[dict[str, object]]:
         """The body ended: the last rows; a truncated document raises ResponseFormatError."""
         if not self._started:
+            if self._head.strip(_WHITESPACE):  # a lone partial BOM, say
+                raise ResponseFormatError(f"{self._what}: expected JSON, got {self._head[:20]!r}")
             return []
         try:
             self._coro.close()  # type: ignore[union-attr]
@@ -144,7 +149,7 @@ class JsonRowStream:
 def _pieces(chunk: bytes) -> Iterator[tuple[bytes, int]]:
     """``chunk`` cut so that each piece holds at most ``_OPENS_PER_SEND`` opening brackets."""
     total = chunk.count(b"{") + chunk.count(b"[")
-    if total <= _OPENS_PER_SEND:  # a real 64 KiB chunk: about 80 rows, one brace each
+    if total <= _OPENS_PER_SEND:
         yield chunk, total
         return
     start = 0
