@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from sys import intern
 
 import ijson  # type: ignore[import-untyped]  # no stubs; wrapped here only
 
@@ -138,12 +139,10 @@ class JsonRowStream:
                     f"{self._what}: row {self._index} is {type(item).__name__}, not an object"
                 )
             self._index += 1
-            # The server omits null fields; a null it does send is dropped the same way.
-            yield (
-                {key: value for key, value in item.items() if value is not None}
-                if None in item.values()
-                else item
-            )
+            # Nulls dropped as the server would omit them. Keys interned: json.loads shares one
+            # key object per document, ijson makes one per row, and the row models keep their row
+            # (30 keys: about 1 kB a row, 12% more memory for a collected getSeries without it).
+            yield {intern(key): value for key, value in item.items() if value is not None}
 
 
 def _pieces(chunk: bytes) -> Iterator[tuple[bytes, int]]:
