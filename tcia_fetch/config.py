@@ -15,6 +15,7 @@ line or an error message. With no credentials the public guest account is used.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -43,6 +44,7 @@ __all__ = [
     "default_config_path",
     "default_user_agent",
     "load_client_settings",
+    "parse_byte_size",
 ]
 
 DEFAULT_BASE_URL = "https://nbia.cancerimagingarchive.net/nbia-api/services/v4/"
@@ -50,6 +52,27 @@ DEFAULT_NLST_HOST = "https://nlst.cancerimagingarchive.net"
 GUEST_USERNAME = "nbia_guest"
 
 ApiVersionSetting = Literal["v4", "v2", "v1"]
+
+#: Small answers (value lists, counts, sizes, tokens) are a few kB on the real server; they are
+#: collected whole, so their ceiling is what they may cost in memory.
+DEFAULT_MAX_BODY_BYTES = 4 * 2**20
+#: Large answers are parsed row by row as they stream: a whole-collection getSeries is hundreds
+#: of MB, so this only ends runaway bodies, while memory is bounded by the row size.
+DEFAULT_MAX_STREAMED_BODY_BYTES = 4 * 2**30
+#: Real JSON and CSV answers compress 5-20x; a zero-filled bomb compresses about 1000x.
+DEFAULT_MAX_COMPRESSION_RATIO = 200.0
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", re.IGNORECASE)
+
+
+def parse_byte_size(text: str) -> int:
+    """``"4GiB"``, ``"500MB"``, ``"65536"``: a byte count (binary with ``i``, decimal without)."""
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not a byte size: {text[:40]!r} (e.g. 64MiB, 4GiB, 1000000)")
+    number, unit, binary = match.groups()
+    power = "KMGT".find(unit.upper()) + 1 if unit else 0
+    return int(float(number) * (1024 if binary else 1000) ** power)
 
 
 def default_user_agent() -> str:
@@ -94,8 +117,33 @@ class ClientSettings(BaseModel):
         description="download connections; a run sizes its pool from --concurrency (8 for queries alone)",
     )
     user_agent: str = Field(default_factory=default_user_agent, min_length=1)
+    # Bounds on what the server may send (issue 14). Real answers are far below them.
+    max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES,
+        ge=64 * 1024,
+        description="ceiling of a small answer read whole (value lists, counts, sizes, tokens)",
+    )
+    max_streamed_body_bytes: int = Field(
+        default=DEFAULT_MAX_STREAMED_BODY_BYTES,
+        ge=2**20,
+        description="ceiling of a large answer parsed as it streams (getSeries, getSeriesMetadata, ...)",
+    )
+    max_compression_ratio: float = Field(
+        default=DEFAULT_MAX_COMPRESSION_RATIO,
+        ge=2,
+        description="refuse a gzip/deflate body inflating more than this (past its first 4 MiB)",
+    )
+    cross_origin_redirects: bool = Field(
+        default=False,
+        description="follow redirects to another host (a CDN); https->http is refused regardless",
+    )
     username: str = Field(default=GUEST_USERNAME, description="legacy API user (env or credentials file)")
     password: SecretStr = Field(default=SecretStr(""), description="legacy API password (never logged)")
+
+    @field_validator("max_body_bytes", "max_streamed_body_bytes", mode="before")
+    @classmethod
+    def _parse_bytes(cls, value: object) -> object:
+        return parse_byte_size(value) if isinstance(value, str) else value
 
     @field_validator("base_url", "nlst_base_url", "token_url")
     @classmethod
@@ -136,6 +184,14 @@ class ClientSettings(BaseModel):
         parts = urlsplit(self.nlst_base_url or DEFAULT_NLST_HOST)
         return f"{parts.scheme}://{parts.netloc}/nbia-api/oauth/token"
 
+
+#: Settings the environment may give (beside the base URL and credentials): above the config file.
+_ENV_KEYS = {
+    "max_body_bytes": "TCIA_FETCH_MAX_BODY_BYTES",
+    "max_streamed_body_bytes": "TCIA_FETCH_MAX_STREAMED_BODY_BYTES",
+    "max_compression_ratio": "TCIA_FETCH_MAX_COMPRESSION_RATIO",
+    "cross_origin_redirects": "TCIA_FETCH_CROSS_ORIGIN_REDIRECTS",
+}
 
 _SERVER_KEYS = frozenset(ClientSettings.model_fields) - {"username", "password"} | {"credentials_file"}
 
@@ -233,6 +289,11 @@ def load_client_settings(
     if base_url is not None:
         values["base_url"] = base_url
         origins["base_url"] = ("command line", "--base-url")
+    for key, variable in _ENV_KEYS.items():
+        env_value = environment.get(variable)
+        if env_value:
+            values[key] = env_value
+            origins[key] = ("environment", variable)
     env_credentials = environment.get("TCIA_FETCH_CREDENTIALS_FILE")
     if env_credentials:
         credentials_file = Path(env_credentials).expanduser()

@@ -17,7 +17,9 @@ batch log is enough to act on.
     │   ├── TLSError                    certificate verification failed; fatal, never retried
     │   ├── RequestTimeoutError         connect or first-byte deadline passed
     │   ├── StallError                  stream live but no bytes for stall_timeout_s
-    │   └── RemoteProtocolError         body cut mid-stream, bad chunking, peer closed early
+    │   ├── RemoteProtocolError         body cut mid-stream, bad chunking, peer closed early
+    │   └── RedirectError               a redirect that cannot be followed (bad Location, loop); not retried
+    │       └── RedirectRefusedError    a cross-origin or https->http redirect refused by policy; not retried
     ├── HTTPStatusError                 a response with an error status; .status, .body_excerpt
     │   ├── RateLimitedError            429 and 503; retryable, throttle; .retry_after_s
     │   ├── ServerError                 other 5xx; retryable
@@ -26,6 +28,7 @@ batch log is enough to act on.
     │       ├── SeriesUnavailableError  400 "not been granted the access": unknown or restricted
     │       └── InvalidParameterError   400 "Invalid query parameter": a client/server mismatch
     ├── ResponseFormatError             a 2xx body that is not what the endpoint sends; retryable
+    ├── BodyTooLargeError               a body past its ceiling, or inflating past a sane ratio; not retried
     ├── IntegrityError                  downloaded bytes disagree with the server's figures; retryable
     │   ├── NotAnArchiveError           HTML page, JSON or empty body where a zip was due
     │   ├── ArchiveCorruptError         truncated archive, bad CRC, broken structure
@@ -64,6 +67,7 @@ __all__ = [
     "EXIT_SOME_FAILED",
     "ArchiveCorruptError",
     "ArchiveTooLargeError",
+    "BodyTooLargeError",
     "BucketMissingError",
     "ChecksumMismatchError",
     "ClusterError",
@@ -88,6 +92,8 @@ __all__ = [
     "ObjectStoreError",
     "ObjectStoreThrottledError",
     "RateLimitedError",
+    "RedirectError",
+    "RedirectRefusedError",
     "RemoteProtocolError",
     "RequestRejectedError",
     "RequestTimeoutError",
@@ -262,6 +268,26 @@ class RemoteProtocolError(TransportError):
     reference = "connection-cut"
 
 
+class RedirectError(TransportError):
+    """The server redirected somewhere that cannot be followed: a malformed or missing
+    ``Location``, a scheme other than http(s), or too many hops.
+
+    The server's fault, never the user's input: a per-series failure, never fatal to the job.
+    Not retried: the same request meets the same broken redirect (a redirect is the server's
+    considered answer, unlike a cut connection), and a series is retried on the next run.
+    """
+
+    retryable = False
+    reference = "bad-redirect"
+
+
+class RedirectRefusedError(RedirectError):
+    """A redirect that the policy refuses: to another origin (unless allowed in the config), from
+    https to http (always), or any redirect of a request carrying credentials (the token POST)."""
+
+    reference = "redirect-refused"
+
+
 # --- HTTP status -----------------------------------------------------------------------------
 
 
@@ -331,6 +357,18 @@ class ResponseFormatError(TciaFetchError):
 
     retryable = True
     reference = "bad-response"
+
+
+class BodyTooLargeError(TciaFetchError):
+    """A response body passed its ceiling, inflated past a plausible compression ratio, or held
+    one row larger than any real row. The read stops there, so memory stays bounded.
+
+    Not retried: a server that sends a decompression bomb or an endless body does it again,
+    and each attempt would cost the full ceiling in time and bandwidth. Not fatal either: a
+    planning query that fails this way fails the series it concerns and the run goes on.
+    """
+
+    reference = "body-too-large"
 
 
 # --- integrity of a downloaded series --------------------------------------------------------

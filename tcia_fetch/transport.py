@@ -16,6 +16,17 @@ One :class:`Transport` wraps one ``aiohttp.ClientSession``. What a caller may re
   (see :mod:`tcia_fetch.api.status`) with a body excerpt and the redacted URL.
 * Streaming bodies are read in chunks of at most ``chunk_size_bytes`` (256 KiB by default, never
   below 64 KiB) and never held whole in memory; aiohttp's own buffer per connection is bounded.
+* Every body is bounded whatever it claims or contains (issue 14). aiohttp's own inflating is
+  off: :class:`~tcia_fetch.bodylimit.BodyDecoder` inflates gzip/deflate in bounded pieces,
+  counts decoded bytes and refuses a decompression bomb (ratio past ``max_compression_ratio``).
+  A small answer read whole stops at ``max_body_bytes``; a large answer read as a stream
+  (:meth:`Transport.stream_query`) at ``max_streamed_body_bytes``. Either raises
+  :class:`~tcia_fetch.errors.BodyTooLargeError` naming the endpoint and the limit.
+* Redirects are followed here, not by aiohttp, so each hop is checked: a malformed or missing
+  ``Location`` is the server's fault (:class:`~tcia_fetch.errors.RedirectError`, per series,
+  never an input error); https->http is always refused, another origin is refused unless
+  ``cross_origin_redirects`` allows it (then without the Authorization header), and a body is
+  never re-sent to another origin. Credential requests (the token POST) follow no redirect.
 
 Streams (downloads) and small requests (queries) queue on separate semaphores, each acquired
 before the header deadline starts, so time spent queueing for a connection never counts as a
@@ -28,23 +39,33 @@ concurrency silently caps it.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Self
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 import anyio
 
 from tcia_fetch.api.status import error_for_status
-from tcia_fetch.config import default_user_agent
+from tcia_fetch.bodylimit import ACCEPT_ENCODING, BodyDecoder
+from tcia_fetch.config import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_COMPRESSION_RATIO,
+    DEFAULT_MAX_STREAMED_BODY_BYTES,
+    default_user_agent,
+)
 from tcia_fetch.errors import (
     ConnectError,
     InputError,
     NameResolutionError,
+    RedirectError,
+    RedirectRefusedError,
     RemoteProtocolError,
     RequestTimeoutError,
     StallError,
@@ -59,6 +80,7 @@ __all__ = [
     "MIN_CHUNK_SIZE_BYTES",
     "QUERY_CONNECTIONS",
     "BufferedResponse",
+    "QueryBody",
     "StreamingResponse",
     "Transport",
     "map_aiohttp_errors",
@@ -72,6 +94,11 @@ MAX_CHUNK_SIZE_BYTES = 256 * 1024
 QUERY_CONNECTIONS = 4
 _ERROR_BODY_READ_BYTES = 4096
 _READ_BUFFER_BYTES = 64 * 1024
+#: Raw bytes per read of a query body (decoded pieces are bounded by the decoder).
+_QUERY_READ_BYTES = 64 * 1024
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 10
+_MAX_LOCATION_CHARS = 8192
 
 Phase = Literal["request", "body"]
 
@@ -154,13 +181,28 @@ class BufferedResponse:
         return self.headers.get("Content-Type")
 
 
-class StreamingResponse:
-    """A successful response whose body is read chunk by chunk: ``async for chunk in resp``.
+def _endpoint_name(url: str) -> str:
+    """The last path segment (``getSeries``): how messages name the body that broke a bound."""
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        return "response"
+    return path.rstrip("/").rsplit("/", 1)[-1] or "response"
 
-    The response is its own async iterator (no async generator to finalise). Each read
-    waits at most ``stall_timeout_s`` for *some* bytes; a gap longer than that raises
-    :class:`StallError`. A cut body raises :class:`RemoteProtocolError`. Iterate once; the
-    owning context manager releases the connection.
+
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("Content-Length")
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())
+
+
+class _DecodedBody:
+    """A response body read raw from aiohttp and decoded by a :class:`BodyDecoder`.
+
+    Each read waits at most ``stall_timeout_s`` for some bytes (and never past ``deadline``,
+    a value of :func:`anyio.current_time`); one raw read may decode into several pieces, which
+    are handed out one at a time. No cancel scope spans a yield: the object is its own iterator.
     """
 
     def __init__(
@@ -169,38 +211,123 @@ class StreamingResponse:
         *,
         url: str,
         series_uid: str | None,
-        chunk_size_bytes: int,
+        read_bytes: int,
         stall_timeout_s: float,
+        decoder: BodyDecoder,
+        deadline: float = math.inf,
     ) -> None:
         self._response = response
         self._series_uid = series_uid
-        self._chunk_size_bytes = chunk_size_bytes
+        self._read_bytes = read_bytes
         self._stall_timeout_s = stall_timeout_s
+        self._decoder = decoder
+        self._deadline = deadline
+        self._pending: deque[bytes] = deque()
+        self._ended = False
         self.status: int = response.status
         self.headers: Mapping[str, str] = response.headers
         self.url: str = redact_url(url)
+        #: Decoded bytes handed out so far.
         self.bytes_received = 0
+        decoder.check_declared_length(_content_length(response.headers))
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> bytes:
+        while not self._pending:
+            if self._ended:
+                raise StopAsyncIteration
+            await self._fill()
+        piece = self._pending.popleft()
+        self.bytes_received += len(piece)
+        return piece
+
+    async def _fill(self) -> None:
+        remaining = self._deadline - anyio.current_time()
+        if remaining <= 0:
+            raise RequestTimeoutError(
+                "the answer took longer than the query timeout", url=self.url, series_uid=self._series_uid
+            )
+        wait = min(self._stall_timeout_s, remaining)
         with map_aiohttp_errors(url=self.url, series_uid=self._series_uid, phase="body"):
-            with anyio.fail_after(self._stall_timeout_s):
-                chunk = await self._response.content.read(self._chunk_size_bytes)
-        if not chunk:
-            raise StopAsyncIteration
-        self.bytes_received += len(chunk)
-        return chunk
+            with anyio.fail_after(wait):
+                raw = await self._response.content.read(self._read_bytes)
+        # A bound broken mid-body is the server's fault: name where it happened.
+        try:
+            if raw:
+                self._pending.extend(self._decoder.feed(raw))
+            else:
+                self._ended = True
+                self._pending.extend(self._decoder.finish())
+        except TciaFetchError as exc:
+            exc.url = exc.url or self.url
+            exc.series_uid = exc.series_uid or self._series_uid
+            raise
 
     @property
     def finished(self) -> bool:
-        """True once the whole body has been read."""
-        return self._response.content.at_eof()
+        """True once the whole body has been read and handed out."""
+        return self._response.content.at_eof() and not self._pending
+
+
+class StreamingResponse(_DecodedBody):
+    """A successful response whose body is read chunk by chunk: ``async for chunk in resp``.
+
+    The response is its own async iterator (no async generator to finalise). Each read
+    waits at most ``stall_timeout_s`` for *some* bytes; a gap longer than that raises
+    :class:`StallError`. A cut body raises :class:`RemoteProtocolError`. Iterate once; the
+    owning context manager releases the connection. A ``Content-Encoding`` is decoded in
+    bounded pieces (a compression bomb raises :class:`BodyTooLargeError`); the archive's
+    own size bound is the extractor's business.
+    """
+
+
+class QueryBody(_DecodedBody):
+    """A query answer read as a stream: decoded pieces, ``async for piece in body``.
+
+    The whole answer must arrive within ``query_timeout_s`` and stay below
+    ``max_streamed_body_bytes`` decoded (else :class:`BodyTooLargeError`); the caller parses
+    the pieces as they come (:mod:`tcia_fetch.api.rowstream`).
+    """
+
+    @property
+    def content_type(self) -> str | None:
+        """The ``Content-Type`` header, or None."""
+        return self.headers.get("Content-Type")
+
+
+def _origin(parts: tuple[str, str | None, int | None]) -> str:
+    scheme, host, port = parts
+    return f"{scheme}://{host}:{port}"
+
+
+def _origin_of(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower() or None, port
+
+
+def _redirect_target(current: str, location: str | None, *, status: int) -> str:
+    """The absolute URL a redirect points to; the server's fault (RedirectError) when unusable."""
+    if not location or not location.strip():
+        raise RedirectError(f"HTTP {status} redirect without a Location header")
+    if len(location) > _MAX_LOCATION_CHARS:
+        raise RedirectError(f"HTTP {status} redirect with a {len(location)}-character Location")
+    try:
+        target = urljoin(current, location.strip())
+        parts = urlsplit(target)
+        _ = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise RedirectError(f"HTTP {status} redirect to a malformed Location {location[:80]!r}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise RedirectError(f"HTTP {status} redirect to a Location that is not http(s): {location[:80]!r}")
+    return target
 
 
 class Transport:
-    """One aiohttp session with tcia-fetch's timeouts, headers and error mapping.
+    """One aiohttp session with tcia-fetch's timeouts, headers, bounds and error mapping.
 
     Use as an async context manager (or call :meth:`aclose`). Not safe to share between
     event loops; safe to share between tasks.
@@ -217,6 +344,10 @@ class Transport:
         query_timeout_s: float = 300.0,
         user_agent: str | None = None,
         chunk_size_bytes: int = MAX_CHUNK_SIZE_BYTES,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_streamed_body_bytes: int = DEFAULT_MAX_STREAMED_BODY_BYTES,
+        max_compression_ratio: float = DEFAULT_MAX_COMPRESSION_RATIO,
+        cross_origin_redirects: bool = False,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -227,6 +358,9 @@ class Transport:
             ("first_byte_timeout_s", first_byte_timeout_s),
             ("stall_timeout_s", stall_timeout_s),
             ("query_timeout_s", query_timeout_s),
+            ("max_body_bytes", max_body_bytes),
+            ("max_streamed_body_bytes", max_streamed_body_bytes),
+            ("max_compression_ratio", max_compression_ratio),
         ):
             if not value > 0:
                 raise ValueError(f"{name} must be positive")
@@ -237,6 +371,10 @@ class Transport:
         self._stall_timeout_s = stall_timeout_s
         self._query_timeout_s = query_timeout_s
         self._chunk_size_bytes = max(chunk_size_bytes, MIN_CHUNK_SIZE_BYTES)
+        self._max_body_bytes = max_body_bytes
+        self._max_streamed_body_bytes = max_streamed_body_bytes
+        self._max_compression_ratio = max_compression_ratio
+        self._cross_origin_redirects = cross_origin_redirects
         self._user_agent = user_agent or default_user_agent()
         self._session: aiohttp.ClientSession | None = None
         self._slots = anyio.Semaphore(max_connections)
@@ -270,7 +408,13 @@ class Transport:
                 # streams, its own buffers stay a few MiB (the engine budgets everything past them).
                 read_bufsize=_READ_BUFFER_BYTES,
                 timeout=timeout,
-                headers={"Accept": "*/*", "User-Agent": self._user_agent},
+                headers={
+                    "Accept": "*/*",
+                    "User-Agent": self._user_agent,
+                    "Accept-Encoding": ACCEPT_ENCODING,
+                },
+                # BodyDecoder inflates, counting every byte: aiohttp's own inflating is unbounded.
+                auto_decompress=False,
                 trust_env=True,
                 raise_for_status=False,
             )
@@ -289,6 +433,17 @@ class Transport:
             url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
         return redact_url(url)
 
+    def _decoder(
+        self, response: aiohttp.ClientResponse, *, url: str, limit: int | None, hint: str
+    ) -> BodyDecoder:
+        return BodyDecoder(
+            response.headers.get("Content-Encoding"),
+            limit=limit,
+            max_ratio=self._max_compression_ratio,
+            what=_endpoint_name(url),
+            limit_hint=hint,
+        )
+
     async def _start(
         self,
         method: str,
@@ -299,13 +454,62 @@ class Transport:
         headers: Mapping[str, str] | None,
         display_url: str,
         series_uid: str | None,
+        follow_redirects: bool = True,
     ) -> aiohttp.ClientResponse:
         session = self._open()
         with map_aiohttp_errors(url=display_url, series_uid=series_uid, phase="request"):
             with anyio.fail_after(self._connect_timeout_s + self._first_byte_timeout_s):
-                return await session.request(
-                    method, url, params=params, data=form, headers=headers, allow_redirects=True
+                response = await session.request(
+                    method, url, params=params, data=form, headers=headers, allow_redirects=False
                 )
+        origin = _origin_of(str(response.url))
+        hops = 0
+        while response.status in _REDIRECT_STATUSES:
+            status, here, location = response.status, str(response.url), response.headers.get("Location")
+            response.close()
+            try:
+                target = _redirect_target(here, location, status=status)
+                target_origin = _origin_of(target)
+                if not follow_redirects:
+                    raise RedirectRefusedError(
+                        f"HTTP {status} redirect to {_origin(target_origin)} not followed: a request "
+                        "carrying credentials is never re-sent after a redirect"
+                    )
+                if _origin_of(here)[0] == "https" and target_origin[0] != "https":
+                    raise RedirectRefusedError(
+                        f"HTTP {status} redirect from https to {redact_url(target)} refused"
+                    )
+                hops += 1
+                if hops > _MAX_REDIRECTS:
+                    raise RedirectError(f"more than {_MAX_REDIRECTS} redirects")
+                if status == 303 or (status in (301, 302) and method == "POST"):
+                    method, form = "GET", None
+                if target_origin != origin:
+                    if not self._cross_origin_redirects:
+                        raise RedirectRefusedError(
+                            f"HTTP {status} redirect to another origin ({_origin(target_origin)}) refused; "
+                            "set cross_origin_redirects = true in [server] to follow it"
+                        )
+                    if form is not None:
+                        raise RedirectRefusedError(
+                            f"HTTP {status} redirect to {_origin(target_origin)} refused: a request body "
+                            "is never re-sent to another origin"
+                        )
+                    headers = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
+                hop_url = redact_url(target)
+                try:
+                    with map_aiohttp_errors(url=hop_url, series_uid=series_uid, phase="request"):
+                        with anyio.fail_after(self._connect_timeout_s + self._first_byte_timeout_s):
+                            response = await session.request(
+                                method, target, data=form, headers=headers, allow_redirects=False
+                            )
+                except (InputError, ValueError) as exc:
+                    raise RedirectError(f"HTTP {status} redirect to an unusable URL ({exc})") from None
+            except RedirectError as exc:
+                exc.url = exc.url or display_url
+                exc.series_uid = exc.series_uid or series_uid
+                raise
+        return response
 
     async def _raise_for_status(
         self, response: aiohttp.ClientResponse, *, display_url: str, series_uid: str | None
@@ -314,14 +518,16 @@ class Transport:
             return
         body = bytearray()
         try:
+            decoder = self._decoder(response, url=display_url, limit=None, hint="")
             with map_aiohttp_errors(url=display_url, series_uid=series_uid, phase="body"):
                 with anyio.fail_after(self._stall_timeout_s):
                     while len(body) < _ERROR_BODY_READ_BYTES:
                         piece = await response.content.read(_ERROR_BODY_READ_BYTES - len(body))
                         if not piece:
                             break
-                        body += piece
-        except TransportError:
+                        for decoded in decoder.feed(piece):
+                            body += decoded[: _ERROR_BODY_READ_BYTES - len(body)]
+        except TciaFetchError:
             pass  # the status is the news; a half-read error body still gives an excerpt
         error = error_for_status(
             response.status,
@@ -334,6 +540,14 @@ class Transport:
         if error is not None:
             raise error
 
+    @staticmethod
+    def _finish(response: aiohttp.ClientResponse) -> None:
+        """Give the connection back when the body was read to its end; close it otherwise."""
+        if response.content.at_eof():
+            response.release()
+        else:
+            response.close()
+
     async def request(
         self,
         method: Literal["GET", "POST"],
@@ -343,10 +557,13 @@ class Transport:
         form: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         series_uid: str | None = None,
+        follow_redirects: bool = True,
     ) -> BufferedResponse:
         """Perform a small request and read the whole body within ``query_timeout_s``.
 
-        ``form`` is sent ``application/x-www-form-urlencoded``. Raises a
+        ``form`` is sent ``application/x-www-form-urlencoded``. The body may not pass
+        ``max_body_bytes`` decoded (:class:`BodyTooLargeError`). ``follow_redirects=False``
+        (credential requests) turns any redirect into :class:`RedirectRefusedError`. Raises a
         :class:`~tcia_fetch.errors.TransportError` subclass or an HTTP status error.
         """
         display_url = self._display_url(url, params)
@@ -361,14 +578,78 @@ class Transport:
                         headers=headers,
                         display_url=display_url,
                         series_uid=series_uid,
+                        follow_redirects=follow_redirects,
                     )
                     try:
                         await self._raise_for_status(response, display_url=display_url, series_uid=series_uid)
-                        with map_aiohttp_errors(url=display_url, series_uid=series_uid, phase="body"):
-                            body = await response.read()
+                        reader = _DecodedBody(
+                            response,
+                            url=display_url,
+                            series_uid=series_uid,
+                            read_bytes=_QUERY_READ_BYTES,
+                            stall_timeout_s=self._query_timeout_s,
+                            decoder=self._decoder(
+                                response, url=display_url, limit=self._max_body_bytes, hint="max_body_bytes"
+                            ),
+                        )
+                        body = bytearray()
+                        async for piece in reader:
+                            body += piece
                     finally:
-                        response.release()
-        return BufferedResponse(status=response.status, headers=response.headers, url=display_url, body=body)
+                        self._finish(response)
+        return BufferedResponse(
+            status=response.status, headers=response.headers, url=display_url, body=bytes(body)
+        )
+
+    @asynccontextmanager
+    async def stream_query(
+        self,
+        method: Literal["GET", "POST"],
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        form: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        series_uid: str | None = None,
+        max_body_bytes: int | None = None,
+    ) -> AsyncIterator[QueryBody]:
+        """Open a query whose answer is read as a stream of decoded pieces.
+
+        Uses a query connection (not a download slot). The whole answer must arrive within
+        ``query_timeout_s``; it may not pass ``max_body_bytes`` (default:
+        ``max_streamed_body_bytes``) decoded. The connection is released (or closed, when
+        the body was not read to its end) on exit.
+        """
+        display_url = self._display_url(url, params)
+        limit = max_body_bytes or self._max_streamed_body_bytes
+        hint = "max_body_bytes" if max_body_bytes else "max_streamed_body_bytes"
+        async with self._query_slots:
+            deadline = anyio.current_time() + self._query_timeout_s
+            with map_aiohttp_errors(url=display_url, series_uid=series_uid, phase="request"):
+                with anyio.fail_after(self._query_timeout_s):
+                    response = await self._start(
+                        method,
+                        url,
+                        params=params,
+                        form=form,
+                        headers=headers,
+                        display_url=display_url,
+                        series_uid=series_uid,
+                    )
+            try:
+                with anyio.fail_after(max(deadline - anyio.current_time(), 0.001)):
+                    await self._raise_for_status(response, display_url=display_url, series_uid=series_uid)
+                yield QueryBody(
+                    response,
+                    url=display_url,
+                    series_uid=series_uid,
+                    read_bytes=_QUERY_READ_BYTES,
+                    stall_timeout_s=self._stall_timeout_s,
+                    decoder=self._decoder(response, url=display_url, limit=limit, hint=hint),
+                    deadline=deadline,
+                )
+            finally:
+                self._finish(response)
 
     @asynccontextmanager
     async def stream(
@@ -403,11 +684,9 @@ class Transport:
                     response,
                     url=display_url,
                     series_uid=series_uid,
-                    chunk_size_bytes=self._chunk_size_bytes,
+                    read_bytes=self._chunk_size_bytes,
                     stall_timeout_s=self._stall_timeout_s,
+                    decoder=self._decoder(response, url=display_url, limit=None, hint=""),
                 )
             finally:
-                if response.content.at_eof():
-                    response.release()
-                else:
-                    response.close()
+                self._finish(response)

@@ -8,7 +8,10 @@ caller asks for a refresh *of the token generation it used*. Under an ``anyio.Lo
 the first such caller refreshes; the others see a newer generation and reuse its token, so
 a burst of N concurrent 401s costs exactly one token request.
 
-Tokens are held as :class:`~pydantic.SecretStr` and never put in messages or reprs.
+Tokens are held as :class:`~pydantic.SecretStr` and never put in messages or reprs. The token
+POST never follows a redirect (the poster refuses it): a 3xx answer would have the form, with the
+password, re-sent to wherever the server points. It is an authentication failure naming the
+redirect's origin, never the form.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import anyio
 from pydantic import SecretStr
 
 from tcia_fetch.api.parse import parse_json_rows
-from tcia_fetch.errors import HTTPStatusError, ResponseFormatError, UnauthorizedError
+from tcia_fetch.errors import HTTPStatusError, RedirectError, ResponseFormatError, UnauthorizedError
 
 __all__ = ["CLIENT_ID", "TokenManager", "TokenPoster"]
 
@@ -148,6 +151,12 @@ class TokenManager:
             raise UnauthorizedError(
                 f"the token endpoint refused the credentials of user {self._username!r}",
                 status=exc.status,
+                url=self._token_url,
+            ) from None
+        except RedirectError as exc:
+            raise UnauthorizedError(
+                f"the token endpoint answered with a redirect; credentials not sent again ({exc.message})",
+                status=0,
                 url=self._token_url,
             ) from None
         try:

@@ -14,14 +14,20 @@ used as an async context manager. What a caller may rely on:
 * Legacy v1/v2 serve the same methods where the endpoint exists there (value lists,
   patients, studies, series, sizes, SOP UIDs, images); the v4-only ``*ValuesAndCounts``
   and ``getSeriesMetadata`` raise ``InputError`` on a legacy server.
+* Every answer is parsed as it streams (:mod:`tcia_fetch.api.rowstream`), never held whole.
+  :meth:`NBIAClient.iter_rows` (and the typed ``iter_series``, ``iter_updated_series``,
+  ``iter_series_metadata``) hand out rows one at a time, bounded by
+  ``max_streamed_body_bytes``; the list-returning methods collect from the same iterator,
+  small answers (value lists, counts, sizes) bounded by ``max_body_bytes``.
+* The token POST never follows a redirect (credentials are never re-sent elsewhere).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
 from types import TracebackType
 from typing import Literal, Self
 
@@ -39,10 +45,16 @@ from tcia_fetch.api.models import (
     rows_to_models,
     screen_rows,
 )
-from tcia_fetch.api.parse import Row, parse_rows
+from tcia_fetch.api.parse import Row
+from tcia_fetch.api.rowstream import row_stream_for
 from tcia_fetch.config import ClientSettings
-from tcia_fetch.errors import InputError, ResponseFormatError, UnauthorizedError
-from tcia_fetch.transport import MAX_CHUNK_SIZE_BYTES, BufferedResponse, StreamingResponse, Transport
+from tcia_fetch.errors import InputError, ResponseFormatError, TciaFetchError, UnauthorizedError
+from tcia_fetch.transport import (
+    MAX_CHUNK_SIZE_BYTES,
+    QueryBody,
+    StreamingResponse,
+    Transport,
+)
 from tcia_fetch.uid import uid_problem
 
 __all__ = ["DEFAULT_DOWNLOAD_SLOTS", "NBIAClient"]
@@ -53,6 +65,23 @@ DEFAULT_DOWNLOAD_SLOTS = 8
 
 #: What the ``stream_*`` methods return: ``async with`` it to get a StreamingResponse.
 _StreamContext = AbstractAsyncContextManager[StreamingResponse]
+
+#: Endpoints whose answers can be large (a whole collection's series, patients, studies, a
+#: series' instance UIDs): bounded by ``max_streamed_body_bytes``. Every other endpoint (value
+#: lists, counts, sizes) answers a few kB and is bounded by the small ``max_body_bytes``.
+_LARGE_ANSWERS = frozenset(
+    {
+        "getSeries",
+        "getUpdatedSeries",
+        "getSeriesMetadata",
+        "getSOPInstanceUIDs",
+        "getPatient",
+        "getPatientByCollectionAndModality",
+        "NewPatientsInCollection",
+        "getPatientStudy",
+        "NewStudiesInPatientCollection",
+    }
+)
 
 
 def _check_uid(value: str, what: str) -> str:
@@ -101,6 +130,10 @@ class NBIAClient:
             query_timeout_s=settings.query_timeout_s,
             user_agent=settings.user_agent,
             chunk_size_bytes=download_read_bytes or MAX_CHUNK_SIZE_BYTES,
+            max_body_bytes=settings.max_body_bytes,
+            max_streamed_body_bytes=settings.max_streamed_body_bytes,
+            max_compression_ratio=settings.max_compression_ratio,
+            cross_origin_redirects=settings.cross_origin_redirects,
         )
         self._token_managers: dict[str, TokenManager] = {}
 
@@ -151,7 +184,8 @@ class NBIAClient:
         return manager
 
     async def _post_token_form(self, url: str, form: Mapping[str, str]) -> bytes:
-        response = await self._transport.request("POST", url, form=form)
+        # Never follow a redirect here: it would re-send the username and password elsewhere.
+        response = await self._transport.request("POST", url, form=form, follow_redirects=False)
         return response.body
 
     @property
@@ -159,7 +193,8 @@ class NBIAClient:
         """How many token requests this client has sent (legacy v2; 0 on v4)."""
         return sum(manager.requests_made for manager in self._token_managers.values())
 
-    async def _send(
+    @asynccontextmanager
+    async def _open_query(
         self,
         method: Literal["GET", "POST"],
         url: str,
@@ -168,29 +203,91 @@ class NBIAClient:
         params: Mapping[str, str] | None,
         form: Mapping[str, str] | None,
         series_uid: str | None,
-    ) -> BufferedResponse:
+        max_body_bytes: int | None,
+    ) -> AsyncIterator[QueryBody]:
+        """A streamed query; on legacy v2 with a bearer token, refreshed once on a 401."""
         manager = self._token_manager(base)
-        if manager is None:
-            return await self._transport.request(method, url, params=params, form=form, series_uid=series_uid)
-        token, generation = await manager.current()
-        try:
-            return await self._transport.request(
-                method, url, params=params, form=form, series_uid=series_uid, headers=_bearer(token)
-            )
-        except UnauthorizedError:
-            token, generation = await manager.refresh(generation)
-        try:
-            return await self._transport.request(
-                method, url, params=params, form=form, series_uid=series_uid, headers=_bearer(token)
-            )
-        except UnauthorizedError as exc:
-            raise UnauthorizedError(
-                "HTTP 401 again after a token refresh: the account is refused",
-                status=exc.status,
-                body_excerpt=exc.body_excerpt,
+
+        def opener(headers: Mapping[str, str] | None) -> AbstractAsyncContextManager[QueryBody]:
+            return self._transport.stream_query(
+                method,
+                url,
+                params=params,
+                form=form,
+                headers=headers,
                 series_uid=series_uid,
-                url=exc.url,
-            ) from None
+                max_body_bytes=max_body_bytes,
+            )
+
+        if manager is None:
+            async with opener(None) as body:
+                yield body
+            return
+        token, generation = await manager.current()
+        for attempt in range(2):
+            stack = AsyncExitStack()
+            try:
+                body = await stack.enter_async_context(opener(_bearer(token)))
+            except UnauthorizedError as exc:
+                await stack.aclose()
+                if attempt:
+                    raise UnauthorizedError(
+                        "HTTP 401 again after a token refresh: the account is refused",
+                        status=exc.status,
+                        body_excerpt=exc.body_excerpt,
+                        series_uid=series_uid,
+                        url=exc.url,
+                    ) from None
+                token, generation = await manager.refresh(generation)
+                continue
+            async with stack:
+                yield body
+            return
+
+    async def iter_rows(
+        self,
+        endpoint_name: str,
+        params: Mapping[str, object | None],
+        *,
+        collection: str | None = None,
+        series_uid: str | None = None,
+        csv_expected: bool = False,
+        max_body_bytes: int | None = None,
+    ) -> AsyncGenerator[Row, None]:
+        """The rows of one query, one at a time, parsed from the body as it streams.
+
+        The generic streaming form behind every query method: memory is one chunk plus one
+        row, whatever the answer's size. The body may not pass ``max_body_bytes`` (default:
+        the settings' ``max_streamed_body_bytes``). A consumer that may stop early should
+        close the iterator: ``async with contextlib.aclosing(client.iter_rows(...)) as rows``.
+        """
+        endpoint = ENDPOINTS[endpoint_name]
+        base = self._base_for(collection)
+        wire = build_params(endpoint, params, api_version=self.api_version)
+        url = endpoint_url(base, endpoint)
+        method: Literal["GET", "POST"] = "POST" if endpoint.method == "POST" else "GET"
+        async with self._open_query(
+            method,
+            url,
+            base,
+            params=None if method == "POST" else wire,
+            form=wire if method == "POST" else None,
+            series_uid=series_uid,
+            max_body_bytes=max_body_bytes,
+        ) as body:
+            parser = row_stream_for(body.content_type, csv_expected=csv_expected, what=endpoint_name)
+            try:
+                async for piece in body:
+                    for row in parser.feed(piece):
+                        yield row
+                for row in parser.close():
+                    yield row
+            except ResponseFormatError as exc:
+                raise ResponseFormatError(exc.message, series_uid=series_uid, url=body.url) from None
+            except TciaFetchError as exc:
+                exc.url = exc.url or body.url
+                exc.series_uid = exc.series_uid or series_uid
+                raise
 
     async def _query(
         self,
@@ -201,18 +298,22 @@ class NBIAClient:
         series_uid: str | None = None,
         csv_expected: bool = False,
     ) -> list[Row]:
-        endpoint = ENDPOINTS[endpoint_name]
-        base = self._base_for(collection)
-        wire = build_params(endpoint, params, api_version=self.api_version)
-        url = endpoint_url(base, endpoint)
-        if endpoint.method == "POST":
-            response = await self._send("POST", url, base, params=None, form=wire, series_uid=series_uid)
-        else:
-            response = await self._send("GET", url, base, params=wire, form=None, series_uid=series_uid)
-        try:
-            return parse_rows(response.body, response.content_type, csv_expected=csv_expected)
-        except ResponseFormatError as exc:
-            raise ResponseFormatError(exc.message, series_uid=series_uid, url=response.url) from None
+        """Every row of one query, collected from :meth:`iter_rows` (small answers bounded small)."""
+        limit = None if endpoint_name in _LARGE_ANSWERS else self.settings.max_body_bytes
+        rows: list[Row] = []
+        async with aclosing(
+            self.iter_rows(
+                endpoint_name,
+                params,
+                collection=collection,
+                series_uid=series_uid,
+                csv_expected=csv_expected,
+                max_body_bytes=limit,
+            )
+        ) as stream:
+            async for row in stream:
+                rows.append(row)
+        return rows
 
     async def _value_list(
         self, endpoint_name: str, key: str, params: Mapping[str, object | None]
@@ -336,6 +437,67 @@ class NBIAClient:
 
     # --- series --------------------------------------------------------------------------
 
+    @staticmethod
+    def _series_params(
+        *,
+        collection: str | None,
+        patient_id: str | None,
+        study_uid: str | None,
+        modality: str | None,
+        body_part: str | None,
+        manufacturer: str | None,
+        manufacturer_model: str | None,
+        series_uid: str | None,
+    ) -> dict[str, object | None]:
+        if study_uid is not None:
+            _check_uid(study_uid, "study UID")
+        if series_uid is not None:
+            _check_uid(series_uid, "series UID")
+        return {
+            "Collection": collection,
+            "PatientID": patient_id,
+            "StudyInstanceUID": study_uid,
+            "Modality": modality,
+            "BodyPartExamined": body_part,
+            "Manufacturer": manufacturer,
+            "ManufacturerModelName": manufacturer_model,
+            "SeriesInstanceUID": series_uid,
+        }
+
+    async def iter_series(
+        self,
+        *,
+        collection: str | None = None,
+        patient_id: str | None = None,
+        study_uid: str | None = None,
+        modality: str | None = None,
+        body_part: str | None = None,
+        manufacturer: str | None = None,
+        manufacturer_model: str | None = None,
+        series_uid: str | None = None,
+    ) -> AsyncGenerator[SeriesRow, None]:
+        """``getSeries`` as a stream of rows: a whole collection without holding its answer.
+
+        Same filters as :meth:`series`. Close it when stopping early
+        (``async with contextlib.aclosing(client.iter_series(...)) as rows``). A row the model
+        cannot read raises ``ValueError`` (pydantic's) at that row.
+        """
+        params = self._series_params(
+            collection=collection,
+            patient_id=patient_id,
+            study_uid=study_uid,
+            modality=modality,
+            body_part=body_part,
+            manufacturer=manufacturer,
+            manufacturer_model=manufacturer_model,
+            series_uid=series_uid,
+        )
+        async with aclosing(
+            self.iter_rows("getSeries", params, collection=collection, series_uid=series_uid)
+        ) as rows:
+            async for row in rows:
+                yield SeriesRow.from_server(row)
+
     async def series(
         self,
         *,
@@ -349,28 +511,50 @@ class NBIAClient:
         series_uid: str | None = None,
     ) -> list[SeriesRow]:
         """``getSeries``: every filter optional (none = every public series: large)."""
-        if study_uid is not None:
-            _check_uid(study_uid, "study UID")
-        if series_uid is not None:
-            _check_uid(series_uid, "series UID")
-        params = {
-            "Collection": collection,
-            "PatientID": patient_id,
-            "StudyInstanceUID": study_uid,
-            "Modality": modality,
-            "BodyPartExamined": body_part,
-            "Manufacturer": manufacturer,
-            "ManufacturerModelName": manufacturer_model,
-            "SeriesInstanceUID": series_uid,
-        }
+        params = self._series_params(
+            collection=collection,
+            patient_id=patient_id,
+            study_uid=study_uid,
+            modality=modality,
+            body_part=body_part,
+            manufacturer=manufacturer,
+            manufacturer_model=manufacturer_model,
+            series_uid=series_uid,
+        )
         rows = await self._query("getSeries", params, collection=collection, series_uid=series_uid)
         # Row by row: one broken row is set aside (``rejected_rows``) for the planner to report
         # as that series' failure, instead of failing the whole answer (issue 14).
         return screen_rows(SeriesRow, rows)
 
+    async def iter_updated_series(self, from_date: dt.date) -> AsyncGenerator[SeriesRow, None]:
+        """``getUpdatedSeries`` as a stream of rows (see :meth:`iter_series`)."""
+        async with aclosing(self.iter_rows("getUpdatedSeries", {"fromDate": from_date})) as rows:
+            async for row in rows:
+                yield SeriesRow.from_server(row)
+
     async def updated_series(self, from_date: dt.date) -> list[SeriesRow]:
         """``getUpdatedSeries``: series released strictly after ``from_date``."""
         return screen_rows(SeriesRow, await self._query("getUpdatedSeries", {"fromDate": from_date}))
+
+    def _metadata_list(self, series_uids: Sequence[str]) -> str:
+        if isinstance(series_uids, str):
+            raise TypeError("series_uids must be a sequence of UIDs, not one string")
+        for uid in series_uids:
+            _check_uid(uid, "series UID")
+        return ",".join(series_uids)
+
+    async def iter_series_metadata(
+        self, series_uids: Sequence[str], *, collection: str | None = None
+    ) -> AsyncGenerator[SeriesMetadataRow, None]:
+        """``getSeriesMetadata`` as a stream of rows (see :meth:`series_metadata`)."""
+        joined = self._metadata_list(series_uids)
+        if not joined:
+            return
+        async with aclosing(
+            self.iter_rows("getSeriesMetadata", {"list": joined}, collection=collection, csv_expected=True)
+        ) as rows:
+            async for row in rows:
+                yield SeriesMetadataRow.from_server(row)
 
     async def series_metadata(
         self, series_uids: Sequence[str], *, collection: str | None = None
@@ -381,14 +565,11 @@ class NBIAClient:
         glue UIDs together). The default quoted-CSV answer is parsed. Unknown or non-public
         UIDs are simply absent from the result.
         """
-        if isinstance(series_uids, str):
-            raise TypeError("series_uids must be a sequence of UIDs, not one string")
-        for uid in series_uids:
-            _check_uid(uid, "series UID")
-        if not series_uids:
+        joined = self._metadata_list(series_uids)
+        if not joined:
             return []
         rows = await self._query(
-            "getSeriesMetadata", {"list": ",".join(series_uids)}, collection=collection, csv_expected=True
+            "getSeriesMetadata", {"list": joined}, collection=collection, csv_expected=True
         )
         return screen_rows(SeriesMetadataRow, rows)
 

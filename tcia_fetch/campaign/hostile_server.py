@@ -41,6 +41,7 @@ __all__ = [
 FAMILY_MODULES: tuple[str, ...] = (
     "tcia_fetch.campaign._hostile_archive",  # issue 14 item 2: md5-list bomb, implausible claims, free space
     "tcia_fetch.campaign._hostile_rows",  # bad-rows, reserved-names, path-collisions (issue 14: 4, 5, 9)
+    "tcia_fetch.campaign._hostile_bodies",  # issue 14 items 1, 6, 7: query-bomb, redirect
 )
 
 

@@ -259,6 +259,10 @@ async def _refuse_if_busy(state: ServerState) -> web.Response | None:
 def _fault_response(state: ServerState, entry: SeriesEntry, fault: FaultRule) -> web.Response | None:
     """Faults answered instead of a zip; None when the fault changes the stream itself."""
     kind = fault.kind
+    if kind is FaultKind.REDIRECT:  # issue 14 (bodies): a redirect to a bad or foreign Location
+        return web.Response(
+            status=fault.param_int("status"), headers={"Location": fault.param_text("location") or ""}
+        )
     if kind is FaultKind.RATE_LIMIT:
         response = text_response(429, "Too Many Requests")
         response.headers["Retry-After"] = fault.param_text("retry_after") or "1"

@@ -24,11 +24,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
+    "BODY_FAULTS",
     "DOWNLOAD_FAULTS",
     "OUTAGE_MODES",
     "QUERY_FAULTS",
     "ROW_FAULTS",
     "SERVER_FAULTS",
+    "TOKEN_FAULTS",
     "FaultKind",
     "FaultPlan",
     "FaultRule",
@@ -80,6 +82,20 @@ class FaultKind(enum.Enum):
     # `value` in `column` (default ImageCount = "many", a row that does not fit; value None drops
     # the column). A collection named "metadata.csv" or a descriptive-path twin is played this way.
     ROW_VALUE = "ROW_VALUE"
+    # --- issue 14, bounded bodies and redirects (helper "bodies"): hostile answers ---------------
+    # The query endpoint `endpoint` (default getCollectionValues) answers 200 with `inflated_bytes`
+    # (default 1 GiB) zero bytes, sent `encoding` "gzip" (the default: deflated on the fly, about 1 MB
+    # per GiB on the wire) or "identity" (plain, chunked).
+    QUERY_BOMB = "QUERY_BOMB"
+    # The query endpoint `endpoint` (default getCollectionValues) answers 200 with a chunked body of
+    # well-formed rows that never ends (JSON, or CSV for getSeriesMetadata).
+    ENDLESS_BODY = "ENDLESS_BODY"
+    # getImage / getImageWithMD5Hash answer `status` (default 302) with Location `location` (default
+    # "http://[::1", malformed); point it at another listener for a cross-origin redirect.
+    REDIRECT = "REDIRECT"
+    # The legacy token endpoint answers `status` (default 307) with Location `location` (required in
+    # practice: another origin that records what it receives).
+    TOKEN_REDIRECT = "TOKEN_REDIRECT"
 
 
 QUERY_FAULTS = frozenset({FaultKind.WRONG_SIZE, FaultKind.SLOW_QUERY, FaultKind.CLAIM_FIGURES})
@@ -87,7 +103,12 @@ QUERY_FAULTS = frozenset({FaultKind.WRONG_SIZE, FaultKind.SLOW_QUERY, FaultKind.
 ROW_FAULTS = frozenset({FaultKind.BAD_UID_ROWS, FaultKind.ROW_VALUE})
 #: Faults of the whole server rather than of one request kind.
 SERVER_FAULTS = frozenset({FaultKind.OUTAGE})
-DOWNLOAD_FAULTS = frozenset(set(FaultKind) - QUERY_FAULTS - SERVER_FAULTS - ROW_FAULTS)
+#: issue 14 (bodies): whole-body faults of named query endpoints, and of the token endpoint.
+BODY_FAULTS = frozenset({FaultKind.QUERY_BOMB, FaultKind.ENDLESS_BODY})
+TOKEN_FAULTS = frozenset({FaultKind.TOKEN_REDIRECT})
+DOWNLOAD_FAULTS = frozenset(
+    set(FaultKind) - QUERY_FAULTS - SERVER_FAULTS - ROW_FAULTS - BODY_FAULTS - TOKEN_FAULTS
+)
 OUTAGE_MODES = ("503", "close")
 
 _DEFAULTS: Mapping[FaultKind, Mapping[str, object]] = {
@@ -115,6 +136,11 @@ _DEFAULTS: Mapping[FaultKind, Mapping[str, object]] = {
     FaultKind.CLAIM_FIGURES: {"image_count": 6_000_000, "total_bytes": None},
     FaultKind.BAD_UID_ROWS: {"uids": ("../../../etc/evil", "", "1." * 149 + "1", "1.2.840.\x1b[31m99")},
     FaultKind.ROW_VALUE: {"column": "ImageCount", "value": "many"},
+    # issue 14, bounded bodies and redirects
+    FaultKind.QUERY_BOMB: {"endpoint": "getCollectionValues", "inflated_bytes": 2**30, "encoding": "gzip"},
+    FaultKind.ENDLESS_BODY: {"endpoint": "getCollectionValues"},
+    FaultKind.REDIRECT: {"status": 302, "location": "http://[::1"},
+    FaultKind.TOKEN_REDIRECT: {"status": 307, "location": "http://127.0.0.1:9/nbia-api/oauth/token"},
 }
 
 DEFAULT_RANDOM_KINDS = (
@@ -291,6 +317,31 @@ class FaultState:
                 if now - self._outage_started[index] < rule.param_float("duration_s"):
                     self.fired[rule.kind.name] = self.fired.get(rule.kind.name, 0) + 1
                     return rule
+            return None
+
+    # issue 14 (bodies): body faults are per endpoint, token faults per token request.
+    def body_fault(self, endpoint: str) -> FaultRule | None:
+        """The QUERY_BOMB / ENDLESS_BODY rule (if any) for one request to query ``endpoint``."""
+        return self._first_of(BODY_FAULTS, endpoint)
+
+    def token_fault(self) -> FaultRule | None:
+        """The TOKEN_REDIRECT rule (if any) for one token request."""
+        return self._first_of(TOKEN_FAULTS, None)
+
+    def _first_of(self, kinds: frozenset[FaultKind], endpoint: str | None) -> FaultRule | None:
+        with self._lock:
+            for index, rule in enumerate(self.plan.rules):
+                if rule.kind not in kinds:
+                    continue
+                if endpoint is not None and rule.param_text("endpoint") != endpoint:
+                    continue
+                left = self.remaining[index]
+                if left is not None and left <= 0:
+                    continue
+                if left is not None:
+                    self.remaining[index] = left - 1
+                self.fired[rule.kind.name] = self.fired.get(rule.kind.name, 0) + 1
+                return rule
             return None
 
     def fired_counts(self) -> dict[str, int]:

@@ -35,6 +35,7 @@ from tcia_fetch.testing._formats import (
     UnknownFormatError,
     format_rows,
 )
+from tcia_fetch.testing._hostile_bodies import hostile_body_guard
 from tcia_fetch.testing._state import ServerState, check_allowed, empty_ok, text_response
 
 __all__ = ["QUERY_ENDPOINTS", "EndpointFunction"]
@@ -516,4 +517,8 @@ QUERY_ENDPOINTS: dict[str, tuple[str, EndpointFunction]] = {
 # Every query endpoint goes down with the server during an OUTAGE window.
 QUERY_ENDPOINTS = {
     name: (method, outage_guard(function)) for name, (method, function) in QUERY_ENDPOINTS.items()
+}
+# issue 14 (bodies): a QUERY_BOMB or ENDLESS_BODY rule naming an endpoint answers for it.
+QUERY_ENDPOINTS = {
+    name: (method, hostile_body_guard(name, function)) for name, (method, function) in QUERY_ENDPOINTS.items()
 }

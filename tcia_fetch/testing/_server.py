@@ -160,6 +160,10 @@ class FakeNBIA:
         return text_response(200, "up")
 
     async def _token(self, request: web.Request) -> web.StreamResponse:
+        redirect = self.state.faults.token_fault()  # issue 14 (bodies): a 307 to another origin
+        if redirect is not None:
+            location = redirect.param_text("location") or ""
+            return web.Response(status=redirect.param_int("status"), headers={"Location": location})
         form = await request.post()
         grant_type = form.get("grant_type")
         try:
