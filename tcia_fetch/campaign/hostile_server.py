@@ -38,7 +38,9 @@ __all__ = [
 ]
 
 #: Modules holding one family each (``cases()``); imported lazily by :func:`all_cases`.
-FAMILY_MODULES: tuple[str, ...] = ()
+FAMILY_MODULES: tuple[str, ...] = (
+    "tcia_fetch.campaign._hostile_secrets",
+)
 
 
 @dataclass

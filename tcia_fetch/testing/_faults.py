@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "DOWNLOAD_FAULTS",
+    "HOSTILE_SECRETS_FAULTS",
+    "HOSTILE_TEXT",
     "OUTAGE_MODES",
     "QUERY_FAULTS",
     "SERVER_FAULTS",
@@ -63,12 +65,38 @@ class FaultKind(enum.Enum):
     # (default 0) API requests: every query and download answers 503 (mode="503", the default) or has
     # its connection closed without a response (mode="close"). One window per rule; `times` unused.
     OUTAGE = "OUTAGE"
+    # --- issue 14, hostile server: echoed secrets, throttle storm, terminal and spreadsheet text ---
+    # The legacy token endpoint answers 500 with the url-encoded form it was posted (the password).
+    ECHO_TOKEN = "ECHO_TOKEN"
+    # A query answers 400 with the request headers it received, Authorization first.
+    ECHO_HEADERS = "ECHO_HEADERS"
+    # Every API request (scope="all": queries, downloads and the token endpoint; "downloads": the
+    # download endpoints only) answers 429 with Retry-After: retry_after (default "1"). Forever with
+    # times=None.
+    THROTTLE_STORM = "THROTTLE_STORM"
+    # Server text that means harm: `text` (default HOSTILE_TEXT: a spreadsheet formula, ANSI/OSC
+    # escapes, BEL, a C1 CSI, a bidi override, rich markup) replaces SeriesDescription,
+    # StudyDescription/StudyDesc, ProtocolName and Manufacturer in JSON query rows, and is added to
+    # getCollectionValues as one more collection name.
+    HOSTILE_NAMES = "HOSTILE_NAMES"
+    # A download answers 400 with `text` (default HOSTILE_TEXT) as its error text.
+    HOSTILE_ERROR = "HOSTILE_ERROR"
 
+
+#: What HOSTILE_NAMES and HOSTILE_ERROR send by default (every kind of trouble in one string).
+HOSTILE_TEXT = (
+    '=HYPERLINK("http://evil.example/","open")\x1b[2J\x1b[31mred\x1b]0;owned\x07'
+    "\x9b1m\u202etxt.exe [link=http://evil.example/]click[/link]"
+)
 
 QUERY_FAULTS = frozenset({FaultKind.WRONG_SIZE, FaultKind.SLOW_QUERY})
 #: Faults of the whole server rather than of one request kind.
 SERVER_FAULTS = frozenset({FaultKind.OUTAGE})
-DOWNLOAD_FAULTS = frozenset(set(FaultKind) - QUERY_FAULTS - SERVER_FAULTS)
+#: Hostile modes consulted where their endpoint is served (testing/_hostile_secrets.py).
+HOSTILE_SECRETS_FAULTS = frozenset(
+    {FaultKind.ECHO_TOKEN, FaultKind.ECHO_HEADERS, FaultKind.THROTTLE_STORM, FaultKind.HOSTILE_NAMES}
+)
+DOWNLOAD_FAULTS = frozenset(set(FaultKind) - QUERY_FAULTS - SERVER_FAULTS - HOSTILE_SECRETS_FAULTS)
 OUTAGE_MODES = ("503", "close")
 
 _DEFAULTS: Mapping[FaultKind, Mapping[str, object]] = {
@@ -92,6 +120,11 @@ _DEFAULTS: Mapping[FaultKind, Mapping[str, object]] = {
     FaultKind.RESET: {"after_bytes": 1000},
     FaultKind.RATE_LIMIT_DATE: {"retry_in_s": 2.0, "clock_skew_s": 0.0},
     FaultKind.OUTAGE: {"duration_s": 5.0, "mode": "503", "after_requests": 0},
+    FaultKind.ECHO_TOKEN: {},
+    FaultKind.ECHO_HEADERS: {},
+    FaultKind.THROTTLE_STORM: {"retry_after": "1", "scope": "all"},
+    FaultKind.HOSTILE_NAMES: {"text": HOSTILE_TEXT},
+    FaultKind.HOSTILE_ERROR: {"text": HOSTILE_TEXT},
 }
 
 DEFAULT_RANDOM_KINDS = (
@@ -264,6 +297,12 @@ class FaultState:
                     self.fired[rule.kind.name] = self.fired.get(rule.kind.name, 0) + 1
                     return rule
             return None
+
+    def hostile(self, kind: FaultKind) -> FaultRule | None:
+        """The first rule of a hostile-server ``kind`` with firings left (consumes one), or None."""
+        with self._lock:
+            taken = self._take(frozenset({kind}), ())
+            return taken[0] if taken else None
 
     def fired_counts(self) -> dict[str, int]:
         """How many times each kind fired so far."""

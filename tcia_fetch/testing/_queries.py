@@ -34,6 +34,7 @@ from tcia_fetch.testing._formats import (
     UnknownFormatError,
     format_rows,
 )
+from tcia_fetch.testing._hostile_secrets import secrets_guard
 from tcia_fetch.testing._state import ServerState, check_allowed, empty_ok, text_response
 
 __all__ = ["QUERY_ENDPOINTS", "EndpointFunction"]
@@ -490,7 +491,9 @@ QUERY_ENDPOINTS: dict[str, tuple[str, EndpointFunction]] = {
     "getSOPInstanceUIDs": ("GET", get_sop_instance_uids),
     "getSeriesMetadata": ("POST", get_series_metadata),
 }
-# Every query endpoint goes down with the server during an OUTAGE window.
+# Every query endpoint goes down with the server during an OUTAGE window; the hostile modes of
+# _hostile_secrets.py (throttle storm, echoed headers, hostile names) apply to every query too.
 QUERY_ENDPOINTS = {
-    name: (method, outage_guard(function)) for name, (method, function) in QUERY_ENDPOINTS.items()
+    name: (method, outage_guard(secrets_guard(function)))
+    for name, (method, function) in QUERY_ENDPOINTS.items()
 }
