@@ -278,7 +278,12 @@ def _formula(workdir: Path) -> ServerCaseOutcome:
 
 
 def cases() -> list[ServerCase]:
-    """The family's cases: a few small series each; the second storm is heavy (the first covers it)."""
+    """The family's cases, a few small series each.
+
+    CI runs the light ones; the downloads-only storm and the formula case are marked heavy because
+    cheaper tests hold the same end states (the first storm case; the in-process metadata.csv and
+    CSV tests), and every CLI start costs CI seconds.
+    """
     return [
         ServerCase(FAMILY, "echo", _echo),
         ServerCase(FAMILY, "throttle-storm", lambda workdir: _storm(workdir, scope="all")),
@@ -286,5 +291,6 @@ def cases() -> list[ServerCase]:
             FAMILY, "throttle-storm-downloads", lambda workdir: _storm(workdir, scope="downloads"), heavy=True
         ),
         ServerCase(FAMILY, "control-chars", _control_chars),
-        ServerCase(FAMILY, "formula", _formula),
+        # metadata.csv's cells are also judged in-process (tests/store/test_metadata_formulas.py)
+        ServerCase(FAMILY, "formula", _formula, heavy=True),
     ]

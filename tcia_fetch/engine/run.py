@@ -192,6 +192,8 @@ async def plan(
             retry_policy=_retry_policy(spec),
             clock=clock,
             options=planner_options(options.layout or spec.output.layout, settings, client),
+            # A throttle storm ends `plan` too (exit 3) instead of retrying for hours.
+            breaker=CircuitBreaker(clock, max_outage_s=spec.download.max_outage_s),
         )
         summary = await planner.run(collect)
     return items, summary
