@@ -51,7 +51,7 @@ class CommandInterruptedError(Exception):
 
 def die(exc: TciaFetchError) -> NoReturn:
     """Print ``exc`` as one clear line (plus a hint) on stderr and exit with its code."""
-    click.echo(f"tcia-fetch: error: {shown(exc)}", err=True)  # may quote the server
+    click.echo(f"tcia-fetch: error: {shown(exc, keep_newlines=True)}", err=True)  # may quote the server
     for kind, hint in _HINTS.items():
         if isinstance(exc, kind):
             click.echo(f"tcia-fetch: hint: {hint}", err=True)
@@ -92,7 +92,7 @@ def run_command(main: Callable[[], Awaitable[_T]]) -> _T:
             raise
         die(inner)
     except OSError as exc:  # a local failure no layer could name more precisely
-        click.echo(f"tcia-fetch: error: {shown(exc)}", err=True)
+        click.echo(f"tcia-fetch: error: {shown(exc, keep_newlines=True)}", err=True)
         sys.exit(EXIT_FATAL)
     if received:
         raise CommandInterruptedError(received[0])

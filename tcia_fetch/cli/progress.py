@@ -95,7 +95,7 @@ class ProgressReporter:
         # Messages and UIDs may quote the server: printed without markup, controls escaped.
         if event.kind == "warning":
             self._console.print("[yellow]warning[/yellow] ", end="", soft_wrap=True)
-            self._console.print(shown(event.message), soft_wrap=True, markup=False)
+            self._console.print(shown(event.message, keep_newlines=True), soft_wrap=True, markup=False)
         elif event.kind == "failed":
             self._console.print("[red]failed[/red] ", end="", soft_wrap=True)
             self._console.print(

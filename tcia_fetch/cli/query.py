@@ -435,7 +435,7 @@ def series(
     except CommandInterruptedError as interrupted:
         exit_interrupted(interrupted.signum)
     if finding is not None:
-        click.echo(f"tcia-fetch: note: {shown(finding.message)}", err=True)
+        click.echo(f"tcia-fetch: note: {shown(finding.message, keep_newlines=True)}", err=True)
     _emit(
         server_rows,
         output_format=output_format,

@@ -217,11 +217,11 @@ def print_report(report: RunReport, *, quiet: bool = False, console: Console | N
     for error in report.plan_errors:
         label = "matched nothing" if error in empty else "query failed"
         console.print(f"[red]{label}[/red]: ", end="", soft_wrap=True)
-        console.print(shown(error), soft_wrap=True, markup=False)
+        console.print(shown(error, keep_newlines=True), soft_wrap=True, markup=False)
     for message in empty:
         if message not in report.plan_errors:
             console.print("[yellow]note[/yellow]: ", end="", soft_wrap=True)
-            console.print(shown(message), soft_wrap=True, markup=False)
+            console.print(shown(message, keep_newlines=True), soft_wrap=True, markup=False)
     if not quiet and report.input_problems:
         console.print(
             f"{len(report.input_problems)} input line(s) were not UIDs; see the report's input_problems"
@@ -290,10 +290,10 @@ def _print_plan(items: list[PlannedSeries], summary: PlanSummary) -> None:
         )
     for error in summary.query_errors:
         console.print("[red]query failed[/red]: ", end="", soft_wrap=True)
-        console.print(shown(error), soft_wrap=True, markup=False)
+        console.print(shown(error, keep_newlines=True), soft_wrap=True, markup=False)
     unmatched = unmatched_tables(summary.empty_queries)
     for finding in summary.empty_queries:
         label = "[red]matched nothing[/red]: " if finding in unmatched else "[yellow]note[/yellow]: "
         console.print(label, end="", soft_wrap=True)
-        console.print(shown(finding.message), soft_wrap=True, markup=False)
+        console.print(shown(finding.message, keep_newlines=True), soft_wrap=True, markup=False)
     del items
