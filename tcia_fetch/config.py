@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from tcia_fetch.errors import InputError, redact_url
+from tcia_fetch.redaction import register_environment_secrets, register_secret
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -234,6 +235,7 @@ def _read_credentials(path: Path) -> tuple[str, SecretStr]:
     password = document.get("password", "")
     if not isinstance(username, str) or not isinstance(password, str):
         raise InputError("username and password must be strings", source=str(path))
+    register_secret(password)
     return username, SecretStr(password)
 
 
@@ -253,6 +255,7 @@ def load_client_settings(
             message names the file and key.
     """
     environment = os.environ if env is None else env
+    register_environment_secrets(environment)  # whatever is echoed back is scrubbed (redaction.py)
     values: dict[str, Any] = {}
     origins: dict[str, tuple[str, str]] = {}  # key -> (source, location) for error messages
     path = config_file

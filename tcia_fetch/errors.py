@@ -59,6 +59,8 @@ from __future__ import annotations
 from typing import ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from tcia_fetch.redaction import scrub
+
 __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_FATAL",
@@ -170,6 +172,9 @@ class TciaFetchError(Exception):
         url: str | None = None,
         retry_after_s: float | None = None,
     ) -> None:
+        # Messages often quote the server (an error body, a reason); a server that echoes our
+        # credentials must not get them into a report or onto a terminal (redaction.py).
+        message = scrub(message)
         self.message = message
         self.series_uid = series_uid
         self.url = redact_url(url) if url is not None else None
@@ -182,11 +187,12 @@ class TciaFetchError(Exception):
             context.append(f"series {self.series_uid}")
         if self.url:
             context.append(self.url)
-        return f"{self.message} ({'; '.join(context)})" if context else self.message
+        text = f"{self.message} ({'; '.join(context)})" if context else self.message
+        return scrub(text)
 
     def describe(self) -> str:
         """One line for reports: the reference tag and the message, without the context."""
-        return f"{self.reference}: {self.message}"
+        return scrub(f"{self.reference}: {self.message}")
 
 
 class InputError(TciaFetchError, ValueError):
@@ -307,7 +313,7 @@ class HTTPStatusError(TciaFetchError):
         retry_after_s: float | None = None,
     ) -> None:
         self.status = status
-        self.body_excerpt = body_excerpt
+        self.body_excerpt = scrub(body_excerpt)
         super().__init__(message, series_uid=series_uid, url=url, retry_after_s=retry_after_s)
 
 

@@ -11,7 +11,8 @@ a burst of N concurrent 401s costs exactly one token request.
 Tokens are held as :class:`~pydantic.SecretStr` and never put in messages or reprs. The token
 POST never follows a redirect (the poster refuses it): a 3xx answer would have the form, with the
 password, re-sent to wherever the server points. It is an authentication failure naming the
-redirect's origin, never the form.
+redirect's origin, never the form. The password and every token are also registered with
+:mod:`tcia_fetch.redaction`, so a server that echoes them cannot get them into an output either.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pydantic import SecretStr
 
 from tcia_fetch.api.parse import parse_json_rows
 from tcia_fetch.errors import HTTPStatusError, RedirectError, ResponseFormatError, UnauthorizedError
+from tcia_fetch.redaction import register_secret
 
 __all__ = ["CLIENT_ID", "TokenManager", "TokenPoster"]
 
@@ -73,6 +75,7 @@ class TokenManager:
         self._token_url = token_url
         self._username = username
         self._password = password
+        register_secret(password)  # a token endpoint may echo the form it was posted
         self._clock = clock
         self._lock = anyio.Lock()
         self._token: _Token | None = None
@@ -168,7 +171,10 @@ class TokenManager:
         access = rows[0].get("access_token") if rows else None
         if not isinstance(access, str) or not access:
             raise ResponseFormatError("token endpoint answered without an access_token", url=self._token_url)
+        register_secret(access)  # before anything can echo it back
         refresh = rows[0].get("refresh_token")
+        if isinstance(refresh, str):
+            register_secret(refresh)
         expires_in = _seconds(rows[0].get("expires_in")) or _DEFAULT_LIFETIME_S
         refresh_expires_in = _seconds(rows[0].get("refresh_expires_in"))
         return _Token(

@@ -24,6 +24,7 @@ import re
 from decimal import Decimal, InvalidOperation
 
 from tcia_fetch.errors import ResponseFormatError
+from tcia_fetch.redaction import scrub
 
 __all__ = [
     "Row",
@@ -41,10 +42,14 @@ Row = dict[str, object]
 _V4_DATE = re.compile(r"(\d{2})-(\d{2})-(\d{4})")
 _LEGACY_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[ T]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?)?")
 _EXCERPT_CHARS = 120
+#: Bytes past the excerpt read for scrubbing: longer than any token a server hands out.
+_SCRUB_LOOKAHEAD_BYTES = 8192
 
 
 def _excerpt(body: bytes) -> str:
-    return body[:_EXCERPT_CHARS].decode("utf-8", errors="replace")
+    # Scrubbed before the cut, so a cut never leaves part of an echoed secret behind.
+    text = body[: _EXCERPT_CHARS + _SCRUB_LOOKAHEAD_BYTES].decode("utf-8", errors="replace")
+    return scrub(text)[:_EXCERPT_CHARS]
 
 
 def coerce_count(value: object, *, field: str = "value") -> int:

@@ -10,7 +10,8 @@ The rules (nbia-api.md §3.5, code-models.md Lessons §C):
 * 400 "Invalid query parameter" / "Invalid form parameter" → :class:`InvalidParameterError`;
 * any other 4xx → :class:`RequestRejectedError`.
 
-Every error keeps the first ~300 characters of the body and the redacted URL.
+Every error keeps the first ~300 characters of the body, with every credential the program holds
+scrubbed out (a server may echo them), and the redacted URL.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tcia_fetch.errors import (
     ServerError,
     UnauthorizedError,
 )
+from tcia_fetch.redaction import scrub
 
 __all__ = ["BODY_EXCERPT_CHARS", "MAX_RETRY_AFTER_S", "error_for_status", "parse_retry_after"]
 
@@ -99,6 +101,8 @@ def error_for_status(
     """
     if status < 400:
         return None
+    # Scrubbed whole, before it is cut: a cut could leave half of an echoed secret behind.
+    body_text = scrub(body_text)
     excerpt = body_text[:BODY_EXCERPT_CHARS]
     folded = body_text.casefold()
     detail = excerpt.strip().replace("\n", " ")

@@ -3,7 +3,10 @@
 The CLI runs against the fake's legacy v2 API with ``TCIA_FETCH_USERNAME``/``TCIA_FETCH_PASSWORD``
 set to canary values. Tokens are expired mid-run (so the refresh path runs too), one series
 fails for good (so error paths write their messages), and a second run uses a wrong password
-(so the authentication failure message is written). Then every byte the program wrote is
+(so the authentication failure message is written). A third run meets a server that echoes
+what it received (issue 14): the token endpoint answers 500 quoting the posted form (the
+password, URL-encoded) twice before it works, then a query answers 400 listing the request
+headers (``Authorization: Bearer <token>``). Then every byte the program wrote is
 searched for the password, the user name and every token the fake issued (read back from the
 fake's request log: bearer headers and refresh-token forms): stdout, stderr, the ``--report``
 file, everything under the destination (journal segments and the zstd snapshot decompressed,
@@ -17,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote_plus
 
 import zstandard
 
@@ -26,7 +30,8 @@ from tcia_fetch.testing import Catalog, FakeNBIA, FaultKind, FaultPlan, FaultRul
 __all__ = ["CANARY_PASSWORD", "CANARY_USER", "SecretsResult", "run_secret_sweep"]
 
 CANARY_USER = "canary-user-7f3a91"
-CANARY_PASSWORD = "CANARY-pw-5d1e7b2c9a"
+#: ``+`` and ``/`` make the form-encoded echo differ from the password itself.
+CANARY_PASSWORD = "CANARY-pw+5d1e/7b2c9a"
 _WRONG_PASSWORD = "CANARY-wrong-pw-0b8e44"
 _RUN_TIMEOUT_S = 180.0
 
@@ -145,6 +150,28 @@ def run_secret_sweep(workdir: Path) -> SecretsResult:
             ("stderr of run 2 (wrong password)", stderr),
         ]
         log = list(fake.request_log)
+    echoing = FakeNBIA(
+        catalog,
+        faults=FaultPlan(
+            rules=[FaultRule(FaultKind.ECHO_TOKEN, times=2), FaultRule(FaultKind.ECHO_HEADERS, times=1)]
+        ),
+        users={CANARY_USER: CANARY_PASSWORD},
+    )
+    with serve_in_thread(echoing) as server:
+        args = ["run", str(job), "--out", str(workdir / "out-echo"), "--report", str(report)]
+        args += ["--base-url", server.legacy_base_url(2)]
+        code, stdout, stderr = _run_sampling_cmdline(args, env, cmdlines)
+        result.exit_codes.append(code)
+        outputs += [
+            ("stdout of run 3 (echoing server)", stdout),
+            ("stderr of run 3 (echoing server)", stderr),
+        ]
+        if report.is_file():
+            outputs.append(("--report of run 3 (echoing server)", report.read_bytes()))
+        echo_log = list(echoing.request_log)
+    if not any(r.status == 500 for r in echo_log) or not any(r.status == 400 for r in echo_log):
+        result.problems.append("run 3: the server echoed nothing (no 500 from the token endpoint or no 400)")
+    log += echo_log
     if result.exit_codes[0] != 1:
         result.problems.append(f"run 1 exited {result.exit_codes[0]}; expected 1 (one series fails for good)")
     if result.exit_codes[1] == 0:
@@ -156,10 +183,12 @@ def run_secret_sweep(workdir: Path) -> SecretsResult:
     if not any(r.status == 401 for r in log):
         result.problems.append("no request met an expired token: the refresh path did not run")
     canaries = {CANARY_PASSWORD: "password", _WRONG_PASSWORD: "wrong password"}
+    canaries[quote_plus(CANARY_PASSWORD)] = "password (form-encoded)"
     canaries.update({token: "token" for token in tokens if len(token) >= 16})
     result.canaries = len(canaries)
     places = [*outputs, *[(f"/proc/<pid>/cmdline sample {i}", line) for i, line in enumerate(cmdlines)]]
-    for path in sorted(p for p in [*out.rglob("*"), report] if p.is_file()):
+    written = [*out.rglob("*"), *(workdir / "out-echo").rglob("*"), report]
+    for path in sorted(p for p in written if p.is_file()):
         places.append((str(path.relative_to(workdir)), _readable(path)))
     for where, data in places:
         result.places_searched += 1

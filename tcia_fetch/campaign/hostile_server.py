@@ -42,6 +42,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "tcia_fetch.campaign._hostile_archive",  # issue 14 item 2: md5-list bomb, implausible claims, free space
     "tcia_fetch.campaign._hostile_rows",  # bad-rows, reserved-names, path-collisions (issue 14: 4, 5, 9)
     "tcia_fetch.campaign._hostile_bodies",  # issue 14 items 1, 6, 7: query-bomb, redirect
+    "tcia_fetch.campaign._hostile_secrets",  # issue 14 items 3, 8, 9: echo, throttle-storm, control-chars
 )
 
 

@@ -16,6 +16,7 @@ from typing import NoReturn, TypeVar
 import anyio
 import click
 
+from tcia_fetch.cli._show import shown
 from tcia_fetch.errors import (
     EXIT_FATAL,
     EXIT_INTERRUPTED,
@@ -50,7 +51,7 @@ class CommandInterruptedError(Exception):
 
 def die(exc: TciaFetchError) -> NoReturn:
     """Print ``exc`` as one clear line (plus a hint) on stderr and exit with its code."""
-    click.echo(f"tcia-fetch: error: {exc}", err=True)
+    click.echo(f"tcia-fetch: error: {shown(exc, keep_newlines=True)}", err=True)  # may quote the server
     for kind, hint in _HINTS.items():
         if isinstance(exc, kind):
             click.echo(f"tcia-fetch: hint: {hint}", err=True)
@@ -91,7 +92,7 @@ def run_command(main: Callable[[], Awaitable[_T]]) -> _T:
             raise
         die(inner)
     except OSError as exc:  # a local failure no layer could name more precisely
-        click.echo(f"tcia-fetch: error: {exc}", err=True)
+        click.echo(f"tcia-fetch: error: {shown(exc, keep_newlines=True)}", err=True)
         sys.exit(EXIT_FATAL)
     if received:
         raise CommandInterruptedError(received[0])

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tcia_fetch.api.client import NBIAClient
+from tcia_fetch.cli._show import shown
 from tcia_fetch.cli.common import CommandInterruptedError, exit_interrupted, run_command
 from tcia_fetch.cli.progress import ProgressReporter
 from tcia_fetch.cli.runcmd import print_report
@@ -81,8 +82,8 @@ def _job_text(catalog: Catalog, restricted: SeriesEntry) -> str:
 async def _walk_through(client: NBIAClient, console: Console) -> None:
     collections = await client.collections()
     modalities = await client.modalities()
-    console.print(f"collections on the server: {', '.join(c for c in collections if c)}")
-    console.print(f"modalities: {', '.join(m for m in modalities if m)}")
+    console.print(f"collections on the server: {shown(', '.join(c for c in collections if c))}", markup=False)
+    console.print(f"modalities: {shown(', '.join(m for m in modalities if m))}", markup=False)
 
 
 def _check_outcome(

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from tcia_fetch.cli._show import cell, json_text, shown
 from tcia_fetch.cli.common import die
 from tcia_fetch.cli.progress import format_bytes
 from tcia_fetch.errors import EXIT_OK, EXIT_SOME_FAILED, DestinationError, JournalError, TciaFetchError
@@ -159,9 +161,9 @@ def status(dest: str, output_format: str) -> None:
     if split is not None:
         document["shards"] = [item.as_dict() for item in split.shards]
     if output_format == "json":
-        click.echo(json.dumps(document, indent=2))
+        click.echo(json_text(document))
         sys.exit(EXIT_OK)
-    table = Table(title=f"tcia-fetch status: {dest}", show_header=False, box=None)
+    table = Table(title=Text(f"tcia-fetch status: {shown(dest)}"), show_header=False, box=None)
     table.add_row("done", f"{summary.done} series, {format_bytes(summary.done_bytes)}")
     table.add_row("failed", str(summary.failed))
     table.add_row("pending", str(summary.pending) if has_plan else "unknown (no plan recorded)")
@@ -173,7 +175,7 @@ def status(dest: str, output_format: str) -> None:
         failed.add_column("SeriesInstanceUID", overflow="fold")
         failed.add_column("reason")
         for failure in failures:
-            failed.add_row(str(failure["SeriesInstanceUID"]), str(failure["reason"]))
+            failed.add_row(cell(failure["SeriesInstanceUID"]), cell(failure["reason"]))
         Console(highlight=False).print(failed)
     sys.exit(EXIT_OK)
 
@@ -282,7 +284,7 @@ def verify(dest: str, md5: bool, output_format: str) -> None:
         for item in damage
     ]
     if output_format == "json":
-        click.echo(json.dumps({"checked": done, "damaged": rows, "damaged_count": damaged_count}, indent=2))
+        click.echo(json_text({"checked": done, "damaged": rows, "damaged_count": damaged_count}))
     else:
         console = Console(highlight=False)
         if not rows:
@@ -294,7 +296,7 @@ def verify(dest: str, md5: bool, output_format: str) -> None:
             table.add_column("path")
             table.add_column("problem")
             for row in rows:
-                table.add_row(str(row["SeriesInstanceUID"]), str(row["path"]), str(row["reason"]))
+                table.add_row(cell(row["SeriesInstanceUID"]), cell(row["path"]), cell(row["reason"]))
             console.print(table)
             console.print("rerun the job with the same --out to re-download damaged series")
     sys.exit(EXIT_SOME_FAILED if damaged_count else EXIT_OK)

@@ -24,6 +24,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from tcia_fetch.cli._show import shown
 from tcia_fetch.engine.report import RunEvent, RunStats
 
 __all__ = ["ProgressReporter", "format_bytes", "progress_line"]
@@ -91,12 +92,17 @@ class ProgressReporter:
         """Print notable events: failures always (unless quiet), retries and pauses in logs."""
         if self._mode == "quiet":
             return
+        # Messages and UIDs may quote the server: printed without markup, controls escaped.
         if event.kind == "warning":
-            self._console.print(f"[yellow]warning[/yellow] {event.message}", soft_wrap=True)
+            self._console.print("[yellow]warning[/yellow] ", end="", soft_wrap=True)
+            self._console.print(shown(event.message, keep_newlines=True), soft_wrap=True, markup=False)
         elif event.kind == "failed":
-            self._console.print(f"[red]failed[/red] {event.series_uid}: {event.message}", soft_wrap=True)
+            self._console.print("[red]failed[/red] ", end="", soft_wrap=True)
+            self._console.print(
+                f"{shown(event.series_uid)}: {shown(event.message)}", soft_wrap=True, markup=False
+            )
         elif event.kind == "retry" and self._mode == "lines":
-            message = f"retry {event.series_uid} in {event.delay_s:.1f}s: {event.message}"
+            message = f"retry {shown(event.series_uid)} in {event.delay_s:.1f}s: {shown(event.message)}"
             self._console.print(message, soft_wrap=True, markup=False)
 
     async def run(self, stop: anyio.Event) -> None:

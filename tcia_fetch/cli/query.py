@@ -20,6 +20,7 @@ import click
 from tcia_fetch.api.client import NBIAClient
 from tcia_fetch.api.lookup import find_series, run_query, series_columns
 from tcia_fetch.api.models import PatientRow, ServerRow, StudyRow, ValueCount, ValueList
+from tcia_fetch.cli._show import shown
 from tcia_fetch.cli.common import CommandInterruptedError, die, exit_interrupted, run_command
 from tcia_fetch.cli.render import OutputFormat, check_columns, parse_columns, render_rows
 from tcia_fetch.config import load_client_settings
@@ -177,7 +178,7 @@ def _emit(
         stream=stream,
     )
     if output is not None and stream is not None:
-        write_text_atomic_sync(output, stream.getvalue())
+        write_text_atomic_sync(output, stream.getvalue(), mode=0o644)
 
 
 def _emit_parquet(
@@ -195,7 +196,7 @@ def _emit_parquet(
     buffer = io.BytesIO()
     frames.write_parquet(frame, buffer)
     if output is not None:
-        write_bytes_atomic_sync(output, buffer.getvalue())
+        write_bytes_atomic_sync(output, buffer.getvalue(), mode=0o644)
     else:
         sys.stdout.buffer.write(buffer.getvalue())
         sys.stdout.buffer.flush()
@@ -434,7 +435,7 @@ def series(
     except CommandInterruptedError as interrupted:
         exit_interrupted(interrupted.signum)
     if finding is not None:
-        click.echo(f"tcia-fetch: note: {finding.message}", err=True)
+        click.echo(f"tcia-fetch: note: {shown(finding.message, keep_newlines=True)}", err=True)
     _emit(
         server_rows,
         output_format=output_format,

@@ -1,5 +1,9 @@
 """Output of ``tcia-fetch query``: a rich table, JSON, JSON Lines or CSV.
 
+Server text is untrusted: a table shows it as plain text (never rich markup) with control
+characters as visible escapes, JSON escapes them too, and CSV cells get both that and a leading
+``'`` before anything a spreadsheet would evaluate as a formula (cli/_show.py, untrusted.py).
+
 Rows are dicts keyed as the server names them (``server_dict()``), so JSON output is the
 server's own rows, and CSV/JSON Lines are lossless views of the same data. Column choice:
 ``columns`` when the user gave ``--columns``; else the command's defaults for a table and
@@ -18,7 +22,9 @@ from typing import Literal, TextIO
 from rich.console import Console
 from rich.table import Table
 
+from tcia_fetch.cli._show import cell, json_text, shown
 from tcia_fetch.errors import InputError
+from tcia_fetch.untrusted import spreadsheet_cell
 
 __all__ = ["OutputFormat", "all_columns", "check_columns", "parse_columns", "render_rows"]
 
@@ -50,6 +56,18 @@ def _cell(value: object) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value) if isinstance(value, dict | list | bool) else str(value)
+
+
+def _csv_cell(value: object) -> str:
+    """A CSV cell of server text: controls shown as escapes, formulas defused (untrusted.py).
+
+    Numbers the server sent as JSON numbers are ours to print and stay numbers; a server
+    *string* that looks like a formula gets the leading ``'`` spreadsheets expect.
+    """
+    text = _cell(value)
+    if not isinstance(value, str):
+        return text
+    return spreadsheet_cell(shown(text, keep_newlines=True))
 
 
 def check_columns(
@@ -85,19 +103,19 @@ def render_rows(
         check_columns(columns, rows, known_columns)
     if output_format == "json":
         payload = [dict(row) if columns is None else {k: row[k] for k in columns if k in row} for row in rows]
-        out.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+        out.write(json_text(payload) + "\n")
         return
     if output_format == "jsonl":
         for row in rows:
             selected = dict(row) if columns is None else {k: row[k] for k in columns if k in row}
-            out.write(json.dumps(selected, ensure_ascii=False) + "\n")
+            out.write(json_text(selected, indent=None) + "\n")
         return
     if output_format == "csv":
         chosen = list(columns) if columns is not None else all_columns(rows)
         writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-        writer.writerow(chosen)
+        writer.writerow([_csv_cell(name) for name in chosen])
         for row in rows:
-            writer.writerow([_cell(row.get(name)) for name in chosen])
+            writer.writerow([_csv_cell(row.get(name)) for name in chosen])
         return
     chosen = (
         list(columns) if columns is not None else [c for c in default_columns if any(c in r for r in rows)]
@@ -106,9 +124,9 @@ def render_rows(
         chosen = all_columns(rows)
     table = Table(title=title, show_lines=False, header_style="bold")
     for name in chosen:
-        table.add_column(name, overflow="fold")
+        table.add_column(cell(name), overflow="fold")
     for row in rows:
-        table.add_row(*(_cell(row.get(name)) for name in chosen))
+        table.add_row(*(cell(_cell(row.get(name))) for name in chosen))
     console = Console(file=out, width=None if out.isatty() else 240, highlight=False, soft_wrap=False)
     console.print(table)
     console.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}", style="dim")

@@ -19,6 +19,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from tcia_fetch.cli._show import cell, json_text, shown
 from tcia_fetch.cli.common import CommandInterruptedError, die, exit_interrupted, run_command
 from tcia_fetch.cli.progress import ProgressReporter, format_bytes
 from tcia_fetch.engine.report import RunReport, RunStats
@@ -201,31 +202,34 @@ def print_report(report: RunReport, *, quiet: bool = False, console: Console | N
         f"{format_bytes(report.dicom_bytes)} DICOM in {report.duration_s:.1f}s ({format_bytes(rate)}/s)",
     )
     table.add_row("retries / throttled", f"{report.retries} / {report.throttled}")
-    table.add_row("destination", report.destination)
+    table.add_row("destination", cell(report.destination))
     console.print(table)
-    # One plain line per failure, never wrapped: batch logs are grepped for UIDs.
+    # One plain line per failure, never wrapped: batch logs are grepped for UIDs. Reasons and
+    # UIDs come from the server: no markup, controls escaped, credentials scrubbed (_show.py).
     for failure in report.failures:
+        console.print("[red]failed[/red] ", end="", soft_wrap=True)
         console.print(
-            f"[red]failed[/red] {failure.series_uid}: {failure.reference}: {failure.reason}",
+            shown(f"{failure.series_uid}: {failure.reference}: {failure.reason}"),
             soft_wrap=True,
+            markup=False,
         )
     empty = [finding.get("message", "") for finding in report.plan.get("empty_queries", [])]
     for error in report.plan_errors:
         queried = error in report.plan.get("query_errors", [])
         label = "matched nothing" if error in empty else "query failed" if queried else "error"
         console.print(f"[red]{label}[/red]: ", end="", soft_wrap=True)
-        console.print(error, soft_wrap=True, markup=False)
+        console.print(shown(error, keep_newlines=True), soft_wrap=True, markup=False)
     for message in empty:
         if message not in report.plan_errors:
             console.print("[yellow]note[/yellow]: ", end="", soft_wrap=True)
-            console.print(message, soft_wrap=True, markup=False)
+            console.print(shown(message, keep_newlines=True), soft_wrap=True, markup=False)
     if not quiet and report.input_problems:
         console.print(
             f"{len(report.input_problems)} input line(s) were not UIDs; see the report's input_problems"
         )
     status = "all series verified" if report.ok else f"exit code {report.exit_code}"
     report_file = f"{report.destination.rstrip('/')}/.tcia-fetch/last-report.json"
-    console.print(f"{status}; report: {report_file}", soft_wrap=True)
+    console.print(f"{status}; report: {shown(report_file)}", soft_wrap=True, markup=False)
 
 
 @click.command("plan")
@@ -258,7 +262,7 @@ def plan_command(
         if json_path is not None:
             json_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         if output_format == "json":
-            click.echo(json.dumps(document, indent=2))
+            click.echo(json_text(document))
     if output_format != "json":
         _print_plan(items, summary)
     unmatched = unmatched_tables(summary.empty_queries)
@@ -276,17 +280,21 @@ def _print_plan(items: list[PlannedSeries], summary: PlanSummary) -> None:
     table.add_column("instances", justify="right")
     table.add_column("size", justify="right")
     for name, totals in sorted(summary.collections.items()):
-        table.add_row(name, str(totals.series), str(totals.instances), format_bytes(totals.total_bytes))
+        table.add_row(cell(name), str(totals.series), str(totals.instances), format_bytes(totals.total_bytes))
     console.print(table)
     if summary.duplicates:
         console.print(f"{summary.duplicates} duplicate UID(s) ignored")
     for problem in summary.problems:
-        console.print(f"[red]cannot plan[/red] {problem.series_uid} ({problem.origin}): {problem.reason}")
+        console.print("[red]cannot plan[/red] ", end="", soft_wrap=True)
+        console.print(
+            shown(f"{problem.series_uid} ({problem.origin}): {problem.reason}"), soft_wrap=True, markup=False
+        )
     for error in summary.query_errors:
-        console.print(f"[red]query failed[/red]: {error}")
+        console.print("[red]query failed[/red]: ", end="", soft_wrap=True)
+        console.print(shown(error, keep_newlines=True), soft_wrap=True, markup=False)
     unmatched = unmatched_tables(summary.empty_queries)
     for finding in summary.empty_queries:
         label = "[red]matched nothing[/red]: " if finding in unmatched else "[yellow]note[/yellow]: "
         console.print(label, end="", soft_wrap=True)
-        console.print(finding.message, soft_wrap=True, markup=False)
+        console.print(shown(finding.message, keep_newlines=True), soft_wrap=True, markup=False)
     del items

@@ -14,6 +14,16 @@ Only server-health failures count: transport errors, 5xx other than throttling, 
 of the wrong kind. Throttles (the pacer's job), non-retryable errors and integrity errors (the
 series' own problem) never open the breaker, and a non-transient answer to the probe proves the
 server is alive. The decision logic is synchronous; only the waiting is async.
+
+A **throttle storm** is an outage too. A server that answers nothing but 429/503 never opens the
+breaker (each Retry-After is honoured by the pacer), yet with ``Retry-After`` up to 900 s and six
+attempts a series, a 100-series job would wait for days with nothing done. So the breaker also
+watches throttles: from the first throttle after the last answer that let work through
+(:meth:`on_success`, or :meth:`on_progress` for a query that succeeded), a run of throttles
+lasting ``max_outage_s`` is the same outage as a dead server, and :meth:`check_throttle_storm` (also
+run by :meth:`wait_closed`) raises :class:`~tcia_fetch.errors.ServerUnreachableError` (fatal, exit 3)
+saying so. It is checked before each attempt, so a run ends at most one Retry-After (900 s) after
+the window.
 """
 
 from __future__ import annotations
@@ -112,6 +122,9 @@ class CircuitBreaker:
         self._opens = 0
         self._probes = 0
         self._time_open_s = 0.0
+        #: Monotonic time of the first throttle since the last success; None while not throttled.
+        self._throttled_since: float | None = None
+        self._storm_throttles = 0
 
     # --- state ------------------------------------------------------------------------------
 
@@ -152,8 +165,48 @@ class CircuitBreaker:
 
     # --- reports from workers (synchronous) --------------------------------------------------
 
+    def on_progress(self) -> None:
+        """A request went through (a query answered): whatever throttling came before was not a storm.
+
+        Unlike :meth:`on_success` this leaves the breaker's state alone: the planner's queries
+        report here without taking the probe's place.
+        """
+        self._throttled_since = None
+        self._storm_throttles = 0
+
+    def on_throttle(self) -> None:
+        """A request was throttled: the storm clock starts, unless it already runs."""
+        if self._throttled_since is None:
+            self._throttled_since = self._clock.monotonic()
+        self._storm_throttles += 1
+
+    def throttle_storm_s(self) -> float:
+        """Seconds of nothing but throttles (0 when the last answer let work through)."""
+        if self._throttled_since is None:
+            return 0.0
+        return self._clock.monotonic() - self._throttled_since
+
+    def check_throttle_storm(self) -> None:
+        """Raise when throttles alone have lasted ``max_outage_s`` (see the module docstring).
+
+        :raises ServerUnreachableError: the storm outlasted ``max_outage_s``.
+        """
+        if self.max_outage_s is None or self._throttled_since is None:
+            return
+        storm_s = self._clock.monotonic() - self._throttled_since
+        if storm_s >= self.max_outage_s:
+            raise ServerUnreachableError(
+                f"the server has answered only 'slow down' (HTTP 429/503) for {storm_s:.0f} s: "
+                f"{self._storm_throttles} throttled requests and nothing let through "
+                f"(max_outage_s={self.max_outage_s:g}); treating it as an outage, rerun later to resume"
+            )
+
     def on_success(self) -> None:
         """The server answered. Closes the breaker from any state and resets the failure run."""
+        self.on_progress()
+        self._server_answered()
+
+    def _server_answered(self) -> None:
         self._consecutive = 0
         self._failing_series.clear()
         if self._state is BreakerState.CLOSED:
@@ -171,10 +224,13 @@ class CircuitBreaker:
         """A request failed. Only server-health failures count (:func:`counts_against_server`)."""
         now = self._clock.monotonic()
         self._advance(now)
+        if getattr(error, "throttle", False):
+            self.on_throttle()
         if not counts_against_server(error):
             if self._state is not BreakerState.CLOSED and _proves_server_alive(error):
-                # The server answered, even if the answer was bad for that series.
-                self.on_success()
+                # The server answered, even if the answer was bad for that series (a throttle
+                # proves it alive too, but lets no work through: the storm clock keeps running).
+                self._server_answered()
             return
         if self._state is BreakerState.OPEN:
             return
@@ -205,8 +261,10 @@ class CircuitBreaker:
     async def wait_closed(self) -> None:
         """Return when a request may be sent: the breaker is closed, or the caller is the probe.
 
-        :raises ServerUnreachableError: the outage has lasted longer than ``max_outage_s``.
+        :raises ServerUnreachableError: the outage (or a throttle storm) has lasted longer than
+            ``max_outage_s``.
         """
+        self.check_throttle_storm()
         while True:
             now = self._clock.monotonic()
             self._advance(now)

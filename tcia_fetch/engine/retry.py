@@ -21,6 +21,7 @@ from tcia_fetch.engine.clock import Clock, SystemClock
 from tcia_fetch.errors import InputError, IntegrityError, TciaFetchError
 
 if TYPE_CHECKING:
+    from tcia_fetch.engine.breaker import CircuitBreaker
     from tcia_fetch.engine.pacer import Pacer
 
 __all__ = [
@@ -213,6 +214,7 @@ async def retry_call(
     on_retry: Callable[[BaseException, float], None] | None = None,
     rng: random.Random | None = None,
     pacer: Pacer | None = None,
+    breaker: CircuitBreaker | None = None,
 ) -> T:
     """Await ``fn()`` until it succeeds or :class:`RetryState` gives up; re-raise the last error.
 
@@ -220,17 +222,27 @@ async def retry_call(
     waits its turn there and throttles close the shared gate, so queries and downloads obey
     one Retry-After. ``on_retry(error, delay_s)`` is called before each wait (for logging).
     Only ``Exception`` is caught: cancellation always propagates at once.
+
+    When ``breaker`` is given (a run's planner), throttles and answers are reported to its
+    throttle-storm watch, and a storm that outlasts the run's outage limit ends the call with
+    the breaker's fatal :class:`~tcia_fetch.errors.ServerUnreachableError` instead of retrying.
     """
     state = RetryState(policy, rng, clock=clock)
     while True:
+        if breaker is not None:
+            breaker.check_throttle_storm()
         if pacer is not None:
             await pacer.wait_turn()
         try:
             result = await fn()
         except Exception as error:
             delay = state.next_delay(error)
-            if pacer is not None and getattr(error, "throttle", False):
+            throttled = getattr(error, "throttle", False)
+            if pacer is not None and throttled:
                 pacer.on_throttle(getattr(error, "retry_after_s", None))
+            if breaker is not None and throttled:
+                breaker.on_throttle()
+                breaker.check_throttle_storm()
             if delay is None:
                 raise
             if on_retry is not None:
@@ -239,6 +251,8 @@ async def retry_call(
         else:
             if pacer is not None:
                 pacer.on_success()
+            if breaker is not None:
+                breaker.on_progress()
             return result
 
 

@@ -53,6 +53,7 @@ from tcia_fetch.plan.planner import Planner, PlannerOptions
 from tcia_fetch.plan.rows import BAD_ROW_REFERENCE
 from tcia_fetch.plan.shard import Shard, parse_shard, split_count, split_rate
 from tcia_fetch.plan.suggest import unmatched_tables
+from tcia_fetch.redaction import scrub
 from tcia_fetch.store.atomic import write_bytes_atomic, write_text_atomic
 from tcia_fetch.store.catalog import CATALOG_NAME, INSTANCES_NAME, catalog_available
 from tcia_fetch.store.destination import Destination
@@ -80,8 +81,6 @@ if TYPE_CHECKING:
 __all__ = ["RunOptions", "fetch", "plan", "resolve_client_settings", "run"]
 
 _HEARTBEAT_S = 30.0
-#: An outage longer than this ends the run (exit 3) instead of waiting forever on a login node.
-_MAX_OUTAGE_S = 1800.0
 #: How long a finishing run waits for another process's compaction (a shard) before giving up.
 _FINISH_LEASE_WAIT_S = 600.0
 _CATALOG_TIMEOUT_S = 3600.0
@@ -202,6 +201,8 @@ async def plan(
             retry_policy=_retry_policy(spec),
             clock=clock,
             options=planner_options(options.layout or spec.output.layout, settings, client),
+            # A throttle storm ends `plan` too (exit 3) instead of retrying for hours.
+            breaker=CircuitBreaker(clock, max_outage_s=spec.download.max_outage_s),
         )
         summary = await planner.run(collect)
     return items, summary
@@ -319,6 +320,10 @@ async def fetch(
             max_rps = split_rate(max_rps, shard.count)
             max_bps = split_rate(max_bps, shard.count)
         limiter = AdaptiveLimiter(concurrency, clock=clock)
+        # One breaker for planner and workers: both report throttles to its storm watch.
+        breaker = CircuitBreaker(
+            clock, max_outage_s=spec.download.max_outage_s, on_close=lambda: limiter.restart(1)
+        )
         budget = budget_for(concurrency)
         async with NBIAClient(
             settings, download_slots=concurrency, download_read_bytes=budget.read_bytes
@@ -332,6 +337,7 @@ async def fetch(
                 only_uids=only,
                 options=planner_options(layout, settings, client),
                 share=shard.owns if shard is not None else None,
+                breaker=breaker,
             )
             worker = SeriesWorker(
                 source=client,
@@ -343,9 +349,7 @@ async def fetch(
                 clock=clock,
                 pacer=Pacer(clock, max_requests_per_s=max_rps),
                 limiter=limiter,
-                breaker=CircuitBreaker(
-                    clock, max_outage_s=_MAX_OUTAGE_S, on_close=lambda: limiter.restart(1)
-                ),
+                breaker=breaker,
                 bandwidth=ByteRateLimiter(max_bps, clock) if max_bps else None,
                 stats=stats,
                 on_event=on_event,
@@ -527,7 +531,8 @@ async def write_run_files(
     as sorted 8-byte UID digests beside a small JSON summary (4.8 MB for 600,000 series), never a
     JSON list of every UID.
     """
-    text = json.dumps(report.as_dict(), indent=2) + "\n"
+    # Last line of defence: no credential in a report, whatever a message quoted (redaction.py).
+    text = scrub(json.dumps(report.as_dict(), indent=2) + "\n")
     reports_dir = destination.state_dir / "reports"
     await anyio.to_thread.run_sync(lambda: reports_dir.mkdir(parents=True, exist_ok=True))
     await write_text_atomic(reports_dir / f"{report.run_id}.json", text)

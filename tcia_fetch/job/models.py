@@ -186,6 +186,9 @@ class DownloadSection(_Section):
     stall_timeout_s: float = Field(default=120, gt=0)
     first_byte_timeout_s: float = Field(default=300, gt=0)
     connect_timeout_s: float = Field(default=30, gt=0)
+    #: An outage (server unreachable, or answering nothing but 429/503) longer than this ends the
+    #: run with exit 3 instead of waiting for days; rerun to resume.
+    max_outage_s: float = Field(default=1800, gt=0)
 
 
 class VerifySection(_Section):

@@ -23,6 +23,7 @@ from typing import Protocol, TypeVar
 import anyio
 
 from tcia_fetch.api.models import RejectedRow, ScreenedRows, rejected_rows
+from tcia_fetch.engine.breaker import CircuitBreaker
 from tcia_fetch.engine.clock import Clock
 from tcia_fetch.engine.retry import RetryPolicy, retry_call
 from tcia_fetch.errors import ImplausibleFiguresError, MetadataError, TciaFetchError
@@ -129,8 +130,11 @@ class Planner:
         only_uids: Container[str] | None = None,
         options: PlannerOptions | None = None,
         share: Callable[[str], bool] | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._source = source
+        #: The run's breaker: the planner's throttles count towards a throttle storm (an outage).
+        self._breaker = breaker
         self._job = job
         self._retry_policy = retry_policy
         self._clock = clock
@@ -393,7 +397,7 @@ class Planner:
 
     async def _call(self, fn: Callable[[], Awaitable[_T]]) -> _T:
         try:
-            return await retry_call(fn, policy=self._retry_policy, clock=self._clock)
+            return await retry_call(fn, policy=self._retry_policy, clock=self._clock, breaker=self._breaker)
         except TciaFetchError:
             raise
         except (ValueError, TypeError) as exc:  # a row the models could not read

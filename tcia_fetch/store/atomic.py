@@ -5,6 +5,10 @@ target (same directory, so the same filesystem and an atomic ``rename``), flush 
 rename it over the target, then fsync the directory so the rename itself survives a power loss.
 If anything fails the temporary file is removed and the target is untouched.
 
+Files are created private (mode ``0600``, before the umask) unless the caller asks otherwise:
+run reports, plans and state may quote the server, and nobody else on a shared login node has
+a reason to read them. Data meant for others (``metadata.csv``) passes ``mode=0o644``.
+
 The async variants are for run reports and plan JSON written from the event loop; they go through
 aiofiles (this is the only module that imports it), so no blocking call runs on the loop. The sync
 twins serve code that already runs in a worker thread (the journal snapshot, metadata.csv).
@@ -25,6 +29,7 @@ import aiofiles.os
 from tcia_fetch.store._fs import fsync_directory, storage_error
 
 __all__ = [
+    "PRIVATE_FILE_MODE",
     "temporary_owner_pid",
     "write_bytes_atomic",
     "write_bytes_atomic_sync",
@@ -32,6 +37,9 @@ __all__ = [
     "write_text_atomic",
     "write_text_atomic_sync",
 ]
+
+#: Mode of the files written here unless a caller says otherwise (the umask applies on top).
+PRIVATE_FILE_MODE = 0o600
 
 _TEMPORARY_RE = re.compile(r"\.(?P<target>.+)\.(?P<pid>[0-9]+)\.[0-9a-f]{12}\.tmp")
 
@@ -50,19 +58,19 @@ def temporary_owner_pid(name: str) -> int | None:
     return int(match.group("pid")) if match else None
 
 
-def write_bytes_atomic_sync(path: Path, data: bytes) -> None:
+def write_bytes_atomic_sync(path: Path, data: bytes, *, mode: int = PRIVATE_FILE_MODE) -> None:
     """Replace ``path`` with ``data`` atomically and durably. Raises DiskFullError/DestinationError."""
-    write_chunks_atomic_sync(path, (data,))
+    write_chunks_atomic_sync(path, (data,), mode=mode)
 
 
-def write_chunks_atomic_sync(path: Path, chunks: Iterable[bytes]) -> None:
+def write_chunks_atomic_sync(path: Path, chunks: Iterable[bytes], *, mode: int = PRIVATE_FILE_MODE) -> None:
     """:func:`write_bytes_atomic_sync` from an iterable of chunks (big files are never held whole).
 
     If producing the chunks fails, the temporary file is removed and ``path`` is untouched.
     """
     temporary = _temporary_sibling(path)
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         try:
             for chunk in chunks:
                 view = memoryview(chunk)
@@ -82,18 +90,22 @@ def write_chunks_atomic_sync(path: Path, chunks: Iterable[bytes]) -> None:
         raise
 
 
-def write_text_atomic_sync(path: Path, text: str) -> None:
+def write_text_atomic_sync(path: Path, text: str, *, mode: int = PRIVATE_FILE_MODE) -> None:
     """UTF-8 twin of :func:`write_bytes_atomic_sync`. Newlines are written exactly as given."""
-    write_bytes_atomic_sync(path, text.encode("utf-8"))
+    write_bytes_atomic_sync(path, text.encode("utf-8"), mode=mode)
 
 
-async def write_bytes_atomic(path: Path, data: bytes) -> None:
+async def write_bytes_atomic(path: Path, data: bytes, *, mode: int = PRIVATE_FILE_MODE) -> None:
     """Async :func:`write_bytes_atomic_sync`: every file operation runs in aiofiles' thread pool."""
     temporary = _temporary_sibling(path)
     fsync = aiofiles.os.wrap(os.fsync)
     sync_directory = aiofiles.os.wrap(fsync_directory)
+
+    def create(name: str, flags: int) -> int:
+        return os.open(name, flags | os.O_NOFOLLOW, mode)
+
     try:
-        async with aiofiles.open(temporary, "xb") as stream:
+        async with aiofiles.open(temporary, "xb", opener=create) as stream:
             await stream.write(data)
             await stream.flush()
             await fsync(stream.fileno())
@@ -105,9 +117,9 @@ async def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise storage_error(exc, action="write", path=path) from exc
 
 
-async def write_text_atomic(path: Path, text: str) -> None:
+async def write_text_atomic(path: Path, text: str, *, mode: int = PRIVATE_FILE_MODE) -> None:
     """UTF-8 twin of :func:`write_bytes_atomic`."""
-    await write_bytes_atomic(path, text.encode("utf-8"))
+    await write_bytes_atomic(path, text.encode("utf-8"), mode=mode)
 
 
 def _remove_quietly(path: Path) -> None:

@@ -327,7 +327,7 @@ def _create_exclusive(target: Path, document: bytes, *, point: str) -> tuple[tup
     temporary = target.with_name(f".{target.name}~{host_name()}~{os.getpid()}~{secrets.token_hex(6)}.tmp")
     try:
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
                 view = memoryview(document)
                 while view:

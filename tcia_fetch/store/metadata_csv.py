@@ -9,7 +9,11 @@ with milliseconds, CRLF line endings. Two columns are added at the end: ``File S
 
 Unlike DR, fields are quoted when they need it (RFC 4180 via the csv module), so a comma, quote
 or newline in a description survives a round trip; rows without such characters read exactly
-like DR's. The file is written atomically and streamed (``atomic.write_chunks_atomic_sync``).
+like DR's. A server text cell that a spreadsheet would evaluate as a formula (it begins with
+``=``, ``+``, ``-``, ``@``, a tab or CR and is not a plain number) gets a leading ``'``
+(``untrusted.spreadsheet_cell``); counts and sizes are ours and never need it. The file is
+mode 0644 (data to share, unlike the run's state) and is written atomically and streamed
+(``atomic.write_chunks_atomic_sync``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from tcia_fetch.store.atomic import write_chunks_atomic_sync
+from tcia_fetch.untrusted import spreadsheet_cell
 
 __all__ = [
     "DR_COLUMNS",
@@ -186,13 +191,14 @@ def metadata_csv_row(
     to the destination root (posix); ``root`` the destination root for ``Absolute Location``
     (empty when not given). Counts and sizes come from verification, not from the server.
     """
-    row = {column: _text(metadata.get(key)) for column, key in _SERVER_KEYS.items()}
-    row["Study Date"] = _date_text(metadata.get(_SERVER_KEYS["Study Date"]))
+    # Server text never reaches a spreadsheet as a formula ("=HYPERLINK(...)" in a description).
+    row = {column: spreadsheet_cell(_text(metadata.get(key))) for column, key in _SERVER_KEYS.items()}
+    row["Study Date"] = spreadsheet_cell(_date_text(metadata.get(_SERVER_KEYS["Study Date"])))
     relative = location.lstrip("/")
     row.update(
         {
-            "SOP Class Name": sop_class_name(sop_class_uid),
-            "SOP Class UID": sop_class_uid or _NULL,
+            "SOP Class Name": spreadsheet_cell(sop_class_name(sop_class_uid)),
+            "SOP Class UID": spreadsheet_cell(sop_class_uid or _NULL),
             "Number of Images": str(instance_count),
             "File Size": human_readable_size(dicom_bytes),
             "File Location": f"./{relative}",
@@ -238,7 +244,7 @@ def write_metadata_csv(path: Path, rows: Iterable[Mapping[str, str]]) -> int:
                 buffer.truncate()
         yield buffer.getvalue().encode("utf-8")
 
-    write_chunks_atomic_sync(path, chunks())
+    write_chunks_atomic_sync(path, chunks(), mode=0o644)  # data for the user's colleagues, not state
     return count
 
 

@@ -183,7 +183,7 @@ class LocalStateStorage:
         temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
         try:
             self._ensure_parent(path)
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
                 for chunk in chunks:
                     _write_all(fd, chunk)
@@ -207,7 +207,7 @@ class LocalStateStorage:
         path = self._path(name)
         try:
             self._ensure_parent(path)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError:
             return False
         except OSError as exc:
@@ -250,7 +250,7 @@ class LocalStateStorage:
                 return fd
             path = self._path(log)
             self._ensure_parent(path)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
                 fsync_directory(path.parent)
             except OSError:

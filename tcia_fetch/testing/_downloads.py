@@ -36,6 +36,7 @@ from tcia_fetch.testing._formats import (
     NOT_PUBLIC_V1,
     SERVER_ERROR_NULL,
 )
+from tcia_fetch.testing._hostile_secrets import secrets_guard
 from tcia_fetch.testing._load import Pacer, retry_after_header
 from tcia_fetch.testing._state import COMPLETED_KEY, ServerState, check_allowed, text_response
 from tcia_fetch.testing._zipwriter import ZipStreamWriter
@@ -283,6 +284,8 @@ def _fault_response(state: ServerState, entry: SeriesEntry, fault: FaultRule) ->
         return text_response(504, _GATEWAY_TIMEOUT_PAGE, "text/html")
     if kind is FaultKind.RATE_LIMIT_DATE:
         return _rate_limited_until_date(fault)
+    if kind is FaultKind.HOSTILE_ERROR:
+        return text_response(400, fault.param_text("text") or "")
     if kind is FaultKind.HTML_200:
         return text_response(200, MAINTENANCE_PAGE, "text/html")
     del state
@@ -527,7 +530,7 @@ def outage_guard(function: _Endpoint) -> _Endpoint:
 
 
 DOWNLOAD_ENDPOINTS = {
-    "getImage": outage_guard(get_image),
-    "getImageWithMD5Hash": outage_guard(get_image_with_md5_hash),
-    "getSingleImage": outage_guard(get_single_image),
+    "getImage": outage_guard(secrets_guard(get_image, download=True)),
+    "getImageWithMD5Hash": outage_guard(secrets_guard(get_image_with_md5_hash, download=True)),
+    "getSingleImage": outage_guard(secrets_guard(get_single_image, download=True)),
 }

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 __all__ = [
     "BODY_FAULTS",
     "DOWNLOAD_FAULTS",
+    "HOSTILE_SECRETS_FAULTS",
+    "HOSTILE_TEXT",
     "OUTAGE_MODES",
     "QUERY_FAULTS",
     "ROW_FAULTS",
@@ -96,7 +98,29 @@ class FaultKind(enum.Enum):
     # The legacy token endpoint answers `status` (default 307) with Location `location` (required in
     # practice: another origin that records what it receives).
     TOKEN_REDIRECT = "TOKEN_REDIRECT"
+    # --- issue 14, hostile server: echoed secrets, throttle storm, terminal and spreadsheet text ---
+    # The legacy token endpoint answers 500 with the url-encoded form it was posted (the password).
+    ECHO_TOKEN = "ECHO_TOKEN"
+    # A query answers 400 with the request headers it received, Authorization first.
+    ECHO_HEADERS = "ECHO_HEADERS"
+    # Every API request (scope="all": queries, downloads and the token endpoint; "downloads": the
+    # download endpoints only) answers 429 with Retry-After: retry_after (default "1"). Forever with
+    # times=None.
+    THROTTLE_STORM = "THROTTLE_STORM"
+    # Server text that means harm: `text` (default HOSTILE_TEXT: a spreadsheet formula, ANSI/OSC
+    # escapes, BEL, a C1 CSI, a bidi override, rich markup) replaces SeriesDescription,
+    # StudyDescription/StudyDesc, ProtocolName and Manufacturer in JSON query rows, and is added to
+    # getCollectionValues as one more collection name.
+    HOSTILE_NAMES = "HOSTILE_NAMES"
+    # A download answers 400 with `text` (default HOSTILE_TEXT) as its error text.
+    HOSTILE_ERROR = "HOSTILE_ERROR"
 
+
+#: What HOSTILE_NAMES and HOSTILE_ERROR send by default (every kind of trouble in one string).
+HOSTILE_TEXT = (
+    '=HYPERLINK("http://evil.example/","open")\x1b[2J\x1b[31mred\x1b]0;owned\x07'
+    "\x9b1m\u202etxt.exe [link=http://evil.example/]click[/link]"
+)
 
 QUERY_FAULTS = frozenset({FaultKind.WRONG_SIZE, FaultKind.SLOW_QUERY, FaultKind.CLAIM_FIGURES})
 #: Faults that rewrite the rows of series answers (issue 14).
@@ -106,8 +130,18 @@ SERVER_FAULTS = frozenset({FaultKind.OUTAGE})
 #: issue 14 (bodies): whole-body faults of named query endpoints, and of the token endpoint.
 BODY_FAULTS = frozenset({FaultKind.QUERY_BOMB, FaultKind.ENDLESS_BODY})
 TOKEN_FAULTS = frozenset({FaultKind.TOKEN_REDIRECT})
+#: Hostile modes consulted where their endpoint is served (testing/_hostile_secrets.py).
+HOSTILE_SECRETS_FAULTS = frozenset(
+    {FaultKind.ECHO_TOKEN, FaultKind.ECHO_HEADERS, FaultKind.THROTTLE_STORM, FaultKind.HOSTILE_NAMES}
+)
 DOWNLOAD_FAULTS = frozenset(
-    set(FaultKind) - QUERY_FAULTS - SERVER_FAULTS - ROW_FAULTS - BODY_FAULTS - TOKEN_FAULTS
+    set(FaultKind)
+    - QUERY_FAULTS
+    - SERVER_FAULTS
+    - ROW_FAULTS
+    - BODY_FAULTS
+    - TOKEN_FAULTS
+    - HOSTILE_SECRETS_FAULTS
 )
 OUTAGE_MODES = ("503", "close")
 
@@ -141,6 +175,11 @@ _DEFAULTS: Mapping[FaultKind, Mapping[str, object]] = {
     FaultKind.ENDLESS_BODY: {"endpoint": "getCollectionValues"},
     FaultKind.REDIRECT: {"status": 302, "location": "http://[::1"},
     FaultKind.TOKEN_REDIRECT: {"status": 307, "location": "http://127.0.0.1:9/nbia-api/oauth/token"},
+    FaultKind.ECHO_TOKEN: {},
+    FaultKind.ECHO_HEADERS: {},
+    FaultKind.THROTTLE_STORM: {"retry_after": "1", "scope": "all"},
+    FaultKind.HOSTILE_NAMES: {"text": HOSTILE_TEXT},
+    FaultKind.HOSTILE_ERROR: {"text": HOSTILE_TEXT},
 }
 
 DEFAULT_RANDOM_KINDS = (
@@ -343,6 +382,11 @@ class FaultState:
                 self.fired[rule.kind.name] = self.fired.get(rule.kind.name, 0) + 1
                 return rule
             return None
+    def hostile(self, kind: FaultKind) -> FaultRule | None:
+        """The first rule of a hostile-server ``kind`` with firings left (consumes one), or None."""
+        with self._lock:
+            taken = self._take(frozenset({kind}), ())
+            return taken[0] if taken else None
 
     def fired_counts(self) -> dict[str, int]:
         """How many times each kind fired so far."""

@@ -36,6 +36,7 @@ from tcia_fetch.testing._formats import (
     format_rows,
 )
 from tcia_fetch.testing._hostile_bodies import hostile_body_guard
+from tcia_fetch.testing._hostile_secrets import secrets_guard
 from tcia_fetch.testing._state import ServerState, check_allowed, empty_ok, text_response
 
 __all__ = ["QUERY_ENDPOINTS", "EndpointFunction"]
@@ -514,9 +515,11 @@ QUERY_ENDPOINTS: dict[str, tuple[str, EndpointFunction]] = {
     "getSOPInstanceUIDs": ("GET", get_sop_instance_uids),
     "getSeriesMetadata": ("POST", get_series_metadata),
 }
-# Every query endpoint goes down with the server during an OUTAGE window.
+# Every query endpoint goes down with the server during an OUTAGE window; the hostile modes of
+# _hostile_secrets.py (throttle storm, echoed headers, hostile names) apply to every query too.
 QUERY_ENDPOINTS = {
-    name: (method, outage_guard(function)) for name, (method, function) in QUERY_ENDPOINTS.items()
+    name: (method, outage_guard(secrets_guard(function)))
+    for name, (method, function) in QUERY_ENDPOINTS.items()
 }
 # issue 14 (bodies): a QUERY_BOMB or ENDLESS_BODY rule naming an endpoint answers for it.
 QUERY_ENDPOINTS = {

@@ -31,6 +31,7 @@ from tcia_fetch.testing._catalog import Catalog
 from tcia_fetch.testing._downloads import DOWNLOAD_ENDPOINTS
 from tcia_fetch.testing._faults import FaultPlan, FaultState
 from tcia_fetch.testing._formats import ERROR_PREFIX, SERVER_ERROR_NULL
+from tcia_fetch.testing._hostile_secrets import token_fault
 from tcia_fetch.testing._load import LoadModel, ServerStats
 from tcia_fetch.testing._queries import QUERY_ENDPOINTS
 from tcia_fetch.testing._state import COMPLETED_KEY, ServerState, make_handler, text_response
@@ -164,6 +165,9 @@ class FakeNBIA:
         if redirect is not None:
             location = redirect.param_text("location") or ""
             return web.Response(status=redirect.param_int("status"), headers={"Location": location})
+        hostile = await token_fault(self.state, request)  # a throttle storm, or the form echoed
+        if hostile is not None:
+            return hostile
         form = await request.post()
         grant_type = form.get("grant_type")
         try:

@@ -37,6 +37,8 @@ def test_reduced_campaign_prints_figures_and_passes(tmp_path: Path) -> None:
             "s3",  # its own reduced test: tests/reliability/test_s3_campaign.py
             "--skip",
             "scaleout",  # its own reduced test: tests/reliability/test_scaleout_campaign.py
+            "--skip",
+            "server",  # each hostile-server family has its own test: tests/reliability/test_hostile_*.py
             "--json",
             str(report),
             "--quiet",

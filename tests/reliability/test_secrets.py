@@ -18,3 +18,4 @@ def test_no_canary_anywhere(tmp_path: Path) -> None:
     assert result.tokens_issued >= 2  # the first token and the one refreshed mid-run
     assert result.places_searched >= 10
     assert result.exit_codes[0] == 1 and result.exit_codes[1] != 0
+    assert result.exit_codes[2] == 1  # the echoing server: one query refused with the headers echoed
