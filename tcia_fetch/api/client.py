@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, Self, TypeVar
 
 from tcia_fetch.api.auth import TokenManager
 from tcia_fetch.api.endpoints import ENDPOINTS, ApiVersion, build_params, endpoint_url, is_nlst
@@ -219,30 +219,8 @@ class NBIAClient:
                 max_body_bytes=max_body_bytes,
             )
 
-        if manager is None:
-            async with opener(None) as body:
-                yield body
-            return
-        token, generation = await manager.current()
-        for attempt in range(2):
-            stack = AsyncExitStack()
-            try:
-                body = await stack.enter_async_context(opener(_bearer(token)))
-            except UnauthorizedError as exc:
-                await stack.aclose()
-                if attempt:
-                    raise UnauthorizedError(
-                        "HTTP 401 again after a token refresh: the account is refused",
-                        status=exc.status,
-                        body_excerpt=exc.body_excerpt,
-                        series_uid=series_uid,
-                        url=exc.url,
-                    ) from None
-                token, generation = await manager.refresh(generation)
-                continue
-            async with stack:
-                yield body
-            return
+        async with _refreshed_once(manager, opener, series_uid) as body:
+            yield body
 
     async def iter_rows(
         self,
@@ -617,33 +595,12 @@ class NBIAClient:
         wire = build_params(endpoint, params, api_version=self.api_version)
         url = endpoint_url(base, endpoint)
         manager = self._token_manager(base)
-        if manager is None:
-            async with self._transport.stream("GET", url, params=wire, series_uid=series_uid) as response:
-                yield response
-            return
-        token, generation = await manager.current()
-        for attempt in range(2):
-            stack = AsyncExitStack()
-            try:
-                response = await stack.enter_async_context(
-                    self._transport.stream(
-                        "GET", url, params=wire, series_uid=series_uid, headers=_bearer(token)
-                    )
-                )
-            except UnauthorizedError as exc:
-                await stack.aclose()
-                if attempt:
-                    raise UnauthorizedError(
-                        "HTTP 401 again after a token refresh: the account is refused",
-                        status=exc.status,
-                        series_uid=series_uid,
-                        url=exc.url,
-                    ) from None
-                token, generation = await manager.refresh(generation)
-                continue
-            async with stack:
-                yield response
-            return
+
+        def opener(headers: Mapping[str, str] | None) -> AbstractAsyncContextManager[StreamingResponse]:
+            return self._transport.stream("GET", url, params=wire, series_uid=series_uid, headers=headers)
+
+        async with _refreshed_once(manager, opener, series_uid) as response:
+            yield response
 
     def stream_image(
         self,
@@ -701,3 +658,43 @@ class NBIAClient:
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+_Opened = TypeVar("_Opened")
+
+
+@asynccontextmanager
+async def _refreshed_once(
+    manager: TokenManager | None,
+    opener: Callable[[Mapping[str, str] | None], AbstractAsyncContextManager[_Opened]],
+    series_uid: str | None,
+) -> AsyncIterator[_Opened]:
+    """``opener``'s context, with the bearer token on legacy v2, refreshed once on a 401.
+
+    Queries and downloads share this: a second 401 after a fresh token means the account itself
+    is refused, which no further refresh can mend.
+    """
+    if manager is None:
+        async with opener(None) as opened:
+            yield opened
+        return
+    token, generation = await manager.current()
+    for attempt in range(2):
+        stack = AsyncExitStack()
+        try:
+            opened = await stack.enter_async_context(opener(_bearer(token)))
+        except UnauthorizedError as exc:
+            await stack.aclose()
+            if attempt:
+                raise UnauthorizedError(
+                    "HTTP 401 again after a token refresh: the account is refused",
+                    status=exc.status,
+                    body_excerpt=exc.body_excerpt,
+                    series_uid=series_uid,
+                    url=exc.url,
+                ) from None
+            token, generation = await manager.refresh(generation)
+            continue
+        async with stack:
+            yield opened
+        return
