@@ -2,10 +2,13 @@
 
 Atomicity (the contract, documented in the README): a series is stored as ONE object, its
 verified archive (``keep = "tar.zst"`` or ``"zip"``) at ``<prefix>/<layout path>/<file>``. The
-archive is built and verified completely in a private local staging directory first; only then
-is it uploaded, in one PUT or by a multipart upload that is completed last. S3 makes a key
+archive is streamed into a multipart upload on its final key while the series downloads and
+verifies (:meth:`BucketDestination.stream_archive`: parts of 8 MiB, a few at most in memory, no
+local copy of the archive); the upload is completed only after the series verified, and aborted
+otherwise. An archive smaller than one part is one PUT after verification. S3 makes a key
 visible only when its PUT or CompleteMultipartUpload succeeds, so whoever lists the bucket sees
-a series whole, after it verified, or not at all, even after a SIGKILL. ``keep = "dicom"`` is
+a series whole, after it verified, or not at all, even after a SIGKILL (which leaves the upload
+open and invisible; the next run aborts it). ``keep = "dicom"`` is
 refused for buckets (exit 2): S3 has no atomic multi-object publish, so a lister could see part
 of a series while its objects were copied into place, whatever the staging scheme.
 
@@ -13,9 +16,10 @@ The journal's ``done`` record is written after the upload completed (the worker'
 order: ``verified`` -> publish -> ``done``); reconciliation adopts a series whose object exists
 with the verified size when the run died before ``done``, and a rerun never fetches a committed
 series again. Under the bucket lock, startup aborts every multipart upload left open under the
-prefix (only a dead run can own one) and removes local staging of dead runs.
+prefix (only a dead run can own one; a shard only those of its own series, see
+:meth:`BucketDestination.cleanup_leftovers`) and removes local staging of dead runs.
 
-Local working space (staging, the journal mirror, report files before upload) lives in
+Local working space (the staging of tar.zst members, one at a time; report files before upload) lives in
 ``$TCIA_FETCH_WORK_DIR`` or ``$XDG_CACHE_HOME/tcia-fetch/s3/<bucket>-<hash>`` (``~/.cache/...``).
 """
 
@@ -26,16 +30,23 @@ import json
 import os
 import secrets
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.errors import DestinationBusyError, FinalPathExistsError, InputError
 from tcia_fetch.series.archive import ARCHIVE_SUFFIX, check_tar_zst
 from tcia_fetch.store._fs import host_name, pid_is_alive
-from tcia_fetch.store._objstore import ObjectInfo, ObjectStore, open_object_store
+from tcia_fetch.store._objstore import (
+    BlockingObjectStore,
+    LoopCaller,
+    ObjectInfo,
+    StreamedObject,
+    open_object_store,
+)
 from tcia_fetch.store.destination import Destination, _checked_parts
 from tcia_fetch.store.digests import LAST_PLAN_DIGESTS
 from tcia_fetch.store.journal import Journal
@@ -43,6 +54,9 @@ from tcia_fetch.store.location import BucketLocation
 from tcia_fetch.store.lock import DEFAULT_STALE_AFTER_S, _process_start
 from tcia_fetch.store.objstate import STATE_PREFIX, ObjectStateStorage
 from tcia_fetch.store.reconcile import Damage, Reconciliation
+
+if TYPE_CHECKING:
+    from tcia_fetch.plan.shard import Shard
 
 __all__ = ["BucketDestination", "BucketLock", "refuse_unsupported_keep"]
 
@@ -83,12 +97,19 @@ class BucketDestination:
         self,
         location: BucketLocation,
         *,
-        store: ObjectStore | None = None,
+        store: BlockingObjectStore | None = None,
         work_dir: Path | None = None,
         policy: RetryPolicy | None = None,
+        portal: LoopCaller | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.location = location
-        self.store = store or open_object_store(location, policy=policy)
+        self.store = store or open_object_store(location, policy=policy, portal=portal)
+        #: The shard this run is (None: the whole job): its lock, and whose leftovers it may clear.
+        self.shard = shard
+        #: Archives being streamed into the bucket, by the staging directory of their attempt.
+        self._streams: dict[Path, StreamedObject] = {}
+        self._streams_mutex = threading.Lock()
         self.state = ObjectStateStorage(self.store, location)
         work = work_dir or default_work_dir(location)
         self._local = Destination(work)
@@ -98,6 +119,10 @@ class BucketDestination:
 
     def __str__(self) -> str:
         return self.location.url
+
+    def close(self) -> None:
+        """Close the object-store client (call from a thread, as every sync method here)."""
+        self.store.close()
 
     # --- setup -----------------------------------------------------------------------------------
 
@@ -117,17 +142,51 @@ class BucketDestination:
         return self._local.new_staging(series_uid)
 
     def discard(self, staging: Path) -> None:
+        """Give up an attempt: abort its streamed upload (nothing was visible) and its staging."""
+        with self._streams_mutex:
+            stream = self._streams.pop(staging, None)
+        if stream is not None:
+            self.store.call(stream.abort)
         self._local.discard(staging)
 
+    def stream_archive(self, staging: Path, relative: PurePosixPath, name: str) -> StreamedObject:
+        """Where the attempt in ``staging`` writes its archive: a multipart upload to the final key.
+
+        The worker writes into it (in its extractor thread), drains full parts on the event loop
+        between writes, seals it once the series verified, and :meth:`publish` completes it.
+        """
+        key = self.final_key(relative, name)
+        stream = self.store.aio.stream(key)
+        # A single write that would buffer several parts (a huge tar member finished at once)
+        # uploads them from the writing thread instead of growing the buffer.
+        stream.overflow = lambda: self.store.call(stream.drain)
+        with self._streams_mutex:
+            self._streams[staging] = stream
+        return stream
+
     def publish(self, staging: Path, relative: PurePosixPath) -> str:
-        """Upload the staged archive to its final key (never over an existing one); return the key."""
+        """Put the verified archive at its final key (never over an existing one); return the key."""
         return self._upload(staging, relative, overwrite=False)
 
     def replace(self, staging: Path, relative: PurePosixPath) -> str:
-        """Swap a damaged series' object for a freshly verified one (one PUT replaces atomically)."""
+        """Swap a damaged series' object for a freshly verified one (completing replaces atomically)."""
         return self._upload(staging, relative, overwrite=True)
 
     def _upload(self, staging: Path, relative: PurePosixPath, *, overwrite: bool) -> str:
+        with self._streams_mutex:
+            stream = self._streams.get(staging)
+        if stream is not None:
+            if not overwrite and self.store.head(stream.key) is not None:
+                raise FinalPathExistsError(
+                    f"s3://{self.store.bucket}/{stream.key} already exists; tcia-fetch never overwrites an "
+                    "object it did not record (remove it, or use --repair for a series this destination "
+                    "recorded)"
+                )
+            self.store.call(stream.commit)
+            with self._streams_mutex:
+                self._streams.pop(staging, None)
+            self._local.discard(staging)
+            return stream.key
         files = sorted(staging.iterdir())
         if len(files) != 1 or not files[0].is_file():
             raise InputError("a bucket destination stores one archive per series (keep zip or tar.zst)")
@@ -144,16 +203,33 @@ class BucketDestination:
     # --- leftovers ----------------------------------------------------------------------------------
 
     def cleanup_leftovers(self) -> int:
-        """Local staging of dead runs, and every multipart upload left open under the prefix.
+        """Local staging of dead runs, and the multipart uploads dead runs left open under the prefix.
 
-        Called under the bucket lock, so no live run of ours can own an open upload here.
+        Called under the run's bucket lock. A whole-job run runs alone (shards are refused while
+        it holds its lock), so every open upload is a dead run's. A shard runs beside the other
+        shards, so it aborts only the uploads of ITS series (the archive is named after the series
+        UID, and its shard holds no other live process), and state-area uploads (a snapshot) only
+        once they are older than the stale-lock age: a live shard may be writing one.
         """
         removed = self._local.cleanup_leftovers()
         prefix = self.location.prefix + "/" if self.location.prefix else ""
+        state = self.location.key(STATE_PREFIX) + "/"
         for upload in self.store.open_uploads(prefix):
+            if self.shard is not None and not self._shard_may_abort(upload.key, upload.initiated, state):
+                continue
             self.store.abort_upload(upload.key, upload.upload_id)
             removed += 1
         return removed
+
+    def _shard_may_abort(self, key: str, initiated: float, state: str) -> bool:
+        assert self.shard is not None
+        if key.startswith(state):
+            return time.time() - initiated > DEFAULT_STALE_AFTER_S
+        name = key.rsplit("/", 1)[-1]
+        for suffix in (ARCHIVE_SUFFIX, ".zip"):
+            if name.endswith(suffix):
+                return self.shard.owns(name[: -len(suffix)])
+        return False
 
     # --- run state ---------------------------------------------------------------------------------
 
