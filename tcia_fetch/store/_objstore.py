@@ -41,6 +41,7 @@ import builtins
 import contextlib
 import os
 import random
+import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -52,7 +53,6 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
-from anyio.from_thread import start_blocking_portal
 
 from tcia_fetch.engine.retry import RetryPolicy, RetryState
 from tcia_fetch.errors import (
@@ -92,6 +92,10 @@ STREAM_PART_BYTES: Final = 8 << 20
 #: go) uploads from the writing thread itself rather than grow further.
 _MAX_BUFFERED_PARTS: Final = 3
 _READ_BLOCK: Final = 1 << 20
+#: Thread hops made BY a coroutine that a worker thread is waiting for (reading a file or a
+#: snapshot's chunks for an upload) take tokens from here, not from anyio's default limiter:
+#: those waiting threads hold default tokens, and the hop must never wait for one of them.
+_NESTED_THREADS: Final = 4
 _AUTH_CODES: Final = frozenset(
     {
         "AccessDenied",
@@ -324,13 +328,14 @@ class ObjectStore:
         """
         stream = self.stream(key, part_bytes=self.part_bytes)
         try:
-            source = await anyio.to_thread.run_sync(path.open, "rb")
+            limiter = _nested_limiter()
+            source = await anyio.to_thread.run_sync(path.open, "rb", limiter=limiter)
             try:
-                while chunk := await anyio.to_thread.run_sync(source.read, self.part_bytes):
+                while chunk := await anyio.to_thread.run_sync(source.read, self.part_bytes, limiter=limiter):
                     stream.write(chunk)
                     await stream.drain()
             finally:
-                await anyio.to_thread.run_sync(source.close)
+                await anyio.to_thread.run_sync(source.close, limiter=limiter)
             return await stream.commit()
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -343,7 +348,7 @@ class ObjectStore:
         done = object()
         try:
             while True:
-                chunk = await anyio.to_thread.run_sync(next, chunks, done)
+                chunk = await anyio.to_thread.run_sync(next, chunks, done, limiter=_nested_limiter())
                 if chunk is done:
                     break
                 assert isinstance(chunk, (bytes, bytearray, memoryview))
@@ -494,6 +499,19 @@ class ObjectStore:
         return DestinationError(f"cannot {action} {where}: {type(exc).__name__}")
 
 
+_LIMITERS: weakref.WeakKeyDictionary[object, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
+
+
+def _nested_limiter() -> anyio.CapacityLimiter:
+    """The nested-hop limiter of the current event loop (one per loop: limiters are loop-bound)."""
+    token = anyio.lowlevel.current_token()
+    key = token.native_token
+    limiter = _LIMITERS.get(key)
+    if limiter is None:
+        limiter = _LIMITERS[key] = anyio.CapacityLimiter(_NESTED_THREADS)
+    return limiter
+
+
 class StreamedObject:
     """An object written as its bytes are produced: a multipart upload completed by :meth:`commit`.
 
@@ -599,9 +617,40 @@ class ThisLoop:
 
     def __init__(self) -> None:
         self._token = anyio.lowlevel.current_token()
+        #: The loop's thread: a call from it would wait for itself (the finalizer checks).
+        self.thread = threading.get_ident()
 
     def call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
         return anyio.from_thread.run(func, *args, token=self._token)  # type: ignore[arg-type]
+
+
+class _LoopThread:
+    """A private event loop in a daemon thread, for a store used outside any run (the CLI's
+    ``status``/``verify``, the catalog child, tests). Daemon: a process that forgets to close
+    its store still exits (a non-daemon loop thread would be joined forever at shutdown)."""
+
+    def __init__(self) -> None:
+        ready = threading.Event()
+        self._stop: anyio.Event | None = None
+        self._token: anyio.lowlevel.EventLoopToken | None = None
+
+        async def serve() -> None:
+            self._token = anyio.lowlevel.current_token()
+            self._stop = anyio.Event()
+            ready.set()
+            await self._stop.wait()
+
+        self._thread = threading.Thread(target=anyio.run, args=(serve,), name="tcia-fetch-s3", daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    def call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return anyio.from_thread.run(func, *args, token=self._token)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self._stop is not None and self._thread.is_alive():
+            anyio.from_thread.run_sync(self._stop.set, token=self._token)
+            self._thread.join()
 
 
 class BlockingObjectStore:
@@ -705,8 +754,10 @@ class BlockingObjectStore:
 def _close_quietly(store: ObjectStore, portal: LoopCaller, stop: Callable[[], None] | None) -> None:
     """Finalizer: a store dropped without close() still closes its client and portal thread.
 
-    (Collected on the loop's own thread, the call cannot wait for itself and fails: suppressed.)
+    Never on the loop's own thread: the call would wait for itself.
     """
+    if getattr(portal, "thread", None) == threading.get_ident():
+        return
     with contextlib.suppress(Exception):
         portal.call(store.aclose)
     if stop is not None:
@@ -729,17 +780,14 @@ def open_object_store(
     """
     stop: Callable[[], None] | None = None
     if portal is None:
-        manager = start_blocking_portal()
-        portal = own = manager.__enter__()
-
-        def stop() -> None:
-            manager.__exit__(None, None, None)
+        own = _LoopThread()
+        portal, stop = own, own.stop
 
     async def connect() -> ObjectStore:
         return await ObjectStore.connect(location, policy=policy, env=env)
 
     try:
-        store = (own if stop is not None else portal).call(connect)
+        store = portal.call(connect)
     except BaseException:
         if stop is not None:
             stop()
