@@ -87,13 +87,14 @@ def _run_once(
         command = [sys.executable, "-m", "tcia_fetch", *args]
         proc = subprocess.Popen(command, env=merged, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     work = scratch / f"work-{n}"
-    peaks = {"rss": 0, "work": 0}
+    peaks = {"rss": 0, "work": 0, "written": 0}
     done = threading.Event()
 
     def sample() -> None:  # peak RSS of the CLI and peak bytes in its local work dir
         while not done.wait(0.05):
             peaks["rss"] = max(peaks["rss"], _rss_bytes(proc.pid))
             peaks["work"] = max(peaks["work"], _tree_bytes(work))
+            peaks["written"] = max(peaks["written"], _disk_written(proc.pid))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -120,7 +121,21 @@ def _run_once(
         "bytes": stored,
         "peak_rss_MB": round(peaks["rss"] / 1e6, 1),
         "peak_work_dir_MB": round(peaks["work"] / 1e6, 2),
+        # Bytes the CLI process sent to local storage (/proc/<pid>/io write_bytes; the last sample
+        # before it exited): a staged archive is written and fsynced, a streamed one is not.
+        "local_disk_written_MB": round(peaks["written"] / 1e6, 2),
     }
+
+
+def _disk_written(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/io", encoding="ascii") as io_stats:
+            for line in io_stats:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return 0
+    return 0
 
 
 def _rss_bytes(pid: int) -> int:
@@ -193,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bytes_vs_dicom": round(mine[0]["bytes"] / dicom_bytes, 3),
                 "median_peak_rss_MB": statistics.median(r["peak_rss_MB"] for r in mine),
                 "max_peak_work_dir_MB": max(r["peak_work_dir_MB"] for r in mine),
+                "median_local_disk_written_MB": statistics.median(r["local_disk_written_MB"] for r in mine),
             }
         )
     document = {
