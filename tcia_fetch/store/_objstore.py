@@ -155,9 +155,23 @@ def _resolve_settings(env: Mapping[str, str]) -> tuple[Any, _Settings]:
     )
     # Load the S3 service model now, in this thread: botocore reads it from disk on first use,
     # which would otherwise block the event loop when the client is created.
+    # Everything botocore reads from disk when a client is made, read here (cached in the session):
+    # the event loop must not wait for a file.
     loader = session.get_component("data_loader")
-    loader.load_service_model("s3", "service-2")
-    loader.load_data("endpoints")
+    version = loader.determine_latest_version("s3", "service-2")
+    for kind in ("service-2", "endpoint-rule-set-1", "paginators-1", "waiters-2"):
+        for api_version in (None, version):  # cached per arguments, spelled as botocore spells them
+            with contextlib.suppress(Exception):
+                loader.load_service_model("s3", kind, api_version=api_version)
+            with contextlib.suppress(Exception):
+                loader.load_service_model("s3", type_name=kind, api_version=api_version)
+    for name in ("endpoints", "partitions", "sdk-default-configuration", "_retry"):
+        with contextlib.suppress(Exception):
+            loader.load_data(name)
+    session.get_scoped_config()
+    for component in ("default_config_resolver", "endpoint_resolver", "exceptions_factory"):
+        with contextlib.suppress(Exception):
+            session._get_internal_component(component)
     # TCIA_FETCH_S3_PART_BYTES: multipart part size (S3's minimum is 5 MiB; tests use less on moto).
     explicit = env.get("TCIA_FETCH_S3_PART_BYTES")
     part_bytes = int(explicit or PART_BYTES)
