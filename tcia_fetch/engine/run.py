@@ -282,14 +282,9 @@ async def fetch(
     # A bucket's client lives on this event loop (the series data path awaits it directly);
     # the portal lets the journal and the lock, in worker threads, use the same client.
     portal = await open_portal(out)
-    try:
-        destination = await anyio.to_thread.run_sync(
-            lambda: open_home(out, keep=series_job.keep, policy=policy, portal=portal, shard=shard)
-        )
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await close_home(None, portal)
-        raise
+    destination = await anyio.to_thread.run_sync(
+        lambda: open_home(out, keep=series_job.keep, policy=policy, portal=portal, shard=shard)
+    )
     try:
         await anyio.to_thread.run_sync(destination.prepare)
         if isinstance(destination, Destination):
@@ -299,8 +294,7 @@ async def fetch(
         else:
             lock = await anyio.to_thread.run_sync(home_lock, destination, run_id)
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            await close_home(destination, portal)
+        await close_home(destination)
         raise
     journal: Journal | None = None
     worker: SeriesWorker | None = None
@@ -383,7 +377,7 @@ async def fetch(
                 await _finish(report, stats, planner, worker, journal, destination, spec, options, started)
                 await anyio.to_thread.run_sync(lock.release)
             finally:
-                await close_home(destination, portal)
+                await close_home(destination)
     return report
 
 

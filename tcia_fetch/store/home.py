@@ -98,12 +98,12 @@ async def open_portal(location: DestinationLocation) -> LoopCaller | None:
     return ThisLoop()
 
 
-async def close_home(home: Destination | BucketDestination | None, portal: LoopCaller | None) -> None:
-    """Close a bucket's client (shielded: this is cleanup). The loop caller needs no closing."""
+async def close_home(home: Destination | BucketDestination) -> None:
+    """Close a bucket's client (shielded: this is cleanup). A directory has nothing to close."""
     import anyio.to_thread
 
     with anyio.CancelScope(shield=True):
-        if home is not None and not isinstance(home, Destination):
+        if not isinstance(home, Destination):
             await anyio.to_thread.run_sync(home.close)
 
 
