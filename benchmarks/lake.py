@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,14 @@ def _disk_holdings(root: Path) -> tuple[int, int]:
 
 
 def _run_once(
-    target: str, keep: str, job: Path, base_url: str, moto: MotoS3, scratch: Path, n: int
+    target: str,
+    keep: str,
+    job: Path,
+    base_url: str,
+    moto: MotoS3,
+    scratch: Path,
+    n: int,
+    code: Path | None = None,
 ) -> dict[str, Any]:
     env: dict[str, str] = {}
     if target == "s3":
@@ -72,9 +80,28 @@ def _run_once(
         dest = str(scratch / f"out-{n}")
     args = ["run", str(job), "--out", dest, "--base-url", base_url, "--keep", keep, "--quiet"]
     started = time.perf_counter()
-    proc = start_cli(args, env=env, stderr=subprocess.PIPE)
+    if code is None:
+        proc = start_cli(args, env=env, stderr=subprocess.PIPE)
+    else:  # another source tree (e.g. `git archive main`), for a before/after comparison
+        merged = {**os.environ, **env, "PYTHONPATH": str(code), "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "-m", "tcia_fetch", *args]
+        proc = subprocess.Popen(command, env=merged, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    work = scratch / f"work-{n}"
+    peaks = {"rss": 0, "work": 0, "written": 0}
+    done = threading.Event()
+
+    def sample() -> None:  # peak RSS of the CLI and peak bytes in its local work dir
+        while not done.wait(0.05):
+            peaks["rss"] = max(peaks["rss"], _rss_bytes(proc.pid))
+            peaks["work"] = max(peaks["work"], _tree_bytes(work))
+            peaks["written"] = max(peaks["written"], _disk_written(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     _, err = proc.communicate(timeout=1800)
     elapsed = time.perf_counter() - started
+    done.set()
+    sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{target}/{keep} exited {proc.returncode}: {err.decode(errors='replace')[-500:]}")
     if target == "s3":
@@ -86,7 +113,51 @@ def _run_once(
         objects, stored = len(keys), sum(keys.values())
     else:
         objects, stored = _disk_holdings(Path(dest))
-    return {"target": target, "keep": keep, "seconds": round(elapsed, 3), "objects": objects, "bytes": stored}
+    return {
+        "target": target,
+        "keep": keep,
+        "seconds": round(elapsed, 3),
+        "objects": objects,
+        "bytes": stored,
+        "peak_rss_MB": round(peaks["rss"] / 1e6, 1),
+        "peak_work_dir_MB": round(peaks["work"] / 1e6, 2),
+        # Bytes the CLI process sent to local storage (/proc/<pid>/io write_bytes; the last sample
+        # before it exited): a staged archive is written and fsynced, a streamed one is not.
+        "local_disk_written_MB": round(peaks["written"] / 1e6, 2),
+    }
+
+
+def _disk_written(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/io", encoding="ascii") as io_stats:
+            for line in io_stats:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return 0
+    return 0
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return 0
+    return 0
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_size
+            except OSError:
+                continue
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--series", type=int, default=32, help="about this many series")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
+    parser.add_argument("--only-s3", action="store_true", help="only the bucket targets")
+    parser.add_argument(
+        "--code", type=Path, default=None, help="run the CLI from this source tree (before/after)"
+    )
     args = parser.parse_args(argv)
+    targets = tuple(t for t in TARGETS if t[0] == "s3") if args.only_s3 else TARGETS
     catalog = _catalog(args.series)
     dicom_bytes = sum(series.total_bytes for series in catalog.series)
     instances = sum(series.instance_count for series in catalog.series)
@@ -109,16 +185,16 @@ def main(argv: list[str] | None = None) -> int:
             with serve_in_thread(FakeNBIA(catalog)) as server:
                 n = 0
                 for run in range(args.runs):
-                    for target, keep in TARGETS:  # interleaved: machine drift is shared
+                    for target, keep in targets:  # interleaved: machine drift is shared
                         n += 1
-                        result = _run_once(target, keep, job, server.base_url, moto, scratch, n)
+                        result = _run_once(target, keep, job, server.base_url, moto, scratch, n, args.code)
                         result["run"] = run
                         runs.append(result)
                         print(json.dumps(result), flush=True)
     finally:
         moto.stop()
     medians = []
-    for target, keep in TARGETS:
+    for target, keep in targets:
         mine = [r for r in runs if r["target"] == target and r["keep"] == keep]
         seconds = statistics.median(r["seconds"] for r in mine)
         medians.append(
@@ -130,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                 "objects": mine[0]["objects"],
                 "bytes": mine[0]["bytes"],
                 "bytes_vs_dicom": round(mine[0]["bytes"] / dicom_bytes, 3),
+                "median_peak_rss_MB": statistics.median(r["peak_rss_MB"] for r in mine),
+                "max_peak_work_dir_MB": max(r["peak_work_dir_MB"] for r in mine),
+                "median_local_disk_written_MB": statistics.median(r["local_disk_written_MB"] for r in mine),
             }
         )
     document = {

@@ -60,9 +60,11 @@ from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.digests import LAST_PLAN_DIGESTS, SortedDigests
 from tcia_fetch.store.home import (
     RunLock,
+    close_home,
     home_journal,
     home_lock,
     open_home,
+    open_portal,
     reconcile_home,
     upload_home_outputs,
 )
@@ -287,18 +289,23 @@ async def fetch(
         shard=shard.label if shard is not None else None,
     )
 
+    # A bucket's client lives on this event loop (the series data path awaits it directly);
+    # the portal lets the journal and the lock, in worker threads, use the same client.
+    portal = await open_portal(out)
     destination = await anyio.to_thread.run_sync(
-        lambda: open_home(out, keep=series_job.keep, policy=policy)
+        lambda: open_home(out, keep=series_job.keep, policy=policy, portal=portal, shard=shard)
     )
-    await anyio.to_thread.run_sync(destination.prepare)
-    if isinstance(destination, Destination):
-        lock: RunLock = await anyio.to_thread.run_sync(
-            lambda: acquire_run_lock(destination.state_dir, run_id=run_id, shard=shard)
-        )
-    elif shard is not None:
-        raise InputError("--shard with an s3:// destination is not supported yet: use a shared filesystem")
-    else:
-        lock = await anyio.to_thread.run_sync(home_lock, destination, run_id)
+    try:
+        await anyio.to_thread.run_sync(destination.prepare)
+        if isinstance(destination, Destination):
+            lock: RunLock = await anyio.to_thread.run_sync(
+                lambda: acquire_run_lock(destination.state_dir, run_id=run_id, shard=shard)
+            )
+        else:
+            lock = await anyio.to_thread.run_sync(home_lock, destination, run_id)
+    except BaseException:
+        await close_home(destination)
+        raise
     journal: Journal | None = None
     worker: SeriesWorker | None = None
     planner: Planner | None = None
@@ -389,8 +396,11 @@ async def fetch(
         raise
     finally:
         with anyio.CancelScope(shield=True):
-            await _finish(report, stats, planner, worker, journal, destination, spec, options, started)
-            await anyio.to_thread.run_sync(lock.release)
+            try:
+                await _finish(report, stats, planner, worker, journal, destination, spec, options, started)
+                await anyio.to_thread.run_sync(lock.release)
+            finally:
+                await close_home(destination)
     return report
 
 

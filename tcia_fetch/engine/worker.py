@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -60,10 +60,11 @@ from tcia_fetch.errors import (
     TciaFetchError,
 )
 from tcia_fetch.plan.model import PlannedSeries
+from tcia_fetch.series.archive import ARCHIVE_SUFFIX
 from tcia_fetch.series.expectation import SeriesExpectation
 from tcia_fetch.series.extract import SeriesExtractor, VerifiedSeries
 from tcia_fetch.series.plausible import check_plausible
-from tcia_fetch.store.home import SeriesHome
+from tcia_fetch.store.home import SeriesHome, StreamedArchive
 from tcia_fetch.store.journal import FileEntry, Journal, SeriesRecord
 from tcia_fetch.store.records import json_safe_metadata
 from tcia_fetch.store.seriespath import SeriesPaths
@@ -279,7 +280,8 @@ class SeriesWorker:
         # The staging directory and the extractor are made in the first thread hop, together with
         # the first batch: a refused request (429) costs no directory, and a tiny series costs one
         # hop for staging, bytes and final checks together.
-        target = _Target(self.destination, item.series_uid, expectation, self.job)
+        assert self.paths is not None
+        target = _Target(self.destination, item.series_uid, expectation, self.job, item.metadata, self.paths)
         budget = self.budget
         read_bytes = budget.read_bytes
         counted = 0
@@ -305,6 +307,7 @@ class SeriesWorker:
                     if not budget.try_acquire(read_bytes):
                         if batch:  # hand over what we hold before waiting for others to
                             await anyio.to_thread.run_sync(target.feed, batch, limiter=self.extractors)
+                            await target.drain()
                             budget.release(held)
                             batch, held = [], 0
                             counted = self._count_progress(target, counted)
@@ -328,6 +331,7 @@ class SeriesWorker:
                     batch.append(chunk)
                     if held >= FEED_BATCH_BYTES:
                         await anyio.to_thread.run_sync(target.feed, batch, limiter=self.extractors)
+                        await target.drain()
                         budget.release(held)
                         batch, held = [], 0
                         counted = self._count_progress(target, counted)
@@ -335,6 +339,7 @@ class SeriesWorker:
             # The last batch and the final checks share one thread hand-off: for the many tiny
             # series of a big manifest that is one of the few per-series costs left to trim.
             verified = await anyio.to_thread.run_sync(target.feed_and_finish, batch, limiter=self.extractors)
+            await target.seal()
             budget.release(held)
             batch, held = [], 0
             self._count_progress(target, counted)
@@ -503,14 +508,24 @@ class _Target:
     """
 
     def __init__(
-        self, destination: SeriesHome, series_uid: str, expectation: SeriesExpectation, job: SeriesJob
+        self,
+        destination: SeriesHome,
+        series_uid: str,
+        expectation: SeriesExpectation,
+        job: SeriesJob,
+        metadata: Mapping[str, object] | None = None,
+        paths: SeriesPaths | None = None,
     ) -> None:
         self._destination = destination
+        self._paths = paths
         self._series_uid = series_uid
         self._expectation = expectation
         self._job = job
+        self._metadata = metadata
         self.staging: Path | None = None
         self._extractor: SeriesExtractor | None = None
+        #: A bucket home: the archive's streamed upload (see BucketDestination.stream_archive).
+        self.stream: StreamedArchive | None = None
 
     @property
     def dicom_bytes(self) -> int:
@@ -520,10 +535,33 @@ class _Target:
         if self._extractor is None:
             self.staging = self._destination.new_staging(self._series_uid)
             job = self._job
+            stream_archive = getattr(self._destination, "stream_archive", None)
+            if stream_archive is not None and job.keep != "dicom" and self._metadata is not None:
+                name = f"{self._series_uid}{ARCHIVE_SUFFIX if job.keep == 'tar.zst' else '.zip'}"
+                # The key the series will be published under: a bucket path is never disambiguated
+                # (keys end with the UID), so choosing now is choosing what publishing will use.
+                paths = self._paths or SeriesPaths(job.layout, self._destination)
+                relative = paths.choose(self._series_uid, self._metadata)
+                self.stream = stream_archive(self.staging, relative, name)
             self._extractor = SeriesExtractor(
-                self._expectation, self.staging, keep=job.keep, require_md5=job.verify_md5, fsync=job.fsync
+                self._expectation,
+                self.staging,
+                keep=job.keep,
+                require_md5=job.verify_md5,
+                fsync=job.fsync,
+                archive_sink=self.stream.write if self.stream is not None else None,
             )
         return self._extractor
+
+    async def drain(self) -> None:
+        """Upload the full parts the last feed produced (a bucket home; on the event loop)."""
+        if self.stream is not None:
+            await self.stream.drain()
+
+    async def seal(self) -> None:
+        """After verification: upload the last part, so that publishing is one short request."""
+        if self.stream is not None:
+            await self.stream.seal()
 
     def feed(self, chunks: list[bytes]) -> None:
         extractor = self._open()

@@ -32,6 +32,7 @@ import contextlib
 import errno
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -76,6 +77,8 @@ MIN_DICOM_FILE_BYTES = DICOM_MAGIC_END
 FileKind = Literal["dicom", "license", "zip", "tar.zst"]
 Keep = Literal["dicom", "zip", "tar.zst"]
 _MemberKind = Literal["dicom", "license", "md5list"]
+#: The "descriptor" of an archive written to an ``archive_sink`` rather than a file (never a real fd).
+_SINK_FD = -1
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: Starts writeback of a file's dirty pages without waiting (Linux; absent elsewhere, where the
@@ -142,6 +145,7 @@ class SeriesExtractor:
         require_md5: bool = True,
         limits: ArchiveLimits | None = None,
         fsync: bool = True,
+        archive_sink: Callable[[memoryview], None] | None = None,
     ) -> None:
         uid = expectation.series_uid
         check_plausible(expectation)
@@ -187,11 +191,16 @@ class SeriesExtractor:
         self._archive: TarZstWriter | None = None
         self._archive_fd: int | None = None
         self._archive_name = f"{uid}{ARCHIVE_SUFFIX}"
+        #: keep zip/tar.zst into an object store: the archive's bytes go to this sink as they are
+        #: produced (a streamed upload) instead of a file in the staging directory.
+        self._archive_sink = archive_sink if keep in ("zip", "tar.zst") else None
         try:
             self._dir_fd = os.open(staging_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
             raise self._storage_error(exc, "cannot open the staging directory", str(staging_dir)) from exc
-        if keep == "zip":
+        if keep == "zip" and self._archive_sink is not None:
+            self._zip_fd = _SINK_FD
+        elif keep == "zip":
             try:
                 self._zip_fd = self._create(zip_name)
             except BaseException:
@@ -199,7 +208,8 @@ class SeriesExtractor:
                 raise
         elif keep == "tar.zst":
             try:
-                self._archive_fd = self._create(self._archive_name)
+                sinking = self._archive_sink is not None
+                self._archive_fd = _SINK_FD if sinking else self._create(self._archive_name)
                 self._archive = TarZstWriter(self._archive_fd, self._write_view)
             except BaseException:
                 self.close()
@@ -243,7 +253,8 @@ class SeriesExtractor:
                 files = (self._finish_archive(),)
             if self._zip_fd is not None:
                 zip_fd, self._zip_fd = self._zip_fd, None
-                self._sync_and_close(zip_fd, self._zip_name)
+                if zip_fd != _SINK_FD:
+                    self._sync_and_close(zip_fd, self._zip_name)
                 files = (VerifiedFile(self._zip_name, self.archive_bytes, self._zip_md5.hexdigest(), "zip"),)
             if self.fsync:
                 self._sync_files()
@@ -278,7 +289,7 @@ class SeriesExtractor:
         if self._current is not None:
             self._current.fd = None
         for fd in descriptors:
-            if fd is not None:
+            if fd is not None and fd != _SINK_FD:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         # Nothing of a finished or failed attempt outlives it: drop the per-member state (the
@@ -479,7 +490,8 @@ class SeriesExtractor:
         except OSError as exc:
             raise self._storage_error(exc, "cannot finish", self._archive_name) from exc
         fd, self._archive_fd = self._archive_fd, None
-        self._sync_and_close(fd, self._archive_name)
+        if fd != _SINK_FD:
+            self._sync_and_close(fd, self._archive_name)
         return VerifiedFile(self._archive_name, size, md5, "tar.zst")
 
     # --- the file system -------------------------------------------------------------------------
@@ -495,6 +507,9 @@ class SeriesExtractor:
 
     def _write(self, fd: int, data: bytes | bytearray | memoryview, name: str) -> None:
         view = memoryview(data)
+        if fd == _SINK_FD and self._archive_sink is not None:
+            self._archive_sink(view)
+            return
         try:
             while view:
                 written = os.write(fd, view)

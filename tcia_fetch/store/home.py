@@ -24,14 +24,19 @@ from tcia_fetch.store.reconcile import Reconciliation, reconcile
 
 if TYPE_CHECKING:
     from tcia_fetch.engine.retry import RetryPolicy
+    from tcia_fetch.plan.shard import Shard
+    from tcia_fetch.store._objstore import LoopCaller
     from tcia_fetch.store.objhome import BucketDestination
 
 __all__ = [
     "RunLock",
     "SeriesHome",
+    "StreamedArchive",
+    "close_home",
     "home_journal",
     "home_lock",
     "open_home",
+    "open_portal",
     "reconcile_home",
     "upload_home_outputs",
 ]
@@ -46,6 +51,16 @@ class SeriesHome(Protocol):
     def replace(self, staging: Path, relative: PurePosixPath) -> object: ...
 
 
+class StreamedArchive(Protocol):
+    """A series archive streamed into a bucket while it downloads (``stream_archive`` of a bucket
+    home): ``write`` in the extractor's thread, ``drain`` between writes and ``seal`` after the
+    series verified on the event loop; the home's ``publish`` completes it, ``discard`` aborts it."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+    async def drain(self) -> None: ...
+    async def seal(self) -> None: ...
+
+
 class RunLock(Protocol):
     def heartbeat(self) -> None: ...
     def release(self) -> None: ...
@@ -53,15 +68,43 @@ class RunLock(Protocol):
 
 
 def open_home(
-    location: DestinationLocation, *, keep: str, policy: RetryPolicy | None = None
+    location: DestinationLocation,
+    *,
+    keep: str,
+    policy: RetryPolicy | None = None,
+    portal: LoopCaller | None = None,
+    shard: Shard | None = None,
 ) -> Destination | BucketDestination:
-    """The home of ``location``, not yet prepared (call ``prepare()``; it checks access)."""
+    """The home of ``location``, not yet prepared (call ``prepare()``; it checks access).
+
+    A bucket's client runs on ``portal``'s event loop (a run passes one on its own loop, see
+    :func:`open_portal`; call this from a worker thread then); ``shard`` picks its lock.
+    """
     if isinstance(location, Path):
         return Destination(location)
     from tcia_fetch.store.objhome import BucketDestination, refuse_unsupported_keep
 
     refuse_unsupported_keep(keep)
-    return BucketDestination(location, policy=policy)
+    return BucketDestination(location, policy=policy, portal=portal, shard=shard)
+
+
+async def open_portal(location: DestinationLocation) -> LoopCaller | None:
+    """For a bucket: a way into the current event loop from worker threads, so that its client
+    lives on this loop (call on the loop)."""
+    if isinstance(location, Path):
+        return None
+    from tcia_fetch.store._objstore import ThisLoop
+
+    return ThisLoop()
+
+
+async def close_home(home: Destination | BucketDestination) -> None:
+    """Close a bucket's client (shielded: this is cleanup). A directory has nothing to close."""
+    import anyio.to_thread
+
+    with anyio.CancelScope(shield=True):
+        if not isinstance(home, Destination):
+            await anyio.to_thread.run_sync(home.close)
 
 
 def home_lock(home: Destination | BucketDestination, run_id: str) -> RunLock:

@@ -2,10 +2,13 @@
 
 Atomicity (the contract, documented in the README): a series is stored as ONE object, its
 verified archive (``keep = "tar.zst"`` or ``"zip"``) at ``<prefix>/<layout path>/<file>``. The
-archive is built and verified completely in a private local staging directory first; only then
-is it uploaded, in one PUT or by a multipart upload that is completed last. S3 makes a key
+archive is streamed into a multipart upload on its final key while the series downloads and
+verifies (:meth:`BucketDestination.stream_archive`: parts of 8 MiB, a few at most in memory, no
+local copy of the archive); the upload is completed only after the series verified, and aborted
+otherwise. An archive smaller than one part is one PUT after verification. S3 makes a key
 visible only when its PUT or CompleteMultipartUpload succeeds, so whoever lists the bucket sees
-a series whole, after it verified, or not at all, even after a SIGKILL. ``keep = "dicom"`` is
+a series whole, after it verified, or not at all, even after a SIGKILL (which leaves the upload
+open and invisible; the next run aborts it). ``keep = "dicom"`` is
 refused for buckets (exit 2): S3 has no atomic multi-object publish, so a lister could see part
 of a series while its objects were copied into place, whatever the staging scheme.
 
@@ -13,9 +16,10 @@ The journal's ``done`` record is written after the upload completed (the worker'
 order: ``verified`` -> publish -> ``done``); reconciliation adopts a series whose object exists
 with the verified size when the run died before ``done``, and a rerun never fetches a committed
 series again. Under the bucket lock, startup aborts every multipart upload left open under the
-prefix (only a dead run can own one) and removes local staging of dead runs.
+prefix (only a dead run can own one; a shard only those of its own series, see
+:meth:`BucketDestination.cleanup_leftovers`) and removes local staging of dead runs.
 
-Local working space (staging, the journal mirror, report files before upload) lives in
+Local working space (the staging of tar.zst members, one at a time; report files before upload) lives in
 ``$TCIA_FETCH_WORK_DIR`` or ``$XDG_CACHE_HOME/tcia-fetch/s3/<bucket>-<hash>`` (``~/.cache/...``).
 """
 
@@ -24,29 +28,41 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.errors import DestinationBusyError, FinalPathExistsError, InputError
 from tcia_fetch.series.archive import ARCHIVE_SUFFIX, check_tar_zst
 from tcia_fetch.store._fs import host_name, pid_is_alive
-from tcia_fetch.store._objstore import ObjectInfo, ObjectStore, open_object_store
+from tcia_fetch.store._objstore import (
+    BlockingObjectStore,
+    LoopCaller,
+    ObjectInfo,
+    StreamedObject,
+    open_object_store,
+)
 from tcia_fetch.store.destination import Destination, _checked_parts
 from tcia_fetch.store.digests import LAST_PLAN_DIGESTS
 from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.location import BucketLocation
-from tcia_fetch.store.lock import DEFAULT_STALE_AFTER_S, _process_start
+from tcia_fetch.store.lock import DEFAULT_STALE_AFTER_S, LOCK_NAME, _process_start
 from tcia_fetch.store.objstate import STATE_PREFIX, ObjectStateStorage
 from tcia_fetch.store.reconcile import Damage, Reconciliation
+from tcia_fetch.store.runlock import lock_name_for
+
+if TYPE_CHECKING:
+    from tcia_fetch.plan.shard import Shard
 
 __all__ = ["BucketDestination", "BucketLock", "refuse_unsupported_keep"]
 
-LOCK_NAME: Final = "lock"
+_SHARD_LOCK: Final = re.compile(r"^lock\.shard-(\d+)-of-(\d+)$")
 #: Files the run writes at the destination root and in the state area, uploaded at the end.
 ROOT_OUTPUTS: Final = ("metadata.csv", "catalog.parquet", "instances.parquet")
 #: In upload order: the plan's digests before the ``last-plan.json`` that names them, so a
@@ -65,7 +81,9 @@ def refuse_unsupported_keep(keep: str) -> None:
         )
 
 
-def default_work_dir(location: BucketLocation) -> Path:
+def default_work_dir(location: BucketLocation, shard: Shard | None = None) -> Path:
+    """The local work dir of a bucket destination; each shard its own, as shards of one array
+    job may share a host (their report mirrors must not mix)."""
     explicit = os.environ.get("TCIA_FETCH_WORK_DIR")
     if explicit:
         base = Path(explicit)
@@ -73,7 +91,8 @@ def default_work_dir(location: BucketLocation) -> Path:
         cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         base = Path(cache) / "tcia-fetch" / "s3"
     digest = hashlib.sha256(location.url.encode("utf-8")).hexdigest()[:12]
-    return base / f"{location.bucket}-{digest}"
+    suffix = f"-{shard.name}" if shard is not None and shard.count > 1 else ""
+    return base / f"{location.bucket}-{digest}{suffix}"
 
 
 class BucketDestination:
@@ -83,14 +102,21 @@ class BucketDestination:
         self,
         location: BucketLocation,
         *,
-        store: ObjectStore | None = None,
+        store: BlockingObjectStore | None = None,
         work_dir: Path | None = None,
         policy: RetryPolicy | None = None,
+        portal: LoopCaller | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.location = location
-        self.store = store or open_object_store(location, policy=policy)
+        self.store = store or open_object_store(location, policy=policy, portal=portal)
+        #: The shard this run is (None: the whole job): its lock, and whose leftovers it may clear.
+        self.shard = shard
+        #: Archives being streamed into the bucket, by the staging directory of their attempt.
+        self._streams: dict[Path, StreamedObject] = {}
+        self._streams_mutex = threading.Lock()
         self.state = ObjectStateStorage(self.store, location)
-        work = work_dir or default_work_dir(location)
+        work = work_dir or default_work_dir(location, shard)
         self._local = Destination(work)
         #: Local mirrors: files written here by the run are uploaded by :meth:`upload_outputs`.
         self.root = self._local.root / "out"
@@ -98,6 +124,10 @@ class BucketDestination:
 
     def __str__(self) -> str:
         return self.location.url
+
+    def close(self) -> None:
+        """Close the object-store client (call from a thread, as every sync method here)."""
+        self.store.close()
 
     # --- setup -----------------------------------------------------------------------------------
 
@@ -117,17 +147,51 @@ class BucketDestination:
         return self._local.new_staging(series_uid)
 
     def discard(self, staging: Path) -> None:
+        """Give up an attempt: abort its streamed upload (nothing was visible) and its staging."""
+        with self._streams_mutex:
+            stream = self._streams.pop(staging, None)
+        if stream is not None:
+            self.store.call(stream.abort)
         self._local.discard(staging)
 
+    def stream_archive(self, staging: Path, relative: PurePosixPath, name: str) -> StreamedObject:
+        """Where the attempt in ``staging`` writes its archive: a multipart upload to the final key.
+
+        The worker writes into it (in its extractor thread), drains full parts on the event loop
+        between writes, seals it once the series verified, and :meth:`publish` completes it.
+        """
+        key = self.final_key(relative, name)
+        stream = self.store.aio.stream(key)
+        # A single write that would buffer several parts (a huge tar member finished at once)
+        # uploads them from the writing thread instead of growing the buffer.
+        stream.overflow = lambda: self.store.call(stream.drain)
+        with self._streams_mutex:
+            self._streams[staging] = stream
+        return stream
+
     def publish(self, staging: Path, relative: PurePosixPath) -> str:
-        """Upload the staged archive to its final key (never over an existing one); return the key."""
+        """Put the verified archive at its final key (never over an existing one); return the key."""
         return self._upload(staging, relative, overwrite=False)
 
     def replace(self, staging: Path, relative: PurePosixPath) -> str:
-        """Swap a damaged series' object for a freshly verified one (one PUT replaces atomically)."""
+        """Swap a damaged series' object for a freshly verified one (completing replaces atomically)."""
         return self._upload(staging, relative, overwrite=True)
 
     def _upload(self, staging: Path, relative: PurePosixPath, *, overwrite: bool) -> str:
+        with self._streams_mutex:
+            stream = self._streams.get(staging)
+        if stream is not None:
+            if not overwrite and self.store.head(stream.key) is not None:
+                raise FinalPathExistsError(
+                    f"s3://{self.store.bucket}/{stream.key} already exists; tcia-fetch never overwrites an "
+                    "object it did not record (remove it, or use --repair for a series this destination "
+                    "recorded)"
+                )
+            self.store.call(stream.commit)
+            with self._streams_mutex:
+                self._streams.pop(staging, None)
+            self._local.discard(staging)
+            return stream.key
         files = sorted(staging.iterdir())
         if len(files) != 1 or not files[0].is_file():
             raise InputError("a bucket destination stores one archive per series (keep zip or tar.zst)")
@@ -144,16 +208,33 @@ class BucketDestination:
     # --- leftovers ----------------------------------------------------------------------------------
 
     def cleanup_leftovers(self) -> int:
-        """Local staging of dead runs, and every multipart upload left open under the prefix.
+        """Local staging of dead runs, and the multipart uploads dead runs left open under the prefix.
 
-        Called under the bucket lock, so no live run of ours can own an open upload here.
+        Called under the run's bucket lock. A whole-job run runs alone (shards are refused while
+        it holds its lock), so every open upload is a dead run's. A shard runs beside the other
+        shards, so it aborts only the uploads of ITS series (the archive is named after the series
+        UID, and its shard holds no other live process), and state-area uploads (a snapshot) only
+        once they are older than the stale-lock age: a live shard may be writing one.
         """
         removed = self._local.cleanup_leftovers()
         prefix = self.location.prefix + "/" if self.location.prefix else ""
+        state = self.location.key(STATE_PREFIX) + "/"
         for upload in self.store.open_uploads(prefix):
+            if self.shard is not None and not self._shard_may_abort(upload.key, upload.initiated, state):
+                continue
             self.store.abort_upload(upload.key, upload.upload_id)
             removed += 1
         return removed
+
+    def _shard_may_abort(self, key: str, initiated: float, state: str) -> bool:
+        assert self.shard is not None
+        if key.startswith(state):
+            return time.time() - initiated > DEFAULT_STALE_AFTER_S
+        name = key.rsplit("/", 1)[-1]
+        for suffix in (ARCHIVE_SUFFIX, ".zip"):
+            if name.endswith(suffix):
+                return self.shard.owns(name[: -len(suffix)])
+        return False
 
     # --- run state ---------------------------------------------------------------------------------
 
@@ -161,8 +242,79 @@ class BucketDestination:
         """The run journal, read from and appended to in the bucket (any machine can resume)."""
         return Journal.open(self.state, run_id=run_id)
 
-    def acquire_lock(self, run_id: str) -> BucketLock:
-        return BucketLock.acquire(self, run_id=run_id)
+    def acquire_lock(self, run_id: str, *, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> BucketLock:
+        """This run's lock: ``lock`` (whole job) or ``lock.shard-K-of-N``, as on disk (store.runlock).
+
+        Shards of one split run side by side; a second process on the same shard is refused with
+        who holds it; a whole-job run and shards (or shards of another N) refuse each other. Each
+        run takes its own lock first, then looks for live locks of the other kind and, seeing
+        one, lets go of its own and refuses: two racing runs may both refuse, never both run.
+        """
+        lock = BucketLock.acquire(
+            self, run_id=run_id, stale_after_s=stale_after_s, name=lock_name_for(self.shard)
+        )
+        try:
+            conflict = self._lock_conflict(stale_after_s)
+        except BaseException:
+            lock.release()
+            raise
+        if conflict is not None:
+            lock.release()
+            raise DestinationBusyError(conflict)
+        return lock
+
+    def live_locks(self, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> list[tuple[str, Shard | None, str]]:
+        """(name, shard or None for the whole job, holder) of every lock in the bucket still held."""
+        from tcia_fetch.plan.shard import Shard
+
+        found: list[tuple[str, Shard | None, str]] = []
+        root = self.location.key(STATE_PREFIX) + "/"
+        for info in self.store.list(root + LOCK_NAME):
+            name = info.key[len(root) :]
+            shard: Shard | None = None
+            if name != LOCK_NAME:
+                match = _SHARD_LOCK.match(name)
+                if match is None:
+                    continue
+                index, count = int(match.group(1)), int(match.group(2))
+                if not 0 <= index < count:
+                    continue
+                shard = Shard(index, count)
+            data = self.state.read(name)
+            if data is None:
+                continue
+            if time.time() - info.modified > stale_after_s or _holder_died_here(data):
+                continue
+            found.append((name, shard, _holder(data)))
+        return found
+
+    def _lock_conflict(self, stale_after_s: float) -> str | None:
+        mine = lock_name_for(self.shard)
+        sharded = self.shard is not None and self.shard.count > 1
+        for name, other, holder in self.live_locks(stale_after_s):
+            if name == mine:
+                continue
+            if other is None:
+                if sharded:
+                    return (
+                        f"{self.location.url} is in use by a whole-job run ({holder}); shards and a "
+                        "whole-job run never share a destination: wait for it to finish, or stop it and "
+                        "run the shards"
+                    )
+                continue
+            if not sharded:
+                return (
+                    f"{self.location.url} is in use by shard {other.label} ({holder}); a whole-job run "
+                    "waits until every shard of the split has finished (tcia-fetch status shows which "
+                    "are running)"
+                )
+            assert self.shard is not None
+            if other.count != self.shard.count:
+                return (
+                    f"{self.location.url} is in use by shard {other.label} of a split into {other.count}, "
+                    f"not {self.shard.count} ({holder}); every shard of one destination must use the same N"
+                )
+        return None
 
     def upload_outputs(self) -> None:
         """Upload metadata.csv, the catalog and the report files the run wrote locally."""
@@ -171,13 +323,18 @@ class BucketDestination:
             if path.is_file():
                 self.store.upload_file(self.location.key(name), path)
                 path.unlink(missing_ok=True)  # a spool, not a cache: never uploaded twice
-        for name in STATE_OUTPUTS:
-            path = self.state_dir / name
-            if path.is_file():
-                self.state.write(name, path.read_bytes())
-                # The local copy is only a mirror for this upload: a later run that writes no plan
-                # (interrupted) must not upload this one again over a newer run's from elsewhere.
-                path.unlink(missing_ok=True)
+        # STATE_OUTPUTS, or a shard's own ``last-report.shard-K-of-N.json`` and plan: every file
+        # the run left in the state mirror, the plan digests before the plans that name them.
+        def order(path: Path) -> tuple[bool, bool, str]:
+            return (not path.name.endswith(".digests"), path.name.startswith("last-plan"), path.name)
+
+        files = (p for p in self.state_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        written = sorted(files, key=order)
+        for path in written:
+            self.state.write(path.name, path.read_bytes())
+            # The local copy is only a mirror for this upload: a later run that writes no plan
+            # (interrupted) must not upload this one again over a newer run's from elsewhere.
+            path.unlink(missing_ok=True)
         reports = self.state_dir / "reports"
         if reports.is_dir():
             for path in sorted(reports.iterdir()):
@@ -301,10 +458,17 @@ class BucketLock:
     token: str
     body: dict[str, object]
     released: bool = False
+    #: ``lock`` for a whole-job run, ``lock.shard-K-of-N`` for a shard (store.runlock's names).
+    name: str = LOCK_NAME
 
     @classmethod
     def acquire(
-        cls, home: BucketDestination, *, run_id: str, stale_after_s: float = DEFAULT_STALE_AFTER_S
+        cls,
+        home: BucketDestination,
+        *,
+        run_id: str,
+        stale_after_s: float = DEFAULT_STALE_AFTER_S,
+        name: str = LOCK_NAME,
     ) -> BucketLock:
         token = secrets.token_hex(8)
         body: dict[str, object] = {
@@ -315,14 +479,14 @@ class BucketLock:
             "started_at": time.time(),
             "token": token,
         }
-        key = home.location.key(f"{STATE_PREFIX}/{LOCK_NAME}")
+        key = home.location.key(f"{STATE_PREFIX}/{name}")
         for _ in range(5):
-            if home.state.create(LOCK_NAME, json.dumps(body).encode("utf-8")):
-                return cls(home, token, body)
+            if home.state.create(name, json.dumps(body).encode("utf-8")):
+                return cls(home, token, body, name=name)
             info = home.store.head(key)
             if info is None:
                 continue  # released meanwhile
-            data = home.state.read(LOCK_NAME)
+            data = home.state.read(name)
             if data is None:
                 continue  # released meanwhile
             age = time.time() - info.modified
@@ -335,25 +499,25 @@ class BucketLock:
             # Dead (this host) or stale by age: take it over, unless it changed since it was judged.
             now = home.store.head(key)
             if now is not None and now.etag == info.etag:
-                home.state.delete(LOCK_NAME)
+                home.state.delete(name)
         raise DestinationBusyError(f"could not take the lock of {home.location.url}: other runs keep racing")
 
     def heartbeat(self) -> None:
-        current = self.home.state.read(LOCK_NAME)
+        current = self.home.state.read(self.name)
         if current is None or _token(current) != self.token:
             raise DestinationBusyError(
                 f"lost the lock of {self.home.location.url}: {_holder(current)} took it"
             )
         self.body["heartbeat_at"] = time.time()
-        self.home.state.write(LOCK_NAME, json.dumps(self.body).encode("utf-8"))
+        self.home.state.write(self.name, json.dumps(self.body).encode("utf-8"))
 
     def release(self) -> None:
         if self.released:
             return
         self.released = True
-        current = self.home.state.read(LOCK_NAME)
+        current = self.home.state.read(self.name)
         if current is not None and _token(current) == self.token:
-            self.home.state.delete(LOCK_NAME)
+            self.home.state.delete(self.name)
 
 
 def _token(data: bytes) -> object:

@@ -9,21 +9,20 @@ Implements :class:`~tcia_fetch.store.statestore.StateStorage` over :mod:`tcia_fe
   up to its last acknowledged append, exactly like a fsynced local segment;
 * ``version`` is the ETag.
 
-Synchronous; called from worker threads like the local storage.
+Synchronous; called from worker threads like the local storage (each call waits in its thread
+while the request runs on the event loop, see :class:`~tcia_fetch.store._objstore.BlockingObjectStore`).
 """
 
 from __future__ import annotations
 
 import builtins
 import io
-import tempfile
 import threading
 from collections.abc import Iterable
-from pathlib import Path
 from typing import BinaryIO, Final
 
 from tcia_fetch.errors import JournalError
-from tcia_fetch.store._objstore import ObjectStore
+from tcia_fetch.store._objstore import BlockingObjectStore
 from tcia_fetch.store.location import BucketLocation
 
 __all__ = ["STATE_PREFIX", "ObjectStateStorage"]
@@ -35,7 +34,7 @@ _SEQ_DIGITS: Final = 12
 class ObjectStateStorage:
     """The state area ``s3://bucket/<prefix>/.tcia-fetch/`` of one destination."""
 
-    def __init__(self, store: ObjectStore, location: BucketLocation) -> None:
+    def __init__(self, store: BlockingObjectStore, location: BucketLocation) -> None:
         self._store = store
         self._root = location.key(STATE_PREFIX) + "/"
         self._location = location
@@ -66,15 +65,10 @@ class ObjectStateStorage:
         self._store.put(self._key(name), data)
 
     def write_from(self, name: str, chunks: Iterable[bytes]) -> None:
-        """Atomic replace from chunks (a large snapshot): spooled to a local temporary file, so
-        memory stays bounded, then one upload (multipart when large); the key changes only when
-        the upload completes."""
-        with tempfile.TemporaryDirectory(prefix="tcia-fetch-state-") as scratch:
-            path = Path(scratch) / "object"
-            with open(path, "wb") as stream:
-                for chunk in chunks:
-                    stream.write(chunk)
-            self._store.upload_file(self._key(name), path)
+        """Atomic replace from chunks (a large snapshot): streamed into a multipart upload as they
+        come (one part in memory, no local copy), one PUT when small; the key changes only when
+        the upload completes, and a failing producer aborts it."""
+        self._store.upload_chunks(self._key(name), iter(chunks))
 
     def create(self, name: str, data: bytes) -> bool:
         return self._store.put(self._key(name), data, if_absent=True)

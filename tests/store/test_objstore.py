@@ -55,7 +55,7 @@ def test_credentials_from_a_profile_in_the_shared_files(
     monkeypatch.setenv("AWS_PROFILE", "lab")
     store = open_object_store(BucketLocation("chain", ""), policy=RetryPolicy(testing=True))
     store.check_bucket()
-    assert store._client.meta.region_name == "eu-west-3"
+    assert store.region == "eu-west-3"
 
 
 def test_aws_region_is_honoured(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,7 +63,7 @@ def test_aws_region_is_honoured(clean_env: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
     monkeypatch.setenv("AWS_REGION", "ap-southeast-2")
     store = open_object_store(BucketLocation("chain", ""), policy=RetryPolicy(testing=True))
-    assert store._client.meta.region_name == "ap-southeast-2"
+    assert store.region == "ap-southeast-2"
     store.check_bucket()
 
 
