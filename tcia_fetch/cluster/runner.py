@@ -28,10 +28,11 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import anyio
 import anyio.to_thread
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from tcia_fetch.api.client import NBIAClient
 from tcia_fetch.cluster import _distributed
@@ -40,6 +41,7 @@ from tcia_fetch.cluster.remote import (
     WorkerConfig,
     close_runtime,
     fetch_series,
+    open_runtime,
     probe_destination,
     series_payload,
 )
@@ -48,6 +50,7 @@ from tcia_fetch.engine.report import RunEvent, RunReport, RunStats, SeriesFailur
 from tcia_fetch.engine.run import (
     RunOptions,
     _as_job,
+    _first_fatal,
     _new_run_id,
     _path,
     _retry_policy,
@@ -134,67 +137,74 @@ async def fetch_on_cluster(
         max_rps = options.max_requests_per_s or spec.download.max_requests_per_s or None
         max_bps = options.max_bytes_per_s or spec.download.max_bytes_per_s or None
         workers_hint = address.local_workers or 1
-        async with _distributed.connect(
-            address, threads_per_worker=_distributed.threads_for(concurrency, workers_hint)
-        ) as cluster:
-            scheduler_address = cluster.address
-            workers = await cluster.workers()
-            if not workers:
-                raise ClusterError(f"the Dask cluster at {scheduler_address} has no workers")
-            await _check_shared_destination(cluster, destination)
-            config = WorkerConfig(
-                run_id=run_id,
-                root=str(destination.root),
-                settings=settings,
-                series_job=series_job,
+        window = max(2, concurrency * _WINDOW_PER_SLOT)
+        # Planned series wait here for the cluster (at most a window of them: a 600,000-series
+        # job is never held in memory); the planner runs while the cluster starts.
+        send, receive = anyio.create_memory_object_stream[PlannedSeries](max_buffer_size=window)
+        async with NBIAClient(settings) as client:
+            planner = Planner(
+                client,
+                spec,
                 retry_policy=policy,
-                concurrency=concurrency,
-                max_requests_per_s=split_rate(max_rps, len(workers)),
-                max_bytes_per_s=split_rate(max_bps, len(workers)),
-                damaged=damaged,
+                clock=clock,
+                skip_uids=done_uids,
+                only_uids=only,
+                options=planner_options(layout, settings, client),
             )
-            semaphore = await cluster.semaphore(f"tcia-fetch-{run_id}", concurrency)
-            async with NBIAClient(settings) as client:
-                planner = Planner(
-                    client,
-                    spec,
-                    retry_policy=policy,
-                    clock=clock,
-                    skip_uids=done_uids,
-                    only_uids=only,
-                    options=planner_options(layout, settings, client),
-                )
-                items: list[PlannedSeries] = []
-
-                async def collect(item: PlannedSeries) -> None:
-                    stats.planned_series += 1
-                    stats.planned_bytes += item.expectation.total_bytes
-                    items.append(item)
-
-                await planner.run(collect)
-                stats.planning_done = True
-                stats.skipped_series = planner.skipped_count
-            try:
-                async with anyio.create_task_group() as group:
-                    group.start_soon(_keep_lock_alive, lock.heartbeat)
-                    await _run_tasks(
-                        cluster, items, config, semaphore, concurrency, stats, failures, on_event
+            async with anyio.create_task_group() as group:
+                group.start_soon(_keep_lock_alive, lock.heartbeat)
+                group.start_soon(_plan_into, planner, send, stats)
+                async with _distributed.connect(
+                    address, threads_per_worker=_distributed.threads_for(concurrency, workers_hint)
+                ) as cluster:
+                    scheduler_address = cluster.address
+                    workers = await cluster.workers()
+                    if not workers:
+                        raise ClusterError(f"the Dask cluster at {scheduler_address} has no workers")
+                    await _check_shared_destination(cluster, destination)
+                    semaphore = await cluster.semaphore(f"tcia-fetch-{run_id}", concurrency)
+                    config = WorkerConfig(
+                        run_id=run_id,
+                        root=str(destination.root),
+                        settings=settings,
+                        series_job=series_job,
+                        retry_policy=policy,
+                        concurrency=concurrency,
+                        slots=min(concurrency, max(workers.values())),
+                        max_requests_per_s=split_rate(max_rps, len(workers)),
+                        max_bytes_per_s=split_rate(max_bps, len(workers)),
+                        damaged=damaged,
+                        semaphore=semaphore,
                     )
-                    group.cancel_scope.cancel()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await cluster.run_on_workers(close_runtime, run_id)
+                    try:
+                        # Beside the first tasks (which wait for it on their worker). A failure
+                        # here is not the run's: the same error reaches each task and is
+                        # reported per series, where it belongs.
+                        group.start_soon(cluster.run_on_workers, open_runtime, config)
+                        await _run_tasks(cluster, receive, config, window, stats, failures, on_event)
+                    finally:
+                        with anyio.CancelScope(shield=True):
+                            await cluster.run_on_workers(close_runtime, run_id)
+                group.cancel_scope.cancel()
+            stats.concurrency_limit = concurrency
         report.engine = {
             "scheduler": scheduler_address if address.url else address.describe(),
             "workers": len(workers),
             "concurrency_cap": concurrency,
             "cluster_semaphore_max_leases": concurrency,
+            "slots_per_worker": config.slots,
             "max_requests_per_s_per_worker": config.max_requests_per_s,
             "max_bytes_per_s_per_worker": config.max_bytes_per_s,
         }
     except anyio.get_cancelled_exc_class():
         report.interrupted = True
         raise
+    except BaseExceptionGroup as group:  # the run's task group: planner, lock, tasks
+        fatal = _first_fatal(group)
+        if fatal is None:
+            raise
+        report.fatal_error = str(fatal)
+        raise fatal from None
     except TciaFetchError as exc:
         report.fatal_error = str(exc)
         raise
@@ -233,67 +243,98 @@ def _remove_probes(state_dir: Path, name: str) -> None:
         path.unlink(missing_ok=True)
 
 
+async def _plan_into(planner: Planner, send: ObjectSendStream[PlannedSeries], stats: RunStats) -> None:
+    async with send:
+
+        async def emit(item: PlannedSeries) -> None:
+            stats.planned_series += 1
+            stats.planned_bytes += item.expectation.total_bytes
+            await send.send(item)
+
+        await planner.run(emit)
+        stats.planning_done = True
+        stats.skipped_series = planner.skipped_count
+
+
 async def _run_tasks(
     cluster: _distributed.Cluster,
-    items: list[PlannedSeries],
+    planned: ObjectReceiveStream[PlannedSeries],
     config: WorkerConfig,
-    semaphore: Any,
-    concurrency: int,
+    window: int,
     stats: RunStats,
     failures: list[SeriesFailure],
     on_event: Callable[[RunEvent], None] | None,
 ) -> None:
-    """Submit in a bounded window and fold every outcome into ``stats`` and ``failures``."""
-    window = max(2, concurrency * _WINDOW_PER_SLOT)
+    """Submit series as they are planned, at most ``window`` on the scheduler at once, and fold
+    every outcome into ``stats`` and ``failures``.
+
+    Two tasks: the submitter never waits for a completion to hand a newly planned series over
+    (so slots do not idle while the planner is slower than the downloads), and the collector
+    takes exactly one completion per submitted task (one notice each), so it never waits on an
+    empty set.
+    """
     by_key: dict[str, PlannedSeries] = {}
-    queue = iter(items)
+    room = anyio.Semaphore(window)
+    notices, notified = anyio.create_memory_object_stream[None](max_buffer_size=window)
 
-    def submit_more() -> None:
-        while cluster.pending < window:
-            item = next(queue, None)
-            if item is None:
-                return
-            key = f"tcia-fetch-{item.series_uid}-{config.run_id}"
-            by_key[key] = item
-            cluster.submit(
-                fetch_series, series_payload(item), config, semaphore, key=key, retries=_TASK_RETRIES
-            )
+    async def submit_all() -> None:
+        async with notices, planned:
+            async for item in planned:
+                await room.acquire()
+                key = f"tcia-fetch-{item.series_uid}-{config.run_id}"
+                by_key[key] = item
+                cluster.submit(fetch_series, series_payload(item), config, key=key, retries=_TASK_RETRIES)
+                await notices.send(None)
 
-    submit_more()
-    stats.concurrency_limit = concurrency
-    while cluster.pending:
-        outcome = await cluster.next_completed()
-        item = by_key.pop(outcome.key)
-        result = outcome.result
-        if outcome.error is not None:
-            failures.append(SeriesFailure(item.series_uid, outcome.error, "cluster", 0, item.origin))
-            stats.failed_series += 1
-            _emit(on_event, RunEvent("failed", item.series_uid, outcome.error))
-        elif result.get("fatal"):
-            raise ClusterError(f"worker {result.get('worker')}: {result['fatal']}")
-        elif result.get("done"):
-            stats.done_series += 1
-            stats.done_bytes += int(result.get("dicom_bytes", 0))
-            stats.dicom_bytes += int(result.get("dicom_bytes", 0))
-            stats.archive_bytes += int(result.get("archive_bytes", 0))
-            _emit(on_event, RunEvent("done", item.series_uid, "adopted" if result.get("adopted") else ""))
-        else:
-            failure = result.get("failure") or {}
-            failures.append(
-                SeriesFailure(
-                    item.series_uid,
-                    str(failure.get("reason", "failed")),
-                    str(failure.get("reference", "error")),
-                    int(failure.get("attempts", 0)),
-                    item.origin,
-                )
+    async def collect_all() -> None:
+        async with notified:
+            async for _ in notified:
+                outcome = await cluster.next_completed()
+                room.release()
+                _fold(by_key.pop(outcome.key), outcome, stats, failures, on_event)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(submit_all)
+        group.start_soon(collect_all)
+
+
+def _fold(
+    item: PlannedSeries,
+    outcome: _distributed.TaskOutcome,
+    stats: RunStats,
+    failures: list[SeriesFailure],
+    on_event: Callable[[RunEvent], None] | None,
+) -> None:
+    """One task's outcome into the run's figures (a fatal error on a worker ends the run)."""
+    result = outcome.result
+    if outcome.error is not None:
+        failures.append(SeriesFailure(item.series_uid, outcome.error, "cluster", 0, item.origin))
+        stats.failed_series += 1
+        _emit(on_event, RunEvent("failed", item.series_uid, outcome.error))
+        return
+    if result.get("fatal"):
+        raise ClusterError(f"worker {result.get('worker')}: {result['fatal']}")
+    if result.get("done"):
+        stats.done_series += 1
+        stats.done_bytes += int(result.get("dicom_bytes", 0))
+        stats.dicom_bytes += int(result.get("dicom_bytes", 0))
+        stats.archive_bytes += int(result.get("archive_bytes", 0))
+        _emit(on_event, RunEvent("done", item.series_uid, "adopted" if result.get("adopted") else ""))
+    else:
+        failure = result.get("failure") or {}
+        failures.append(
+            SeriesFailure(
+                item.series_uid,
+                str(failure.get("reason", "failed")),
+                str(failure.get("reference", "error")),
+                int(failure.get("attempts", 0)),
+                item.origin,
             )
-            stats.failed_series += 1
-            _emit(on_event, RunEvent("failed", item.series_uid, str(failure.get("reason", ""))))
-        if result is not None:
-            stats.retries += int(result.get("retries", 0))
-            stats.throttled += int(result.get("throttled", 0))
-        submit_more()
+        )
+        stats.failed_series += 1
+        _emit(on_event, RunEvent("failed", item.series_uid, str(failure.get("reason", ""))))
+    stats.retries += int(result.get("retries", 0))
+    stats.throttled += int(result.get("throttled", 0))
 
 
 async def _keep_lock_alive(heartbeat: Callable[[], None]) -> None:

@@ -37,11 +37,8 @@ from tcia_fetch._loop import run_sync
 from tcia_fetch.api.client import NBIAClient
 from tcia_fetch.cluster.address import parse_scheduler
 from tcia_fetch.config import DEFAULT_BASE_URL, ClientSettings, load_client_settings
-from tcia_fetch.engine.breaker import CircuitBreaker
-from tcia_fetch.engine.budget import budget_for
 from tcia_fetch.engine.clock import Clock, SystemClock
-from tcia_fetch.engine.concurrency import AdaptiveLimiter
-from tcia_fetch.engine.pacer import ByteRateLimiter, Pacer
+from tcia_fetch.engine.controls import pacing_controls
 from tcia_fetch.engine.report import RunEvent, RunReport, RunStats, SeriesFailure
 from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.engine.worker import SeriesJob, SeriesWorker
@@ -76,8 +73,6 @@ if TYPE_CHECKING:
 __all__ = ["RunOptions", "fetch", "plan", "resolve_client_settings", "run"]
 
 _HEARTBEAT_S = 30.0
-#: An outage longer than this ends the run (exit 3) instead of waiting forever on a login node.
-_MAX_OUTAGE_S = 1800.0
 #: How long a finishing run waits for another process's compaction (a shard) before giving up.
 _FINISH_LEASE_WAIT_S = 600.0
 _CATALOG_TIMEOUT_S = 3600.0
@@ -305,10 +300,12 @@ async def fetch(
         if shard is not None:  # the budget is the job's: each shard takes its share
             max_rps = split_rate(max_rps, shard.count)
             max_bps = split_rate(max_bps, shard.count)
-        limiter = AdaptiveLimiter(concurrency, clock=clock)
-        budget = budget_for(concurrency)
+        controls = pacing_controls(
+            concurrency, max_requests_per_s=max_rps, max_bytes_per_s=max_bps, clock=clock
+        )
+        limiter = controls.limiter
         async with NBIAClient(
-            settings, download_slots=concurrency, download_read_bytes=budget.read_bytes
+            settings, download_slots=concurrency, download_read_bytes=controls.budget.read_bytes
         ) as client:
             planner = Planner(
                 client,
@@ -328,16 +325,14 @@ async def fetch(
                 run_id=run_id,
                 retry_policy=policy,
                 clock=clock,
-                pacer=Pacer(clock, max_requests_per_s=max_rps),
+                pacer=controls.pacer,
                 limiter=limiter,
-                breaker=CircuitBreaker(
-                    clock, max_outage_s=_MAX_OUTAGE_S, on_close=lambda: limiter.restart(1)
-                ),
-                bandwidth=ByteRateLimiter(max_bps, clock) if max_bps else None,
+                breaker=controls.breaker,
+                bandwidth=controls.bandwidth,
                 stats=stats,
                 on_event=on_event,
                 damaged=damaged,
-                budget=budget,
+                budget=controls.budget,
             )
             await _run_pool(planner, worker, concurrency, lock.heartbeat, stats)
         report.engine = {
