@@ -43,7 +43,7 @@ from tcia_fetch.engine.controls import pacing_controls
 from tcia_fetch.engine.report import RunStats
 from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.engine.worker import SeriesJob, SeriesWorker
-from tcia_fetch.errors import TciaFetchError
+from tcia_fetch.errors import ClusterError, TciaFetchError
 from tcia_fetch.plan.model import PlannedSeries
 from tcia_fetch.series.expectation import SeriesExpectation
 from tcia_fetch.store._fs import host_name
@@ -66,6 +66,8 @@ __all__ = [
 _LEASE_LINGER_S: Final = 0.5
 _RUNTIMES: dict[str, _Runtime] = {}
 _RUNTIMES_LOCK = threading.Lock()
+#: Runs closed on this worker process (a few bytes each; a worker process outlives many runs).
+_CLOSED_RUNS: set[str] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,22 +144,26 @@ async def open_runtime(config: WorkerConfig) -> None:
     await anyio.to_thread.run_sync(_runtime, config)
 
 
-async def close_runtime(run_id: str) -> bool:
+async def close_runtime(run_id: str) -> dict[str, int] | None:
     """Run on every worker at the end: close the session, seal this worker's journal segment and
-    return its leases. On a thread: returning a lease is a blocking call through the worker's
-    loop, which must not be the caller."""
+    return its leases; this worker's lease figures (None if it had no runtime). On a thread:
+    returning a lease is a blocking call through the worker's loop, which must not be the caller."""
     with _RUNTIMES_LOCK:
         runtime = _RUNTIMES.pop(run_id, None)
+        _CLOSED_RUNS.add(run_id)
     if runtime is None:
-        return False
+        return None
     await anyio.to_thread.run_sync(runtime.close)
-    return True
+    figures = runtime.leases.statistics()
+    return {"acquired": figures.acquired, "reused": figures.reused, "released": figures.released}
 
 
 def _runtime(config: WorkerConfig) -> _Runtime:
     with _RUNTIMES_LOCK:
         runtime = _RUNTIMES.get(config.run_id)
         if runtime is None:
+            if config.run_id in _CLOSED_RUNS:  # a late warm-up: nothing may reopen a closed run
+                raise ClusterError(f"run {config.run_id} is over on this worker")
             runtime = _Runtime(config)
             _RUNTIMES[config.run_id] = runtime
         return runtime

@@ -7,7 +7,8 @@ everything. The downloads are Dask tasks, one per series, running the ordinary `
 the workers (remote.py). The politeness budget stays the job's:
 
 * at most ``--concurrency`` downloads are in flight on the whole cluster: every task holds a lease
-  of one ``distributed.Semaphore(max_leases=concurrency)`` while it downloads (a dead worker's
+  of one ``distributed.Semaphore(max_leases=concurrency)`` while it downloads (a worker hands its
+  leases from one series to the next and returns the idle ones, leases.py; a dead worker's
   leases expire and return to the pool);
 * ``--max-rate`` and ``--max-bandwidth`` are split evenly over the workers connected at the start.
 
@@ -16,6 +17,11 @@ submitted, the client writes a probe with a random nonce into the state director
 worker must read it back and answer with a file of its own, or the run stops and says which
 worker sees something else. Tasks are submitted in a bounded window (a few per download slot),
 so a 600,000-series job does not put 600,000 tasks on the scheduler at once.
+
+Time before the first byte is what made a Dask run slower than one process (issue 11): so the
+planner runs while the cluster starts (one task group: the planner, the lock's heartbeat, the
+submitter and the collector), planned series go to the cluster as they come, and each worker's
+runtime (session, journal writer) is opened as soon as the worker is known.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import functools
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -78,6 +84,8 @@ _WINDOW_PER_SLOT: Final = 4
 #: Task retries for errors raised inside a task (a dead worker is retried by the scheduler itself).
 _TASK_RETRIES: Final = 2
 _HEARTBEAT_S: Final = 30.0
+#: How long the end of a run waits for the workers' runtimes to finish opening before closing them.
+_WARM_UP_WAIT_S: Final = 60.0
 
 
 async def fetch_on_cluster(
@@ -176,15 +184,15 @@ async def fetch_on_cluster(
                         damaged=damaged,
                         semaphore=semaphore,
                     )
+                    warmed = anyio.Event()
                     try:
-                        # Beside the first tasks (which wait for it on their worker). A failure
-                        # here is not the run's: the same error reaches each task and is
-                        # reported per series, where it belongs.
-                        group.start_soon(cluster.run_on_workers, open_runtime, config)
+                        group.start_soon(_warm_up, cluster, config, warmed)
                         await _run_tasks(cluster, receive, config, window, stats, failures, on_event)
                     finally:
                         with anyio.CancelScope(shield=True):
-                            await cluster.run_on_workers(close_runtime, run_id)
+                            with anyio.move_on_after(_WARM_UP_WAIT_S):
+                                await warmed.wait()  # never close a runtime still opening
+                            closed = await cluster.run_on_workers(close_runtime, run_id)
                 group.cancel_scope.cancel()
             stats.concurrency_limit = concurrency
         report.engine = {
@@ -193,14 +201,16 @@ async def fetch_on_cluster(
             "concurrency_cap": concurrency,
             "cluster_semaphore_max_leases": concurrency,
             "slots_per_worker": config.slots,
+            # Leases of the semaphore taken from the scheduler vs handed on within a worker.
+            "leases": _lease_figures(closed.values()),
             "max_requests_per_s_per_worker": config.max_requests_per_s,
             "max_bytes_per_s_per_worker": config.max_bytes_per_s,
         }
     except anyio.get_cancelled_exc_class():
         report.interrupted = True
         raise
-    except BaseExceptionGroup as group:  # the run's task group: planner, lock, tasks
-        fatal = _first_fatal(group)
+    except BaseExceptionGroup as errors:  # the run's task group: planner, lock, tasks
+        fatal = _first_fatal(errors)
         if fatal is None:
             raise
         report.fatal_error = str(fatal)
@@ -241,6 +251,17 @@ async def _check_shared_destination(cluster: _distributed.Cluster, destination: 
 def _remove_probes(state_dir: Path, name: str) -> None:
     for path in state_dir.glob(f"{name}*"):
         path.unlink(missing_ok=True)
+
+
+async def _warm_up(cluster: _distributed.Cluster, config: WorkerConfig, warmed: anyio.Event) -> None:
+    """Open every worker's runtime beside the first tasks (which wait for it on their worker).
+
+    A failure here is not the run's: the same error reaches each task and is reported per
+    series, where it belongs."""
+    try:
+        await cluster.run_on_workers(open_runtime, config)
+    finally:
+        warmed.set()
 
 
 async def _plan_into(planner: Planner, send: ObjectSendStream[PlannedSeries], stats: RunStats) -> None:
@@ -335,6 +356,15 @@ def _fold(
         _emit(on_event, RunEvent("failed", item.series_uid, str(failure.get("reason", ""))))
     stats.retries += int(result.get("retries", 0))
     stats.throttled += int(result.get("throttled", 0))
+
+
+def _lease_figures(results: Iterable[object]) -> dict[str, int]:
+    totals = {"acquired": 0, "reused": 0, "released": 0}
+    for result in results:
+        if isinstance(result, dict):
+            for name in totals:
+                totals[name] += int(result.get(name, 0))
+    return totals
 
 
 async def _keep_lock_alive(heartbeat: Callable[[], None]) -> None:

@@ -127,6 +127,12 @@ def test_a_local_cluster_run_downloads_everything_reports_once_and_resumes(tmp_p
         assert (report.planned, report.done, report.failed) == (len(uids), len(uids), 0)
         assert report.engine["workers"] == 2
         assert report.engine["cluster_semaphore_max_leases"] == 3
+        # Every series ran under a lease (taken from the scheduler or handed on within a
+        # worker), and every lease went back at the end. (How often one is handed on depends
+        # on timing: tests/cluster/test_leases.py checks that deterministically.)
+        leases = report.engine["leases"]
+        assert leases["acquired"] + leases["reused"] == len(uids)
+        assert leases["acquired"] >= 1 and leases["released"] == leases["acquired"]
         with (out / "metadata.csv").open(newline="", encoding="utf-8") as handle:
             assert sorted(row["Series UID"] for row in csv.DictReader(handle)) == uids
         again = run_on_cluster(job, options, "local:1")
