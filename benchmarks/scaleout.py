@@ -66,15 +66,15 @@ def _measure(
 ) -> dict[str, object]:
     job = _job(workdir / f"job-{budget}.toml", options, budget)
     out = workdir / f"out-{label}-{budget}-{shards}"
-    with FakeServer.start(options, workdir / f"server-{label}-{budget}-{shards}") as server:
+    with (
+        FakeServer.start(options, workdir / f"server-{label}-{budget}-{shards}") as server,
+        _scheduler_for(scheduler, budget) as address,  # a tcp:N cluster starts before the clock
+    ):
         base = [sys.executable, "-m", "tcia_fetch", "run", str(job), "--out", str(out), "--quiet"]
         base += ["--base-url", server.base_url]
         started = time.monotonic()
-        if scheduler is not None:
-            with _scheduler_for(scheduler, budget) as address:
-                proc = subprocess.Popen([*base, "--scheduler", address], env=project_env())
-                procs = [proc]
-                proc.wait()
+        if address is not None:
+            procs = [subprocess.Popen([*base, "--scheduler", address], env=project_env())]
         elif shards == 1:
             procs = [subprocess.Popen(base, env=project_env())]
         else:
@@ -113,9 +113,9 @@ def _measure(
 
 
 @contextlib.contextmanager
-def _scheduler_for(spec: str, budget: int) -> Iterator[str]:
+def _scheduler_for(spec: str | None, budget: int) -> Iterator[str | None]:
     """``local:N`` as given; ``tcp:N``: a local cluster started (and left running) before the run."""
-    if not spec.startswith("tcp:"):
+    if spec is None or not spec.startswith("tcp:"):
         yield spec
         return
     from tcia_fetch.cluster._distributed import local_cluster, threads_for

@@ -33,14 +33,27 @@ _CONNECT_TIMEOUT_S = 30.0
 _PRELOAD: Final = ("distributed", "tcia_fetch.cluster.remote")
 
 
+_MISSING = "--scheduler needs Dask, which is not installed: pip install 'tcia-fetch[dask]'"
+
+
+def require() -> None:
+    """Fail now (exit 2, before any traffic) when Dask is missing, without paying for its import
+    (over a second of CPU; :func:`connect` imports it on a thread while the client plans)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("distributed") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise InputError(_MISSING, source="--scheduler")
+
+
 def _import() -> Any:
     try:
         import distributed
     except ImportError as exc:
-        raise InputError(
-            "--scheduler needs Dask, which is not installed: pip install 'tcia-fetch[dask]'",
-            source="--scheduler",
-        ) from exc
+        raise InputError(_MISSING, source="--scheduler") from exc
     return distributed
 
 
@@ -128,7 +141,7 @@ class Cluster:
                 await self._local.close()
 
 
-def _fast_local_workers(distributed: Any) -> dict[str, str]:
+def _fast_local_workers(distributed: Any) -> dict[str, object]:
     """Dask config (to hold while the local cluster lives: a nanny restarting a killed worker
     reads it again) that makes local workers forks of one preloaded forkserver process.
 
@@ -140,17 +153,22 @@ def _fast_local_workers(distributed: Any) -> dict[str, str]:
     """
     import multiprocessing
 
+    # The statistical profiler samples every thread's stack 100 times a second for the
+    # dashboard; on a loaded 2-core node it takes the GIL from the downloads.
+    config: dict[str, object] = {"distributed.worker.profile.enabled": False}
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows: spawn it is
+        return config
     utils = distributed.utils
     if hasattr(utils, "_forkserver_preload_set") and not utils._forkserver_preload_set:
         multiprocessing.get_context("forkserver").set_forkserver_preload(list(_PRELOAD))
         utils._forkserver_preload_set = True
-    return {"distributed.worker.multiprocessing-method": "forkserver"}
+    return config | {"distributed.worker.multiprocessing-method": "forkserver"}
 
 
 @contextlib.asynccontextmanager
 async def connect(address: SchedulerAddress, *, threads_per_worker: int) -> AsyncIterator[Cluster]:
     """Connect to ``address`` (starting a local cluster for ``local:N``) for the block's duration."""
-    distributed = _import()
+    distributed = await anyio.to_thread.run_sync(_import)  # the event loop keeps planning meanwhile
     import dask
 
     config = _fast_local_workers(distributed) if address.local_workers is not None else {}

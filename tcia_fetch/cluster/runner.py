@@ -99,6 +99,7 @@ async def fetch_on_cluster(
     if options.scheduler is None:
         raise InputError("fetch_on_cluster needs RunOptions(scheduler=...)")
     address = parse_scheduler(options.scheduler)
+    _distributed.require()
     spec = _as_job(job, options)
     stats = stats or RunStats()
     clock = SystemClock()

@@ -69,6 +69,8 @@ def test_a_missing_dask_install_names_the_extra(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(InputError, match=r"pip install 'tcia-fetch\[dask\]'"):
         _distributed._import()
+    with pytest.raises(InputError, match=r"pip install 'tcia-fetch\[dask\]'"):
+        _distributed.require()  # the up-front check, before the destination or the network
 
 
 def test_the_probe_tells_a_shared_destination_from_another_one(tmp_path: Path) -> None:
