@@ -5,7 +5,7 @@ install is an :class:`InputError` naming the extra (exit 2, before any traffic).
 cluster itself (unreachable scheduler, a comm closed under us) become :class:`ClusterError`.
 
 Local worker processes come from a *forkserver* that has imported Dask and the worker runtime
-once (:func:`_fast_local_workers`). With distributed's default (``spawn``) every worker process
+once (:func:`_start_forkserver`). With distributed's default (``spawn``) every worker process
 imported both itself, and the first task on each worker imported the runtime again: on a busy
 2-core login node that was 10-25 s before the first download and 4 s to shut down, most of
 the gap to a single process (benchmarks/scaleout.py). ``fork`` would be faster still but is not
@@ -141,26 +141,40 @@ class Cluster:
                 await self._local.close()
 
 
-def _fast_local_workers(distributed: Any) -> dict[str, object]:
-    """Dask config (to hold while the local cluster lives: a nanny restarting a killed worker
-    reads it again) that makes local workers forks of one preloaded forkserver process.
+def _start_forkserver() -> bool:
+    """Start the process local workers fork from, preloading Dask and the worker runtime; False
+    where there is no forkserver (Windows: workers are spawned, as distributed does by default).
 
-    ``set_forkserver_preload`` only counts before the forkserver starts; it is process-wide and
-    the server is reused by later clusters. distributed would otherwise set its own preload on
-    first use, importing numpy and pandas into this (client) process to test for them: the
-    private flag that says "already set" keeps it from doing so, and is left alone (the default
-    preload then applies) if a future release renames it.
+    Started before this process imports Dask, so that both imports run at once (two processes
+    get two shares of a busy CPU). ``set_forkserver_preload`` only counts before the forkserver
+    starts; it is process-wide and the server is reused by later clusters.
     """
     import multiprocessing
+    import multiprocessing.forkserver
 
-    # The statistical profiler samples every thread's stack 100 times a second for the
-    # dashboard; on a loaded 2-core node it takes the GIL from the downloads.
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(_PRELOAD))
+    multiprocessing.forkserver.ensure_running()
+    return True
+
+
+def _local_config(distributed: Any, forkserver: bool) -> dict[str, object]:
+    """Dask config to hold while a local cluster lives (a nanny restarting a killed worker reads
+    it again): workers forked from the preloaded forkserver, without the statistical profiler
+    (it samples every thread's stack 100 times a second for the dashboard; on a loaded 2-core
+    node it takes the GIL from the downloads).
+
+    distributed would set its own forkserver preload on first use, importing numpy and pandas
+    into this (client) process to test for them: the private flag that says "already set" keeps
+    it from doing so, and is left alone if a future release renames it (a wasted import then,
+    nothing worse: the server is already running with our preload).
+    """
     config: dict[str, object] = {"distributed.worker.profile.enabled": False}
-    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows: spawn it is
+    if not forkserver:
         return config
     utils = distributed.utils
-    if hasattr(utils, "_forkserver_preload_set") and not utils._forkserver_preload_set:
-        multiprocessing.get_context("forkserver").set_forkserver_preload(list(_PRELOAD))
+    if hasattr(utils, "_forkserver_preload_set"):
         utils._forkserver_preload_set = True
     return config | {"distributed.worker.multiprocessing-method": "forkserver"}
 
@@ -168,10 +182,12 @@ def _fast_local_workers(distributed: Any) -> dict[str, object]:
 @contextlib.asynccontextmanager
 async def connect(address: SchedulerAddress, *, threads_per_worker: int) -> AsyncIterator[Cluster]:
     """Connect to ``address`` (starting a local cluster for ``local:N``) for the block's duration."""
+    local = address.local_workers is not None
+    forkserver = local and await anyio.to_thread.run_sync(_start_forkserver)
     distributed = await anyio.to_thread.run_sync(_import)  # the event loop keeps planning meanwhile
     import dask
 
-    config = _fast_local_workers(distributed) if address.local_workers is not None else {}
+    config = _local_config(distributed, forkserver) if local else {}
     with dask.config.set(config):
         async with _connect(distributed, address, threads_per_worker) as cluster:
             yield cluster
@@ -260,10 +276,11 @@ def local_cluster(
     ``lease_timeout_s`` shortens how long a killed worker's semaphore leases stay held
     (30 s by default in distributed).
     """
+    forkserver = _start_forkserver()
     distributed = _import()
     import dask
 
-    config = _fast_local_workers(distributed)
+    config = _local_config(distributed, forkserver)
     if lease_timeout_s is not None:
         config |= {
             "distributed.scheduler.locks.lease-timeout": f"{lease_timeout_s}s",
