@@ -1,6 +1,6 @@
 """Scale-out benchmark: 1, 2 and 4 shards, and a Dask run, under one politeness budget.
 
-``python -m benchmarks.scaleout [--series-per-study N] [--out-dir DIR]``
+``python -m benchmarks.scaleout [--series-per-study N] [--dask local:1,local:2,tcp:2] [--out-dir DIR]``
 
 The fake server plays a busy archive: every download connection is paced to ``RATE`` bytes/s and
 at most ``CAP`` downloads run at once (more get 429 + Retry-After), so the archive can serve at most
@@ -12,18 +12,24 @@ at most ``CAP`` downloads run at once (more get 429 + Retry-After), so the archi
 * no 429s while the budget stays within the cap; the peak of downloads in flight never exceeds
   the budget (the server counts it).
 
+Dask runs: ``local:N`` is the CLI's own ``--scheduler local:N`` (the cluster's start counts in its
+time, as a user sees it); ``tcp:N`` is a local cluster of N worker processes started before the
+run and given as ``tcp://`` (a running cluster, as with dask-jobqueue: only the per-series costs).
+
 Nothing is asserted: the document records the numbers (``scaleout-latest.json`` and ``.md``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.server import FakeServer, ServerOptions, project_env
@@ -60,12 +66,15 @@ def _measure(
 ) -> dict[str, object]:
     job = _job(workdir / f"job-{budget}.toml", options, budget)
     out = workdir / f"out-{label}-{budget}-{shards}"
-    with FakeServer.start(options, workdir / f"server-{label}-{budget}-{shards}") as server:
+    with (
+        FakeServer.start(options, workdir / f"server-{label}-{budget}-{shards}") as server,
+        _scheduler_for(scheduler, budget) as address,  # a tcp:N cluster starts before the clock
+    ):
         base = [sys.executable, "-m", "tcia_fetch", "run", str(job), "--out", str(out), "--quiet"]
         base += ["--base-url", server.base_url]
         started = time.monotonic()
-        if scheduler is not None:
-            procs = [subprocess.Popen([*base, "--scheduler", scheduler], env=project_env())]
+        if address is not None:
+            procs = [subprocess.Popen([*base, "--scheduler", address], env=project_env())]
         elif shards == 1:
             procs = [subprocess.Popen(base, env=project_env())]
         else:
@@ -103,12 +112,27 @@ def _measure(
     }
 
 
+@contextlib.contextmanager
+def _scheduler_for(spec: str | None, budget: int) -> Iterator[str | None]:
+    """``local:N`` as given; ``tcp:N``: a local cluster started (and left running) before the run."""
+    if spec is None or not spec.startswith("tcp:"):
+        yield spec
+        return
+    from tcia_fetch.cluster._distributed import local_cluster, threads_for
+
+    workers = int(spec.removeprefix("tcp:"))
+    with local_cluster(workers=workers, threads_per_worker=threads_for(budget, workers)) as cluster:
+        yield cluster.address
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scaleout", description=__doc__)
     parser.add_argument("--series-per-study", type=int, default=6)
     parser.add_argument("--budgets", default="2,8")
     parser.add_argument("--shards", default="1,2,4")
-    parser.add_argument("--dask", default="local:2", help="scheduler for the Dask runs ('' to skip)")
+    parser.add_argument(
+        "--dask", default="local:1,local:2", help="schedulers for the Dask runs, comma-separated ('' to skip)"
+    )
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     args = parser.parse_args(argv)
     options = _options(args.series_per_study)
@@ -118,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             for shards in (int(s) for s in args.shards.split(",")):
                 rows.append(_measure("shards", options, Path(scratch), budget, shards, None))
                 print(json.dumps(rows[-1]), file=sys.stderr)
-            if args.dask:
-                rows.append(_measure("dask " + args.dask, options, Path(scratch), budget, 1, args.dask))
+            for scheduler in filter(None, args.dask.split(",")):
+                rows.append(_measure("dask " + scheduler, options, Path(scratch), budget, 1, scheduler))
                 print(json.dumps(rows[-1]), file=sys.stderr)
     document = {
         "server": {"rate_bytes_per_s_per_connection": RATE, "max_concurrent_downloads": CAP},

@@ -2,17 +2,21 @@
 
 Each worker process keeps one :class:`_Runtime` per run: an event loop on a private thread (an
 anyio blocking portal) holding the NBIA client session, this worker's journal writer (its own
-segment, as every writer has), and the pacing controls. A task (:func:`fetch_series`, run on one
-of the worker's threads) takes a lease of the cluster-wide semaphore, then hands its series to
-the runtime's loop, where the ordinary :class:`SeriesWorker` fetches, verifies and publishes it
-exactly as a single-process run does. The task returns a small dict the client aggregates.
+segment, as every writer has), and the pacing controls (engine/controls.py, as a single process
+builds them, sized for this worker's download slots). The client opens it on every worker while
+it plans (:func:`open_runtime`), so the first series does not pay for it. A task
+(:func:`fetch_series`, run on one of the worker's threads) takes a lease of the cluster-wide
+semaphore, then hands its series to the runtime's loop, where the ordinary :class:`SeriesWorker`
+fetches, verifies and publishes it exactly as a single-process run does. The task returns a
+small dict the client aggregates. Leases stay with the worker between series (leases.py): the
+next series here takes the last one's lease without asking the scheduler.
 
 A worker killed mid-series leaves a staging directory (never a final one: publish is an atomic
 rename that never replaces) and the scheduler runs the task again elsewhere. If the killed worker
 had already published, the retry finds the final directory, checks it against the journal's
 ``verified`` record and adopts it instead of downloading again: a series is never published twice.
 
-This module does not import Dask: the semaphore arrives as an argument.
+This module does not import Dask: the semaphore comes from a factory in the config.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Container, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Container, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
@@ -32,16 +36,15 @@ import anyio.to_thread
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from tcia_fetch.api.client import NBIAClient
+from tcia_fetch.cluster.leases import ClusterSemaphore, LeasePool
 from tcia_fetch.config import ClientSettings
-from tcia_fetch.engine.breaker import CircuitBreaker
 from tcia_fetch.engine.clock import SystemClock
-from tcia_fetch.engine.concurrency import AdaptiveLimiter
-from tcia_fetch.engine.pacer import ByteRateLimiter, Pacer
+from tcia_fetch.engine.controls import MAX_OUTAGE_S, pacing_controls
 from tcia_fetch.engine.report import RunStats
 from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.engine.space import SpaceGuard
 from tcia_fetch.engine.worker import SeriesJob, SeriesWorker
-from tcia_fetch.errors import TciaFetchError
+from tcia_fetch.errors import ClusterError, TciaFetchError
 from tcia_fetch.plan.model import PlannedSeries
 from tcia_fetch.series.expectation import SeriesExpectation
 from tcia_fetch.store._fs import host_name
@@ -55,13 +58,17 @@ __all__ = [
     "adopt_published",
     "close_runtime",
     "fetch_series",
+    "open_runtime",
     "probe_destination",
     "series_payload",
 ]
 
-_MAX_OUTAGE_S: Final = 1800.0
+#: How long a lease may sit idle on a worker before it goes back to the cluster.
+_LEASE_LINGER_S: Final = 0.5
 _RUNTIMES: dict[str, _Runtime] = {}
 _RUNTIMES_LOCK = threading.Lock()
+#: Runs closed on this worker process (a few bytes each; a worker process outlives many runs).
+_CLOSED_RUNS: set[str] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +81,17 @@ class WorkerConfig:
     series_job: SeriesJob
     retry_policy: RetryPolicy
     concurrency: int
+    #: Downloads one worker process runs at once at most: min(concurrency, its threads).
+    slots: int
     max_requests_per_s: float | None
     max_bytes_per_s: float | None
     damaged: Container[str]
+    #: Called once per worker process: the cluster-wide semaphore bound to that worker.
+    semaphore: Callable[[], ClusterSemaphore]
+    #: The job's ``download.max_outage_s``: how long a worker waits out an outage or throttle storm.
+    max_outage_s: float = MAX_OUTAGE_S
+    #: Free bytes each worker keeps on its staging filesystem (``RunOptions.min_free_bytes``).
+    min_free_bytes: int | None = None
 
 
 def series_payload(item: PlannedSeries) -> dict[str, Any]:
@@ -121,29 +136,39 @@ def probe_destination(root: str, name: str, nonce: str) -> str | None:
     return None
 
 
-def fetch_series(
-    payload: dict[str, Any], config: WorkerConfig, semaphore: AbstractContextManager[Any]
-) -> dict[str, Any]:
+def fetch_series(payload: dict[str, Any], config: WorkerConfig) -> dict[str, Any]:
     """The task: one series, under one lease of the cluster-wide download cap."""
     runtime = _runtime(config)
-    with semaphore:
+    with runtime.leases.lease():
         return runtime.fetch(payload)
 
 
-def close_runtime(run_id: str) -> bool:
-    """Run on every worker at the end: close the session and seal this worker's journal segment."""
+async def open_runtime(config: WorkerConfig) -> None:
+    """Run on every worker as soon as it is known: session, journal writer and controls ready
+    before (or while) the first series arrives. On a thread: the worker's loop stays free."""
+    await anyio.to_thread.run_sync(_runtime, config)
+
+
+async def close_runtime(run_id: str) -> dict[str, int] | None:
+    """Run on every worker at the end: close the session, seal this worker's journal segment and
+    return its leases; this worker's lease figures (None if it had no runtime). On a thread:
+    returning a lease is a blocking call through the worker's loop, which must not be the caller."""
     with _RUNTIMES_LOCK:
         runtime = _RUNTIMES.pop(run_id, None)
+        _CLOSED_RUNS.add(run_id)
     if runtime is None:
-        return False
-    runtime.close()
-    return True
+        return None
+    await anyio.to_thread.run_sync(runtime.close)
+    figures = runtime.leases.statistics()
+    return {"acquired": figures.acquired, "reused": figures.reused, "released": figures.released}
 
 
 def _runtime(config: WorkerConfig) -> _Runtime:
     with _RUNTIMES_LOCK:
         runtime = _RUNTIMES.get(config.run_id)
         if runtime is None:
+            if config.run_id in _CLOSED_RUNS:  # a late warm-up: nothing may reopen a closed run
+                raise ClusterError(f"run {config.run_id} is over on this worker")
             runtime = _Runtime(config)
             _RUNTIMES[config.run_id] = runtime
         return runtime
@@ -154,6 +179,7 @@ class _Runtime:
 
     def __init__(self, config: WorkerConfig) -> None:
         self._config = config
+        self.leases = LeasePool(config.semaphore, linger_s=_LEASE_LINGER_S)
         self._portal_cm = start_blocking_portal(backend="asyncio")
         self._portal: BlockingPortal = self._portal_cm.__enter__()
         self._md5_legacy = False
@@ -162,23 +188,36 @@ class _Runtime:
         except BaseException:
             self._portal_cm.__exit__(None, None, None)
             raise
+        self._expiry: Future[None] = self._portal.start_task_soon(self._return_idle_leases)
+
+    async def _return_idle_leases(self) -> None:
+        while True:
+            await anyio.sleep(_LEASE_LINGER_S / 2)
+            await anyio.to_thread.run_sync(self.leases.release_idle)
 
     async def _open(self) -> None:
         config = self._config
         clock = SystemClock()
         self._clock = clock
-        self._client = NBIAClient(config.settings)
+        self._controls = pacing_controls(
+            config.slots,
+            max_requests_per_s=config.max_requests_per_s,
+            max_bytes_per_s=config.max_bytes_per_s,
+            clock=clock,
+            max_outage_s=config.max_outage_s,
+        )
+        self._client = NBIAClient(
+            config.settings,
+            download_slots=config.slots,
+            download_read_bytes=self._controls.budget.read_bytes,
+        )
         await self._client.__aenter__()
         self._destination = Destination(Path(config.root))
         await anyio.to_thread.run_sync(self._destination.prepare)
         # A writer: it appends to its own segment and never compacts (the client does, at the end).
         self._journal = Journal.open(self._destination.state_dir, run_id=config.run_id, compact_every=2**62)
-        limiter = AdaptiveLimiter(config.concurrency, clock=clock)
-        self._limiter = limiter
-        self._pacer = Pacer(clock, max_requests_per_s=config.max_requests_per_s)
-        self._breaker = CircuitBreaker(clock, max_outage_s=_MAX_OUTAGE_S, on_close=lambda: limiter.restart(1))
-        self._bandwidth = ByteRateLimiter(config.max_bytes_per_s, clock) if config.max_bytes_per_s else None
-        self._space = SpaceGuard(self._destination.state_dir)  # shared by this process' series
+        # Staging lives beside the state directory; one guard for this process' series.
+        self._space = SpaceGuard(self._destination.state_dir, reserve_bytes=config.min_free_bytes)
 
     def fetch(self, payload: dict[str, Any]) -> dict[str, Any]:
         return self._portal.call(self._fetch, payload)
@@ -198,10 +237,11 @@ class _Runtime:
                 run_id=self._config.run_id,
                 retry_policy=self._config.retry_policy,
                 clock=self._clock,
-                pacer=self._pacer,
-                limiter=self._limiter,
-                breaker=self._breaker,
-                bandwidth=self._bandwidth,
+                pacer=self._controls.pacer,
+                limiter=self._controls.limiter,
+                breaker=self._controls.breaker,
+                bandwidth=self._controls.bandwidth,
+                budget=self._controls.budget,
                 stats=stats,
                 damaged=self._config.damaged,
                 md5_via_legacy_endpoint=self._md5_legacy,
@@ -233,9 +273,12 @@ class _Runtime:
         )
 
     def close(self) -> None:
+        self._expiry.cancel()
         with contextlib.suppress(Exception):
             self._portal.call(self._close)
         self._portal_cm.__exit__(None, None, None)
+        with contextlib.suppress(Exception):  # the scheduler may be gone: leases expire there
+            self.leases.release_idle(older_than_s=0.0)
 
     async def _close(self) -> None:
         try:

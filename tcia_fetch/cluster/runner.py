@@ -7,7 +7,8 @@ everything. The downloads are Dask tasks, one per series, running the ordinary `
 the workers (remote.py). The politeness budget stays the job's:
 
 * at most ``--concurrency`` downloads are in flight on the whole cluster: every task holds a lease
-  of one ``distributed.Semaphore(max_leases=concurrency)`` while it downloads (a dead worker's
+  of one ``distributed.Semaphore(max_leases=concurrency)`` while it downloads (a worker hands its
+  leases from one series to the next and returns the idle ones, leases.py; a dead worker's
   leases expire and return to the pool);
 * ``--max-rate`` and ``--max-bandwidth`` are split evenly over the workers connected at the start.
 
@@ -16,6 +17,11 @@ submitted, the client writes a probe with a random nonce into the state director
 worker must read it back and answer with a file of its own, or the run stops and says which
 worker sees something else. Tasks are submitted in a bounded window (a few per download slot),
 so a 600,000-series job does not put 600,000 tasks on the scheduler at once.
+
+Time before the first byte is what made a Dask run slower than one process (issue 11): so the
+planner runs while the cluster starts (one task group: the planner, the lock's heartbeat, the
+submitter and the collector), planned series go to the cluster as they come, and each worker's
+runtime (session, journal writer) is opened as soon as the worker is known.
 """
 
 from __future__ import annotations
@@ -25,13 +31,14 @@ import functools
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import anyio
 import anyio.to_thread
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from tcia_fetch.api.client import NBIAClient
 from tcia_fetch.cluster import _distributed
@@ -40,6 +47,7 @@ from tcia_fetch.cluster.remote import (
     WorkerConfig,
     close_runtime,
     fetch_series,
+    open_runtime,
     probe_destination,
     series_payload,
 )
@@ -48,6 +56,7 @@ from tcia_fetch.engine.report import RunEvent, RunReport, RunStats, SeriesFailur
 from tcia_fetch.engine.run import (
     RunOptions,
     _as_job,
+    _first_fatal,
     _new_run_id,
     _path,
     _retry_policy,
@@ -75,6 +84,8 @@ _WINDOW_PER_SLOT: Final = 4
 #: Task retries for errors raised inside a task (a dead worker is retried by the scheduler itself).
 _TASK_RETRIES: Final = 2
 _HEARTBEAT_S: Final = 30.0
+#: How long the end of a run waits for the workers' runtimes to finish opening before closing them.
+_WARM_UP_WAIT_S: Final = 60.0
 
 
 async def fetch_on_cluster(
@@ -88,6 +99,7 @@ async def fetch_on_cluster(
     if options.scheduler is None:
         raise InputError("fetch_on_cluster needs RunOptions(scheduler=...)")
     address = parse_scheduler(options.scheduler)
+    _distributed.require()
     spec = _as_job(job, options)
     stats = stats or RunStats()
     clock = SystemClock()
@@ -134,67 +146,78 @@ async def fetch_on_cluster(
         max_rps = options.max_requests_per_s or spec.download.max_requests_per_s or None
         max_bps = options.max_bytes_per_s or spec.download.max_bytes_per_s or None
         workers_hint = address.local_workers or 1
-        async with _distributed.connect(
-            address, threads_per_worker=_distributed.threads_for(concurrency, workers_hint)
-        ) as cluster:
-            scheduler_address = cluster.address
-            workers = await cluster.workers()
-            if not workers:
-                raise ClusterError(f"the Dask cluster at {scheduler_address} has no workers")
-            await _check_shared_destination(cluster, destination)
-            config = WorkerConfig(
-                run_id=run_id,
-                root=str(destination.root),
-                settings=settings,
-                series_job=series_job,
+        window = max(2, concurrency * _WINDOW_PER_SLOT)
+        # Planned series wait here for the cluster (at most a window of them: a 600,000-series
+        # job is never held in memory); the planner runs while the cluster starts.
+        send, receive = anyio.create_memory_object_stream[PlannedSeries](max_buffer_size=window)
+        async with NBIAClient(settings) as client:
+            planner = Planner(
+                client,
+                spec,
                 retry_policy=policy,
-                concurrency=concurrency,
-                max_requests_per_s=split_rate(max_rps, len(workers)),
-                max_bytes_per_s=split_rate(max_bps, len(workers)),
-                damaged=damaged,
+                clock=clock,
+                skip_uids=done_uids,
+                only_uids=only,
+                options=planner_options(layout, settings, client),
             )
-            semaphore = await cluster.semaphore(f"tcia-fetch-{run_id}", concurrency)
-            async with NBIAClient(settings) as client:
-                planner = Planner(
-                    client,
-                    spec,
-                    retry_policy=policy,
-                    clock=clock,
-                    skip_uids=done_uids,
-                    only_uids=only,
-                    options=planner_options(layout, settings, client),
-                )
-                items: list[PlannedSeries] = []
-
-                async def collect(item: PlannedSeries) -> None:
-                    stats.planned_series += 1
-                    stats.planned_bytes += item.expectation.total_bytes
-                    items.append(item)
-
-                await planner.run(collect)
-                stats.planning_done = True
-                stats.skipped_series = planner.skipped_count
-            try:
-                async with anyio.create_task_group() as group:
-                    group.start_soon(_keep_lock_alive, lock.heartbeat)
-                    await _run_tasks(
-                        cluster, items, config, semaphore, concurrency, stats, failures, on_event
+            async with anyio.create_task_group() as group:
+                group.start_soon(_keep_lock_alive, lock.heartbeat)
+                group.start_soon(_plan_into, planner, send, stats)
+                async with _distributed.connect(
+                    address, threads_per_worker=_distributed.threads_for(concurrency, workers_hint)
+                ) as cluster:
+                    scheduler_address = cluster.address
+                    workers = await cluster.workers()
+                    if not workers:
+                        raise ClusterError(f"the Dask cluster at {scheduler_address} has no workers")
+                    await _check_shared_destination(cluster, destination)
+                    semaphore = await cluster.semaphore(f"tcia-fetch-{run_id}", concurrency)
+                    config = WorkerConfig(
+                        run_id=run_id,
+                        root=str(destination.root),
+                        settings=settings,
+                        series_job=series_job,
+                        retry_policy=policy,
+                        concurrency=concurrency,
+                        slots=min(concurrency, max(workers.values())),
+                        max_requests_per_s=split_rate(max_rps, len(workers)),
+                        max_bytes_per_s=split_rate(max_bps, len(workers)),
+                        damaged=damaged,
+                        semaphore=semaphore,
+                        max_outage_s=spec.download.max_outage_s,
+                        min_free_bytes=options.min_free_bytes,
                     )
-                    group.cancel_scope.cancel()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await cluster.run_on_workers(close_runtime, run_id)
+                    warmed = anyio.Event()
+                    try:
+                        group.start_soon(_warm_up, cluster, config, warmed)
+                        await _run_tasks(cluster, receive, config, window, stats, failures, on_event)
+                    finally:
+                        with anyio.CancelScope(shield=True):
+                            with anyio.move_on_after(_WARM_UP_WAIT_S):
+                                await warmed.wait()  # never close a runtime still opening
+                            closed = await cluster.run_on_workers(close_runtime, run_id)
+                group.cancel_scope.cancel()
+            stats.concurrency_limit = concurrency
         report.engine = {
             "scheduler": scheduler_address if address.url else address.describe(),
             "workers": len(workers),
             "concurrency_cap": concurrency,
             "cluster_semaphore_max_leases": concurrency,
+            "slots_per_worker": config.slots,
+            # Leases of the semaphore taken from the scheduler vs handed on within a worker.
+            "leases": _lease_figures(closed.values()),
             "max_requests_per_s_per_worker": config.max_requests_per_s,
             "max_bytes_per_s_per_worker": config.max_bytes_per_s,
         }
     except anyio.get_cancelled_exc_class():
         report.interrupted = True
         raise
+    except BaseExceptionGroup as errors:  # the run's task group: planner, lock, tasks
+        fatal = _first_fatal(errors)
+        if fatal is None:
+            raise
+        report.fatal_error = str(fatal)
+        raise fatal from None
     except TciaFetchError as exc:
         report.fatal_error = str(exc)
         raise
@@ -233,67 +256,118 @@ def _remove_probes(state_dir: Path, name: str) -> None:
         path.unlink(missing_ok=True)
 
 
+async def _warm_up(cluster: _distributed.Cluster, config: WorkerConfig, warmed: anyio.Event) -> None:
+    """Open every worker's runtime beside the first tasks (which wait for it on their worker).
+
+    A failure here is not the run's: the same error reaches each task and is reported per
+    series, where it belongs."""
+    try:
+        await cluster.run_on_workers(open_runtime, config)
+    finally:
+        warmed.set()
+
+
+async def _plan_into(planner: Planner, send: ObjectSendStream[PlannedSeries], stats: RunStats) -> None:
+    async with send:
+
+        async def emit(item: PlannedSeries) -> None:
+            stats.planned_series += 1
+            stats.planned_bytes += item.expectation.total_bytes
+            await send.send(item)
+
+        await planner.run(emit)
+        stats.planning_done = True
+        stats.skipped_series = planner.skipped_count
+
+
 async def _run_tasks(
     cluster: _distributed.Cluster,
-    items: list[PlannedSeries],
+    planned: ObjectReceiveStream[PlannedSeries],
     config: WorkerConfig,
-    semaphore: Any,
-    concurrency: int,
+    window: int,
     stats: RunStats,
     failures: list[SeriesFailure],
     on_event: Callable[[RunEvent], None] | None,
 ) -> None:
-    """Submit in a bounded window and fold every outcome into ``stats`` and ``failures``."""
-    window = max(2, concurrency * _WINDOW_PER_SLOT)
+    """Submit series as they are planned, at most ``window`` on the scheduler at once, and fold
+    every outcome into ``stats`` and ``failures``.
+
+    Two tasks: the submitter never waits for a completion to hand a newly planned series over
+    (so slots do not idle while the planner is slower than the downloads), and the collector
+    takes exactly one completion per submitted task (one notice each), so it never waits on an
+    empty set.
+    """
     by_key: dict[str, PlannedSeries] = {}
-    queue = iter(items)
+    room = anyio.Semaphore(window)
+    notices, notified = anyio.create_memory_object_stream[None](max_buffer_size=window)
 
-    def submit_more() -> None:
-        while cluster.pending < window:
-            item = next(queue, None)
-            if item is None:
-                return
-            key = f"tcia-fetch-{item.series_uid}-{config.run_id}"
-            by_key[key] = item
-            cluster.submit(
-                fetch_series, series_payload(item), config, semaphore, key=key, retries=_TASK_RETRIES
-            )
+    async def submit_all() -> None:
+        async with notices, planned:
+            async for item in planned:
+                await room.acquire()
+                key = f"tcia-fetch-{item.series_uid}-{config.run_id}"
+                by_key[key] = item
+                cluster.submit(fetch_series, series_payload(item), config, key=key, retries=_TASK_RETRIES)
+                await notices.send(None)
 
-    submit_more()
-    stats.concurrency_limit = concurrency
-    while cluster.pending:
-        outcome = await cluster.next_completed()
-        item = by_key.pop(outcome.key)
-        result = outcome.result
-        if outcome.error is not None:
-            failures.append(SeriesFailure(item.series_uid, outcome.error, "cluster", 0, item.origin))
-            stats.failed_series += 1
-            _emit(on_event, RunEvent("failed", item.series_uid, outcome.error))
-        elif result.get("fatal"):
-            raise ClusterError(f"worker {result.get('worker')}: {result['fatal']}")
-        elif result.get("done"):
-            stats.done_series += 1
-            stats.done_bytes += int(result.get("dicom_bytes", 0))
-            stats.dicom_bytes += int(result.get("dicom_bytes", 0))
-            stats.archive_bytes += int(result.get("archive_bytes", 0))
-            _emit(on_event, RunEvent("done", item.series_uid, "adopted" if result.get("adopted") else ""))
-        else:
-            failure = result.get("failure") or {}
-            failures.append(
-                SeriesFailure(
-                    item.series_uid,
-                    str(failure.get("reason", "failed")),
-                    str(failure.get("reference", "error")),
-                    int(failure.get("attempts", 0)),
-                    item.origin,
-                )
+    async def collect_all() -> None:
+        async with notified:
+            async for _ in notified:
+                outcome = await cluster.next_completed()
+                room.release()
+                _fold(by_key.pop(outcome.key), outcome, stats, failures, on_event)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(submit_all)
+        group.start_soon(collect_all)
+
+
+def _fold(
+    item: PlannedSeries,
+    outcome: _distributed.TaskOutcome,
+    stats: RunStats,
+    failures: list[SeriesFailure],
+    on_event: Callable[[RunEvent], None] | None,
+) -> None:
+    """One task's outcome into the run's figures (a fatal error on a worker ends the run)."""
+    result = outcome.result
+    if outcome.error is not None:
+        failures.append(SeriesFailure(item.series_uid, outcome.error, "cluster", 0, item.origin))
+        stats.failed_series += 1
+        _emit(on_event, RunEvent("failed", item.series_uid, outcome.error))
+        return
+    if result.get("fatal"):
+        raise ClusterError(f"worker {result.get('worker')}: {result['fatal']}")
+    if result.get("done"):
+        stats.done_series += 1
+        stats.done_bytes += int(result.get("dicom_bytes", 0))
+        stats.dicom_bytes += int(result.get("dicom_bytes", 0))
+        stats.archive_bytes += int(result.get("archive_bytes", 0))
+        _emit(on_event, RunEvent("done", item.series_uid, "adopted" if result.get("adopted") else ""))
+    else:
+        failure = result.get("failure") or {}
+        failures.append(
+            SeriesFailure(
+                item.series_uid,
+                str(failure.get("reason", "failed")),
+                str(failure.get("reference", "error")),
+                int(failure.get("attempts", 0)),
+                item.origin,
             )
-            stats.failed_series += 1
-            _emit(on_event, RunEvent("failed", item.series_uid, str(failure.get("reason", ""))))
-        if result is not None:
-            stats.retries += int(result.get("retries", 0))
-            stats.throttled += int(result.get("throttled", 0))
-        submit_more()
+        )
+        stats.failed_series += 1
+        _emit(on_event, RunEvent("failed", item.series_uid, str(failure.get("reason", ""))))
+    stats.retries += int(result.get("retries", 0))
+    stats.throttled += int(result.get("throttled", 0))
+
+
+def _lease_figures(results: Iterable[object]) -> dict[str, int]:
+    totals = {"acquired": 0, "reused": 0, "released": 0}
+    for result in results:
+        if isinstance(result, dict):
+            for name in totals:
+                totals[name] += int(result.get(name, 0))
+    return totals
 
 
 async def _keep_lock_alive(heartbeat: Callable[[], None]) -> None:

@@ -38,10 +38,8 @@ from tcia_fetch.api.client import NBIAClient
 from tcia_fetch.cluster.address import parse_scheduler
 from tcia_fetch.config import DEFAULT_BASE_URL, ClientSettings, load_client_settings
 from tcia_fetch.engine.breaker import CircuitBreaker
-from tcia_fetch.engine.budget import budget_for
 from tcia_fetch.engine.clock import Clock, SystemClock
-from tcia_fetch.engine.concurrency import AdaptiveLimiter
-from tcia_fetch.engine.pacer import ByteRateLimiter, Pacer
+from tcia_fetch.engine.controls import pacing_controls
 from tcia_fetch.engine.report import RunEvent, RunReport, RunStats, SeriesFailure
 from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.engine.space import SpaceGuard, space_refusal_error
@@ -326,14 +324,16 @@ async def fetch(
         if shard is not None:  # the budget is the job's: each shard takes its share
             max_rps = split_rate(max_rps, shard.count)
             max_bps = split_rate(max_bps, shard.count)
-        limiter = AdaptiveLimiter(concurrency, clock=clock)
-        # One breaker for planner and workers: both report throttles to its storm watch.
-        breaker = CircuitBreaker(
-            clock, max_outage_s=spec.download.max_outage_s, on_close=lambda: limiter.restart(1)
+        controls = pacing_controls(
+            concurrency,
+            max_requests_per_s=max_rps,
+            max_bytes_per_s=max_bps,
+            clock=clock,
+            max_outage_s=spec.download.max_outage_s,
         )
-        budget = budget_for(concurrency)
+        limiter = controls.limiter
         async with NBIAClient(
-            settings, download_slots=concurrency, download_read_bytes=budget.read_bytes
+            settings, download_slots=concurrency, download_read_bytes=controls.budget.read_bytes
         ) as client:
             planner = Planner(
                 client,
@@ -344,7 +344,7 @@ async def fetch(
                 only_uids=only,
                 options=planner_options(layout, settings, client),
                 share=shard.owns if shard is not None else None,
-                breaker=breaker,
+                breaker=controls.breaker,
             )
             worker = SeriesWorker(
                 source=client,
@@ -354,14 +354,14 @@ async def fetch(
                 run_id=run_id,
                 retry_policy=policy,
                 clock=clock,
-                pacer=Pacer(clock, max_requests_per_s=max_rps),
+                pacer=controls.pacer,
                 limiter=limiter,
-                breaker=breaker,
-                bandwidth=ByteRateLimiter(max_bps, clock) if max_bps else None,
+                breaker=controls.breaker,
+                bandwidth=controls.bandwidth,
                 stats=stats,
                 on_event=on_event,
                 damaged=damaged,
-                budget=budget,
+                budget=controls.budget,
                 # Staging lives beside the state directory (a bucket home's is local too).
                 space=SpaceGuard(destination.state_dir, reserve_bytes=options.min_free_bytes),
                 set_aside_unfit=True,

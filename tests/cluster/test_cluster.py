@@ -69,6 +69,8 @@ def test_a_missing_dask_install_names_the_extra(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(InputError, match=r"pip install 'tcia-fetch\[dask\]'"):
         _distributed._import()
+    with pytest.raises(InputError, match=r"pip install 'tcia-fetch\[dask\]'"):
+        _distributed.require()  # the up-front check, before the destination or the network
 
 
 def test_the_probe_tells_a_shared_destination_from_another_one(tmp_path: Path) -> None:
@@ -127,6 +129,12 @@ def test_a_local_cluster_run_downloads_everything_reports_once_and_resumes(tmp_p
         assert (report.planned, report.done, report.failed) == (len(uids), len(uids), 0)
         assert report.engine["workers"] == 2
         assert report.engine["cluster_semaphore_max_leases"] == 3
+        # Every series ran under a lease (taken from the scheduler or handed on within a
+        # worker), and every lease went back at the end. (How often one is handed on depends
+        # on timing: tests/cluster/test_leases.py checks that deterministically.)
+        leases = report.engine["leases"]
+        assert leases["acquired"] + leases["reused"] == len(uids)
+        assert leases["acquired"] >= 1 and leases["released"] == leases["acquired"]
         with (out / "metadata.csv").open(newline="", encoding="utf-8") as handle:
             assert sorted(row["Series UID"] for row in csv.DictReader(handle)) == uids
         again = run_on_cluster(job, options, "local:1")
