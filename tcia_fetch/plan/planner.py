@@ -9,15 +9,29 @@ before planning ends; ``emit`` blocks when the download pool is busy (backpressu
 
 A series that cannot be planned (not on the server, not public, no size) becomes a
 ``PlanProblem``: reported, never dropped.
+
+Nothing here holds the whole plan (issue 13): explicit UIDs are pulled from the job's compact
+lists a chunk at a time, and a query's rows are consumed as an async stream
+(:meth:`Planner._query_rows`), each row reduced to its :class:`PlannedSeries` and handed on.
 """
 
 from __future__ import annotations
 
 import functools
 from array import array
-from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Container,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import date
+from itertools import islice
 from typing import Protocol, TypeVar
 
 import anyio
@@ -25,9 +39,9 @@ import anyio
 from tcia_fetch.engine.clock import Clock
 from tcia_fetch.engine.retry import RetryPolicy, retry_call
 from tcia_fetch.errors import MetadataError, TciaFetchError
-from tcia_fetch.job.jobfile import JobSpec, SeriesQuery
+from tcia_fetch.job.jobfile import JobSpec, SeriesQuery, UidOrigin
 from tcia_fetch.plan.model import PlannedSeries, PlanProblem, PlanSummary, frozen_row
-from tcia_fetch.plan.suggest import EmptyQueryExplainer, client_exclusions, combination_count
+from tcia_fetch.plan.suggest import EmptyQueryExplainer, ExclusionTally, combination_count
 from tcia_fetch.series.expectation import SeriesExpectation
 from tcia_fetch.store.digests import GrowingDigestSet, SortedDigests, sorted_unique, uid_digest
 
@@ -178,18 +192,28 @@ class Planner:
             finally:
                 ahead.release()
 
-        async with anyio.create_task_group() as tg:
-            chunk: list[tuple[str, str]] = []
-            for origin in self._job.explicit_uids:
-                if self._claim(origin.uid):
-                    chunk.append((origin.uid, origin.origin))
-                if len(chunk) >= self._options.metadata_chunk:
+        # The job's UIDs are read from their list files as they are needed (blocking reads:
+        # in a worker thread, a chunk at a time), never held whole.
+        size = max(1, self._options.metadata_chunk)
+        origins = iter(self._job.explicit_uids)
+        try:
+            async with anyio.create_task_group() as tg:
+                chunk: list[tuple[str, str]] = []
+                while batch := await anyio.to_thread.run_sync(_take, origins, size):
+                    for origin in batch:
+                        if self._claim(origin.uid):
+                            chunk.append((origin.uid, origin.origin))
+                        if len(chunk) >= size:
+                            await ahead.acquire()
+                            tg.start_soon(one_chunk, chunk)
+                            chunk = []
+                if chunk:
                     await ahead.acquire()
                     tg.start_soon(one_chunk, chunk)
-                    chunk = []
-            if chunk:
-                await ahead.acquire()
-                tg.start_soon(one_chunk, chunk)
+        finally:
+            if isinstance(origins, Iterator) and hasattr(origins, "close"):
+                with anyio.CancelScope(shield=True):  # closes the list file the reader holds
+                    await anyio.to_thread.run_sync(origins.close)
 
     # -- claiming: de-duplication and skip/only filters (no await between check and add) --------
 
@@ -269,37 +293,59 @@ class Planner:
         limiter: anyio.CapacityLimiter,
     ) -> None:
         origin = f"query[{index}]"
+        server_rows = accepted = 0
+        failed = False
+        tally = ExclusionTally(query)
+        pending: list[tuple[str, str]] = []  # full_metadata: UIDs waiting for their lookup
         try:
-            async with limiter:
-                rows = await self._call(lambda: self._source.series(**filters))  # keys: SeriesQuery filters
+            async for row in self._query_rows(filters, limiter):
+                server_rows += 1
+                if not query.accepts(row.image_count, row.series_date, row.series_description):
+                    tally.add(row)
+                    continue
+                accepted += 1
+                if not self._claim(row.series_uid):
+                    continue
+                if not self._options.full_metadata:
+                    await self._plan_row(row, origin, emit, limiter)
+                    continue
+                pending.append((row.series_uid, origin))
+                if len(pending) >= self._options.metadata_chunk:
+                    await self._plan_uids(pending, emit, limiter)
+                    pending = []
         except TciaFetchError as exc:
             if exc.fatal:
                 raise
             self.summary.query_errors.append(f"{origin} {query.describe()} {filters}: {exc.describe()}")
-            return
-        accepted = [
-            row for row in rows if query.accepts(row.image_count, row.series_date, row.series_description)
-        ]
-        if not accepted:  # never silent: say which filter matched nothing, and what was meant
+            failed = True
+        if pending:  # claimed before a failure, they are still this run's series
+            await self._plan_uids(pending, emit, limiter)
+        if not accepted and not failed:  # never silent: say which filter matched nothing, and what was meant
             self.summary.empty_queries.append(
                 await self._explainer.explain(
                     origin,
                     filters,
-                    server_rows=len(rows),
-                    excluded=client_exclusions(query, rows),
+                    server_rows=server_rows,
+                    excluded=tally.counts,
                     table=index,
                     combinations=combination_count(query),
                 )
             )
-            return
-        claimed = [row for row in accepted if self._claim(row.series_uid)]
-        if self._options.full_metadata:
-            for start in range(0, len(claimed), self._options.metadata_chunk):
-                part = claimed[start : start + self._options.metadata_chunk]
-                await self._plan_uids([(row.series_uid, origin) for row in part], emit, limiter)
-            return
-        for row in claimed:
-            await self._plan_row(row, origin, emit, limiter)
+
+    async def _query_rows(
+        self, filters: Mapping[str, str], limiter: anyio.CapacityLimiter
+    ) -> AsyncIterator[_Row]:
+        """One ``getSeries`` answer as a stream of rows: the ONE place a query's rows come from.
+
+        Today's client returns the parsed list (retried as a whole under ``limiter``), adapted
+        here to the stream the planner consumes. When the client offers a streaming call
+        (``NBIAClient.iter_series``, parsing the answer as it arrives), this method becomes a
+        loop over it and nothing else in the planner changes.
+        """
+        async with limiter:
+            rows = await self._call(lambda: self._source.series(**filters))  # keys: SeriesQuery filters
+        for row in rows:
+            yield row
 
     # -- one row -> one planned series ----------------------------------------------------------
 
@@ -351,6 +397,11 @@ class Planner:
             raise
         except (ValueError, TypeError) as exc:  # a row the models could not read
             raise MetadataError(f"unreadable series metadata: {exc}") from exc
+
+
+def _take(origins: Iterator[UidOrigin], count: int) -> list[UidOrigin]:
+    """The next ``count`` explicit UIDs (blocking: the list file is read; call in a thread)."""
+    return list(islice(origins, count))
 
 
 def unique_uids(items: Iterable[PlannedSeries]) -> list[str]:
