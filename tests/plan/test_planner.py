@@ -161,3 +161,33 @@ async def test_real_2524_series_manifest_plans_completely(catalog: Catalog) -> N
     assert planner.summary.total_bytes == sum(
         entry.total_bytes for entry in seeded.series if entry.uid in set(manifest.uids)
     )
+
+
+async def test_query_rows_flow_to_the_pool_one_at_a_time(tmp_path: Path, catalog: Catalog) -> None:
+    """A query's rows are consumed as a stream: each series is handed on before the next row is read.
+
+    The planner reads rows from one seam (``_query_rows``); here it yields the server's rows one
+    by one and counts them, so holding the answer whole (or a list of planned series) would show
+    as more rows read than series handed on.
+    """
+    read: list[str] = []
+    handed: list[tuple[str, int]] = []
+
+    class CountingPlanner(Planner):
+        async def _query_rows(self, filters, limiter):  # type: ignore[no-untyped-def]
+            async for row in super()._query_rows(filters, limiter):
+                read.append(row.series_uid)
+                yield row
+
+    async def emit(item: PlannedSeries) -> None:
+        handed.append((item.series_uid, len(read)))
+
+    collection = catalog.collections[0]
+    job = job_file(tmp_path, f'[[query]]\ncollection = "{collection}"\n')
+    async with FakeNBIA(catalog).serve() as server, NBIAClient(base_url=server.base_url) as client:
+        planner = CountingPlanner(client, job, retry_policy=FAST, clock=SystemClock())
+        await planner.run(emit)
+    expected = [entry.uid for entry in catalog.series if entry.collection == collection]
+    assert sorted(read) == sorted(expected) and len(expected) > 2
+    assert handed == [(uid, position + 1) for position, uid in enumerate(read)]
+    assert planner.summary.series == len(expected)
