@@ -458,7 +458,39 @@ class NBIAClient:
 
         Same filters as :meth:`series`. Close it when stopping early
         (``async with contextlib.aclosing(client.iter_series(...)) as rows``). A row the model
-        cannot read raises ``ValueError`` (pydantic's) at that row.
+        cannot read raises ``ResponseFormatError`` at that row.
+        """
+        async with aclosing(
+            self.iter_series_rows(
+                collection=collection,
+                patient_id=patient_id,
+                study_uid=study_uid,
+                modality=modality,
+                body_part=body_part,
+                manufacturer=manufacturer,
+                manufacturer_model=manufacturer_model,
+                series_uid=series_uid,
+            )
+        ) as rows:
+            async for row in rows:
+                yield SeriesRow.from_server(row)
+
+    async def iter_series_rows(
+        self,
+        *,
+        collection: str | None = None,
+        patient_id: str | None = None,
+        study_uid: str | None = None,
+        modality: str | None = None,
+        body_part: str | None = None,
+        manufacturer: str | None = None,
+        manufacturer_model: str | None = None,
+        series_uid: str | None = None,
+    ) -> AsyncGenerator[Row, None]:
+        """``getSeries`` as a stream of raw rows, not yet validated (the planner spools these).
+
+        The planner screens each row itself (``api.models.screen_row``) when it reads it back,
+        so a row that does not fit fails its own series, not the query.
         """
         params = self._series_params(
             collection=collection,
@@ -474,7 +506,7 @@ class NBIAClient:
             self.iter_rows("getSeries", params, collection=collection, series_uid=series_uid)
         ) as rows:
             async for row in rows:
-                yield SeriesRow.from_server(row)
+                yield row
 
     async def series(
         self,

@@ -37,6 +37,7 @@ __all__ = [
     "ValueList",
     "rejected_rows",
     "rows_to_models",
+    "screen_row",
     "screen_rows",
 ]
 
@@ -159,17 +160,26 @@ class ScreenedRows(list[_ItemT]):
         self.rejected: list[RejectedRow] = list(rejected)
 
 
+def screen_row(model: type[_RowT], row: Mapping[str, object]) -> _RowT | RejectedRow:
+    """One server row as ``model``, or set aside as a :class:`RejectedRow` when it does not fit."""
+    try:
+        return model.from_server(row)
+    except ResponseFormatError as exc:
+        uid = row.get("SeriesInstanceUID", row.get("Series UID")) if isinstance(row, Mapping) else None
+        text = uid[:_REJECTED_UID_CHARS] if isinstance(uid, str) else None
+        return RejectedRow(text, exc.message)
+
+
 def screen_rows(model: type[_RowT], rows: Iterable[Mapping[str, object]]) -> ScreenedRows[_RowT]:
     """Validate each row on its own: one broken row is set aside instead of failing the answer."""
     good: list[_RowT] = []
     rejected: list[RejectedRow] = []
     for row in rows:
-        try:
-            good.append(model.from_server(row))
-        except ResponseFormatError as exc:
-            uid = row.get("SeriesInstanceUID", row.get("Series UID")) if isinstance(row, Mapping) else None
-            text = uid[:_REJECTED_UID_CHARS] if isinstance(uid, str) else None
-            rejected.append(RejectedRow(text, exc.message))
+        screened = screen_row(model, row)
+        if isinstance(screened, RejectedRow):
+            rejected.append(screened)
+        else:
+            good.append(screened)
     return ScreenedRows(good, rejected)
 
 

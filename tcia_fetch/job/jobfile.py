@@ -58,14 +58,16 @@ import dataclasses
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tcia_fetch.errors import InputError
-from tcia_fetch.job.csvlist import UidTable, parse_uid_table_bytes
-from tcia_fetch.job.manifest import Manifest, looks_like_manifest, parse_manifest, parse_manifest_bytes
+from tcia_fetch.job.compact import CompactUids, ExplicitUids, list_key
+from tcia_fetch.job.csvlist import UidTable, read_uid_table
+from tcia_fetch.job.manifest import Manifest, looks_like_manifest, read_manifest
 from tcia_fetch.job.models import (
     DownloadSection,
     JobFileModel,
@@ -74,7 +76,7 @@ from tcia_fetch.job.models import (
     ServerSection,
     VerifySection,
 )
-from tcia_fetch.job.text import decode_input, read_input_bytes
+from tcia_fetch.job.text import decode_input, read_input_bytes, read_input_head
 from tcia_fetch.job.uidlist import LineProblem
 from tcia_fetch.job.validation import key_error, validate_model
 from tcia_fetch.store.location import BucketLocation, parse_destination
@@ -97,6 +99,8 @@ __all__ = [
 ]
 
 _TABLE_SUFFIXES = frozenset({".csv", ".tsv", ".txt"})
+#: How much of a list file is read to recognise a manifest by its marker line.
+_SNIFF_CHARS = 64 * 1024
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
 
 
@@ -114,10 +118,12 @@ class JobSpec:
     """A validated job: what to fetch (queries and explicit UIDs) and how (the sections).
 
     ``explicit_uids`` are distinct, valid, in first-seen order across ``[series].uids``, then
-    manifests, then tables. ``duplicates`` counts every repeated UID (within and across
-    files). ``problems`` lists skipped invalid lines (only with ``strict=False``; the first
-    ones in detail), ``problem_count`` counts them all. ``output.dest``, when set, is already
-    absolute (relative paths are taken from the job file's directory).
+    manifests, then tables: an :class:`~.compact.ExplicitUids`, ~12 bytes per UID, that reads
+    list files again when iterated (so iterate it in a worker thread from async code).
+    ``duplicates`` counts every repeated UID (within and across files). ``problems`` lists
+    skipped invalid lines (only with ``strict=False``; the first ones in detail),
+    ``problem_count`` counts them all. ``output.dest``, when set, is already absolute
+    (relative paths are taken from the job file's directory).
     """
 
     source: Path | None
@@ -126,7 +132,7 @@ class JobSpec:
     download: DownloadSection
     verify: VerifySection
     queries: tuple[SeriesQuery, ...]
-    explicit_uids: tuple[UidOrigin, ...]
+    explicit_uids: ExplicitUids
     duplicates: int = 0
     problems: tuple[LineProblem, ...] = ()
     problem_count: int = 0
@@ -150,6 +156,20 @@ class JobSpec:
         origins = tuple(uids)
         if not origins:
             raise InputError("nothing to download: no series UIDs", source=str(source) if source else None)
+        return cls._default(
+            _in_memory(origins), source=source, duplicates=duplicates, problems=problems, count=problem_count
+        )
+
+    @classmethod
+    def _default(
+        cls,
+        explicit: ExplicitUids,
+        *,
+        source: Path | None,
+        duplicates: int,
+        problems: Sequence[LineProblem],
+        count: int | None,
+    ) -> JobSpec:
         return cls(
             source=source,
             server=ServerSection(),
@@ -157,21 +177,25 @@ class JobSpec:
             download=DownloadSection(),
             verify=VerifySection(),
             queries=(),
-            explicit_uids=origins,
+            explicit_uids=explicit,
             duplicates=duplicates,
             problems=tuple(problems),
-            problem_count=len(problems) if problem_count is None else problem_count,
+            problem_count=len(problems) if count is None else count,
         )
 
     @classmethod
     def from_uid_list(cls, parsed: Manifest | UidTable, *, source: Path | None = None) -> JobSpec:
-        """A default-settings job for a bare manifest or table (``tcia-fetch run list.tcia``)."""
-        return cls.for_uids(
-            (UidOrigin(uid, origin) for uid, origin in parsed.origins()),
+        """A default-settings job for a bare manifest or table (``tcia-fetch run list.tcia``).
+
+        The UIDs stay compact (read from the list again when planned): no object per UID.
+        """
+        explicit, _ = ExplicitUids.join([(parsed.compact, _origin_in(parsed.source))])
+        return cls._default(
+            explicit,
             source=source,
             duplicates=parsed.duplicates,
             problems=parsed.problems,
-            problem_count=parsed.problem_count,
+            count=parsed.problem_count,
         )
 
     def with_overrides(self, *, base_url: str | None = None, dest: Path | None = None) -> JobSpec:
@@ -194,14 +218,11 @@ def load_job(path: Path, *, strict: bool = True) -> JobSpec:
     if suffix == ".toml":
         return load_job_file(path, strict=strict)
     source = str(path)
-    data = read_input_bytes(path)
-    if suffix == ".tcia":
-        return JobSpec.from_uid_list(parse_manifest_bytes(data, source=source, strict=strict), source=path)
-    text = decode_input(data, source=source)
-    if looks_like_manifest(text):
-        return JobSpec.from_uid_list(parse_manifest(text, source=source, strict=strict), source=path)
+    # Lists are streamed, never read whole (issue 13); only the head is read to tell the kind.
+    if suffix == ".tcia" or looks_like_manifest(read_input_head(path, chars=_SNIFF_CHARS)):
+        return JobSpec.from_uid_list(read_manifest(path, strict=strict), source=path)
     if suffix in _TABLE_SUFFIXES:
-        return JobSpec.from_uid_list(parse_uid_table_bytes(data, source=source, strict=strict), source=path)
+        return JobSpec.from_uid_list(read_uid_table(path, strict=strict), source=path)
     raise InputError(
         "cannot tell what kind of input this is: give a job file (.toml), a manifest (.tcia) or a "
         "table (.csv, .tsv, .txt) with a SeriesInstanceUID column",
@@ -277,28 +298,35 @@ def _absolute(path: Path) -> str:
 
 def _explicit_uids(
     model: JobFileModel, source: str, base_dir: Path, strict: bool
-) -> tuple[tuple[UidOrigin, ...], int, tuple[LineProblem, ...], int]:
+) -> tuple[ExplicitUids, int, tuple[LineProblem, ...], int]:
     """Inline UIDs, then manifests, then tables: validated, de-duplicated across all of them."""
     inline_errors = []
-    candidates: list[Iterable[tuple[str, str]]] = []
-    inline: list[tuple[str, str]] = []
     for index, uid in enumerate(model.series.uids):
         problem = uid_problem(uid)
         if problem is not None:
             inline_errors.append(f"series.uids[{index}]: {uid[:70]!r} is not a DICOM UID ({problem})")
-        inline.append((uid, f"{source}:series.uids[{index}]"))
     if inline_errors:
         first, *rest = inline_errors
         key, _, message = first.partition(": ")
         raise key_error(
             "\n".join([message, *(f"  {source}: {more}" for more in rest)]), source=source, key=key
         )
-    candidates.append(inline)
+    inline = model.series.uids
+    sources: list[tuple[CompactUids, Callable[[int], str]]] = [
+        (
+            CompactUids(
+                source,
+                array("Q", (list_key(uid) for uid in inline)),
+                array("I", range(len(inline))),
+                lambda: enumerate(inline),
+            ),
+            lambda index: f"{source}:series.uids[{index}]",
+        )
+    ]
 
     duplicates = 0
     problems: list[LineProblem] = []
     problem_count = 0
-    parsed_lists: list[Manifest | UidTable] = []
     for key, names in (("series.manifests", model.series.manifests), ("series.tables", model.series.tables)):
         for index, name in enumerate(names):
             location = f"{key}[{index}]"
@@ -308,25 +336,32 @@ def _explicit_uids(
             if not path.is_file():
                 what = "is a directory, not a file" if path.is_dir() else "file not found"
                 raise key_error(f"{what}: {path}", source=source, key=location)
-            data = read_input_bytes(path)
             parsed: Manifest | UidTable
             if key == "series.manifests":
-                parsed = parse_manifest_bytes(data, source=name, strict=strict)
+                parsed = read_manifest(path, source=name, strict=strict)
             else:
-                parsed = parse_uid_table_bytes(data, source=name, strict=strict)
-            parsed_lists.append(parsed)
-            candidates.append(parsed.origins())
+                parsed = read_uid_table(path, source=name, strict=strict)
+            sources.append((parsed.compact, _origin_in(name)))
             duplicates += parsed.duplicates
             problems.extend(parsed.problems)
             problem_count += parsed.problem_count
 
-    seen: set[str] = set()
-    origins: list[UidOrigin] = []
-    for group in candidates:
-        for uid, origin in group:
-            if uid in seen:
-                duplicates += 1
-                continue
-            seen.add(uid)
-            origins.append(UidOrigin(uid, origin))
-    return tuple(origins), duplicates, tuple(problems), problem_count
+    explicit, repeats = ExplicitUids.join(sources)
+    return explicit, duplicates + repeats, tuple(problems), problem_count
+
+
+def _origin_in(name: str) -> Callable[[int], str]:
+    """``name:line``: where a UID of a list file came from."""
+    return lambda line: f"{name}:{line}"
+
+
+def _in_memory(origins: tuple[UidOrigin, ...]) -> ExplicitUids:
+    """Explicit UIDs the caller already holds as objects (notebooks, tests), kept as given."""
+    uids = CompactUids(
+        "(given UIDs)",
+        array("Q", (list_key(origin.uid) for origin in origins)),
+        array("I", range(len(origins))),
+        lambda: ((index, origin.uid) for index, origin in enumerate(origins)),
+    )
+    explicit, _ = ExplicitUids.join([(uids, lambda index: origins[index].origin)])
+    return explicit

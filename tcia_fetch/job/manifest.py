@@ -21,19 +21,23 @@ NBIA manifest) is recorded in ``header_lines`` and skipped. Everything else must
 DICOM UID, or it is a :class:`LineProblem` with its line number (see :mod:`.uidlist` for
 strict and lenient handling). Repeated UIDs are kept once, in first-seen order, and counted.
 
-The whole input is processed in one linear pass; memory is proportional to the number of
-distinct UIDs, whatever the file holds.
+The whole input is validated in one linear pass that streams the file; what is kept is ~12
+bytes per distinct UID (:mod:`.compact`), and the UIDs are read from the file again, in a
+second streaming pass, when the planner asks for them (issue 13: 600,000-UID manifests).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from tcia_fetch.errors import InputError
-from tcia_fetch.job.text import decode_input, excerpt, read_input_bytes, split_lines
+from tcia_fetch.job.compact import CompactUids
+from tcia_fetch.job.text import decode_input, excerpt, iter_input_lines, iter_lines, split_lines
 from tcia_fetch.job.uidlist import DuplicateUid, LineProblem, UidCollector, raise_for_problems
 from tcia_fetch.uid import is_valid_uid
 
@@ -69,6 +73,8 @@ _SNIFF_CHARS = 64 * 1024
 class Manifest:
     """A parsed manifest: distinct valid UIDs in file order, plus everything worth reporting.
 
+    ``compact`` holds the UIDs (digests and lines; the text is read again from the source
+    when iterated). ``uids``/``uid_lines`` materialise them for small lists and tests:
     ``uid_lines[i]`` is the line on which ``uids[i]`` first appeared. ``problems`` holds the
     first invalid lines in detail (only possible with ``strict=False``); ``problem_count`` is
     the total. ``duplicates`` counts repeated UIDs, ``duplicate_details`` says where (the first
@@ -78,8 +84,7 @@ class Manifest:
 
     source: str
     properties: dict[str, str]
-    uids: tuple[str, ...]
-    uid_lines: tuple[int, ...]
+    compact: CompactUids
     duplicates: int
     duplicate_details: tuple[DuplicateUid, ...]
     problems: list[LineProblem]
@@ -87,9 +92,18 @@ class Manifest:
     marker_line: int
     header_lines: tuple[int, ...]
 
+    @property
+    def uids(self) -> tuple[str, ...]:
+        """Every UID as a string (one object per UID: for small lists and tests)."""
+        return tuple(uid for uid, _ in self.compact)
+
+    @property
+    def uid_lines(self) -> tuple[int, ...]:
+        return tuple(self.compact.lines)
+
     def origins(self) -> Iterator[tuple[str, str]]:
         """``(uid, "file:line")`` for every UID, in order, for plans and reports."""
-        for uid, line in zip(self.uids, self.uid_lines, strict=True):
+        for uid, line in self.compact:
             yield uid, f"{self.source}:{line}"
 
     @property
@@ -101,9 +115,13 @@ class Manifest:
         return self.properties.get("downloadServerUrl")
 
 
-def read_manifest(path: Path, *, strict: bool = True) -> Manifest:
-    """Read and parse a ``.tcia`` file; every failure is an InputError naming ``path``."""
-    return parse_manifest_bytes(read_input_bytes(path), source=str(path), strict=strict)
+def read_manifest(path: Path, *, strict: bool = True, source: str | None = None) -> Manifest:
+    """Read and parse a ``.tcia`` file, streaming it; every failure is an InputError naming it.
+
+    ``source`` is how messages name the file (default: ``path``).
+    """
+    name = str(path) if source is None else source
+    return _parse_lines(lambda: iter_input_lines(path, source=name), source=name, strict=strict)
 
 
 def parse_manifest_bytes(data: bytes, *, source: str, strict: bool = True) -> Manifest:
@@ -122,89 +140,120 @@ def parse_manifest(text: str, *, source: str, strict: bool = True) -> Manifest:
     Raises InputError when there is no marker, when no valid UID follows it, or (``strict``)
     when any line after the marker is neither a UID, blank, a comment nor a known header.
     """
-    lines = split_lines(text)
-    properties: dict[str, str] = {}
+    return _parse_lines(lambda: iter_lines(text), source=source, strict=strict)
+
+
+class _Header:
+    """What a pass learns besides UIDs; the replay passes a throwaway one."""
+
+    def __init__(self, collector: UidCollector | None) -> None:
+        self.collector = collector
+        self.properties: dict[str, str] = {}
+        self.marker_line = 0
+        self.header_lines: list[int] = []
+
+    def problem(self, line: int, text: str, reason: str) -> None:
+        if self.collector is not None:
+            self.collector.problem(line, text, reason)
+
+
+def _parse_lines(lines: Callable[[], Iterator[str]], *, source: str, strict: bool) -> Manifest:
     collector = UidCollector(source)
-    found = _find_marker(lines, properties, collector)
-    if found is None:
+    header = _Header(collector)
+    add = collector.add
+    for number, candidate in _scan(lines(), header):
+        add(candidate, number)
+    if header.marker_line == 0:
         raise InputError(
-            f"no '{MANIFEST_MARKER}' line found; {_HOW_A_MANIFEST_LOOKS}{_plain_list_hint(lines)}",
+            f"no '{MANIFEST_MARKER}' line found; {_HOW_A_MANIFEST_LOOKS}"
+            f"{_plain_list_hint(islice(lines(), 100))}",
             source=source,
         )
-    marker_index, rest_of_marker_line = found
 
-    header_lines: list[int] = []
-    # The marker line may carry a UID after "=" (hand-written lists); treat it as a list line.
-    body = [(marker_index + 1, rest_of_marker_line)] if rest_of_marker_line.strip(" \t\ufeff,") else []
-    seen_first_line = False
-    for number, raw in _body_lines(lines, marker_index + 1, body):
-        candidate = _clean_list_line(raw)
-        if not candidate or candidate.startswith("#"):
-            continue
-        if not seen_first_line and candidate.lower() in KNOWN_LIST_HEADERS:
-            header_lines.append(number)
-            seen_first_line = True
-            continue
-        seen_first_line = True
-        if "=" in candidate:
-            collector.problem(
-                number,
-                raw,
-                f"header line {excerpt(candidate[:40])!r} inside the UID list"
-                " (were two manifests concatenated?)",
-            )
-            continue
-        collector.add(candidate, number)
+    def replay() -> Iterator[tuple[int, str]]:
+        return _scan(lines(), _Header(None))
 
-    result = collector.result()
+    result = collector.result(replay)
     if strict:
         raise_for_problems(result.problems, result.problem_count, source=source)
-    if not result.uids:
+    if not len(result.uids):
         detail = f" ({result.problem_count} invalid lines skipped)" if result.problem_count else ""
         raise InputError(
             f"no series UIDs after the '{MANIFEST_MARKER}' line{detail}",
             source=source,
-            location=str(marker_index + 1),
+            location=str(header.marker_line),
         )
     return Manifest(
         source=source,
-        properties=properties,
-        uids=result.uids,
-        uid_lines=result.uid_lines,
+        properties=header.properties,
+        compact=result.uids,
         duplicates=result.duplicates,
         duplicate_details=result.duplicate_details,
         problems=result.problems,
         problem_count=result.problem_count,
-        marker_line=marker_index + 1,
-        header_lines=tuple(header_lines),
+        marker_line=header.marker_line,
+        header_lines=tuple(header.header_lines),
     )
 
 
-def _find_marker(
-    lines: list[str], properties: dict[str, str], collector: UidCollector
-) -> tuple[int, str] | None:
-    """Index of the marker line and the text after its ``=``; fills ``properties`` on the way.
+def _scan(lines: Iterator[str], header: _Header) -> Iterator[tuple[int, str]]:
+    """One pass over the lines (breaks kept): ``(line, candidate)`` for every would-be UID.
 
-    Header lines that are not properties, comments or blank become problems: a manifest whose
-    header holds UIDs or prose is not what the user thinks it is.
+    Properties, the marker, a list header and problem lines go to ``header``. Header lines
+    that are not properties, comments or blank are problems: a manifest whose header holds
+    UIDs or prose is not what the user thinks it is.
     """
-    for index, line in enumerate(lines):
+    number = 0
+    marker_rest: str | None = None
+    for raw in lines:
+        number += 1
+        line = raw.rstrip("\r\n")
         marker = _MARKER_RE.match(line)
         if marker is not None:
-            return index, marker.group(1)
+            marker_rest = marker.group(1)
+            header.marker_line = number
+            break
         stripped = line.strip().lstrip("\ufeff").strip()
         if not stripped or stripped[0] in "#!":
             continue
         match = _PROPERTY_RE.match(stripped)
         if match is None:
-            collector.problem(
-                index + 1,
-                line,
-                f"{excerpt(stripped[:40])!r} before '{MANIFEST_MARKER}' is not a key=value line",
+            header.problem(
+                number, line, f"{excerpt(stripped[:40])!r} before '{MANIFEST_MARKER}' is not a key=value line"
             )
             continue
-        properties[match.group(1)] = match.group(2).strip()
-    return None
+        header.properties[match.group(1)] = match.group(2).strip()
+    if marker_rest is None:
+        return
+    # The marker line may carry a UID after "=" (hand-written lists); treat it as a list line.
+    pending: list[str] = [marker_rest] if marker_rest.strip(" \t\ufeff,") else []
+    if not pending:
+        number += 1
+    seen_first_line = False
+    for raw in itertools.chain(pending, lines):
+        candidate = raw.strip()  # also strips the line break
+        if candidate.endswith(",") or candidate.startswith("\ufeff"):
+            candidate = _clean_list_line(candidate)
+        if not candidate or candidate[0] == "#":
+            number += 1
+            continue
+        if not seen_first_line:
+            seen_first_line = True
+            if candidate.lower() in KNOWN_LIST_HEADERS:
+                header.header_lines.append(number)
+                number += 1
+                continue
+        if "=" in candidate:
+            header.problem(
+                number,
+                raw.rstrip("\r\n"),
+                f"header line {excerpt(candidate[:40])!r} inside the UID list"
+                " (were two manifests concatenated?)",
+            )
+            number += 1
+            continue
+        yield number, candidate
+        number += 1
 
 
 def _clean_list_line(raw: str) -> str:
@@ -217,8 +266,8 @@ def _clean_list_line(raw: str) -> str:
     return candidate
 
 
-def _plain_list_hint(lines: list[str]) -> str:
-    for line in lines[:100]:
+def _plain_list_hint(lines: Iterable[str]) -> str:
+    for line in lines:
         stripped = _clean_list_line(line)
         if stripped:
             if is_valid_uid(stripped):
@@ -228,9 +277,3 @@ def _plain_list_hint(lines: list[str]) -> str:
                 )
             return ""
     return ""
-
-
-def _body_lines(lines: list[str], start: int, prefix: list[tuple[int, str]]) -> Iterator[tuple[int, str]]:
-    yield from prefix
-    for index in range(start, len(lines)):
-        yield index + 1, lines[index]

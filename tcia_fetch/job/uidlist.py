@@ -9,16 +9,20 @@ to it next is shared and lives here, so both inputs obey the same rules:
   In strict mode (the default) any problem is an InputError listing the first few with their
   line numbers; otherwise the problems travel with the result into the run report.
 
-Memory stays bounded by the number of distinct UIDs: only the first
-:data:`MAX_RECORDED_DETAILS` problems and duplicates are kept in detail, the rest are counted.
+Memory is about 12 bytes per distinct UID (its 8-byte key and 4-byte line number, in
+arrays: :mod:`.compact`), never the UID strings: only the first :data:`MAX_RECORDED_DETAILS`
+problems and duplicates are kept in detail, the rest are counted.
 """
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 from tcia_fetch.errors import InputError
+from tcia_fetch.job.compact import CompactUids, Replay, list_key
 from tcia_fetch.job.text import excerpt
+from tcia_fetch.store.digests import GrowingDigestSet
 from tcia_fetch.uid import uid_problem
 
 __all__ = [
@@ -75,8 +79,7 @@ class DuplicateUid:
 class UidListResult:
     """What a collector gathered: distinct valid UIDs in first-seen order, with bookkeeping."""
 
-    uids: tuple[str, ...]
-    uid_lines: tuple[int, ...]
+    uids: CompactUids
     duplicates: int
     duplicate_details: tuple[DuplicateUid, ...]
     problems: list[LineProblem]
@@ -84,31 +87,46 @@ class UidListResult:
 
 
 class UidCollector:
-    """Accumulates UIDs from one file, one line at a time; see the module docstring."""
+    """Accumulates UIDs from one file, one line at a time; see the module docstring.
+
+    ``line`` numbers given to :meth:`add` must grow (each line gives at most one UID), which
+    is what lets :class:`~.compact.CompactUids` find the UIDs again by line.
+    """
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self._first_line: dict[str, int] = {}
+        self._seen = GrowingDigestSet()
+        self._digests = array("Q")
+        self._lines = array("I")
         self._duplicates = 0
-        self._duplicate_details: list[DuplicateUid] = []
+        #: The first repeats: (uid, line, digest); where each was first seen is looked up once
+        #: at the end, in one pass over the arrays.
+        self._repeats: list[tuple[str, int, int]] = []
         self._problems: list[LineProblem] = []
         self._problem_count = 0
 
-    def add(self, candidate: str, line: int, *, what: str = "is not a DICOM UID") -> None:
-        """Validate ``candidate`` (already stripped) and keep it, count it, or record a problem."""
-        first = self._first_line.get(candidate)
-        if first is None:
-            problem = uid_problem(candidate)
-            if problem is None:
-                self._first_line[candidate] = line
-            elif len(self._problems) >= MAX_RECORDED_DETAILS:
-                self._problem_count += 1  # counted only: no need to format a message nobody keeps
-            else:
-                self.problem(line, candidate, f"{excerpt(candidate)!r} {what} ({problem})")
-            return
-        self._duplicates += 1
-        if len(self._duplicate_details) < MAX_RECORDED_DETAILS:
-            self._duplicate_details.append(DuplicateUid(candidate, line, first))
+    def add(self, candidate: str, line: int, *, what: str = "is not a DICOM UID") -> bool:
+        """Validate ``candidate`` (already stripped) and keep it, count it, or record a problem.
+
+        True when it was kept (a new, valid UID).
+        """
+        digest = list_key(candidate)
+        if self._seen.has(digest):
+            self._duplicates += 1
+            if len(self._repeats) < MAX_RECORDED_DETAILS:
+                self._repeats.append((candidate, line, digest))
+            return False
+        problem = uid_problem(candidate)
+        if problem is None:
+            self._seen.add(digest)
+            self._digests.append(digest)
+            self._lines.append(line)
+            return True
+        if len(self._problems) >= MAX_RECORDED_DETAILS:
+            self._problem_count += 1  # counted only: no need to format a message nobody keeps
+        else:
+            self.problem(line, candidate, f"{excerpt(candidate)!r} {what} ({problem})")
+        return False
 
     def problem(self, line: int, text: str, reason: str) -> None:
         """Record a line that cannot be used, with a reason a user can act on."""
@@ -120,12 +138,20 @@ class UidCollector:
     def problem_count(self) -> int:
         return self._problem_count
 
-    def result(self) -> UidListResult:
+    def result(self, replay: Replay) -> UidListResult:
+        """The collected list; ``replay`` reads the source again (see :class:`CompactUids`)."""
+        first_lines: dict[int, int] = {}
+        if self._repeats:
+            wanted = {digest for _, _, digest in self._repeats}
+            for digest, line in zip(self._digests, self._lines, strict=True):
+                if digest in wanted and digest not in first_lines:
+                    first_lines[digest] = line
         return UidListResult(
-            uids=tuple(self._first_line),
-            uid_lines=tuple(self._first_line.values()),
+            uids=CompactUids(self.source, self._digests, self._lines, replay),
             duplicates=self._duplicates,
-            duplicate_details=tuple(self._duplicate_details),
+            duplicate_details=tuple(
+                DuplicateUid(uid, line, first_lines[digest]) for uid, line, digest in self._repeats
+            ),
             problems=list(self._problems),
             problem_count=self._problem_count,
         )

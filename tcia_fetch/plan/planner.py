@@ -9,28 +9,44 @@ before planning ends; ``emit`` blocks when the download pool is busy (backpressu
 
 A series that cannot be planned (not on the server, not public, no size) becomes a
 ``PlanProblem``: reported, never dropped.
+
+Nothing here holds the whole plan (issue 13): explicit UIDs are pulled from the job's compact
+lists a chunk at a time, and a query's rows are consumed as an async stream
+(:meth:`Planner._query_rows`), each row reduced to its :class:`PlannedSeries` and handed on.
 """
 
 from __future__ import annotations
 
 import functools
 from array import array
-from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Container,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import date
+from itertools import islice
 from typing import Protocol, TypeVar
 
 import anyio
 
-from tcia_fetch.api.models import RejectedRow, ScreenedRows, rejected_rows
+from tcia_fetch.api.models import RejectedRow, ScreenedRows, SeriesRow, rejected_rows, screen_row
 from tcia_fetch.engine.breaker import CircuitBreaker
 from tcia_fetch.engine.clock import Clock
 from tcia_fetch.engine.retry import RetryPolicy, retry_call
 from tcia_fetch.errors import ImplausibleFiguresError, MetadataError, TciaFetchError
-from tcia_fetch.job.jobfile import JobSpec, SeriesQuery
+from tcia_fetch.job.jobfile import JobSpec, SeriesQuery, UidOrigin
 from tcia_fetch.plan.model import PlannedSeries, PlanProblem, PlanSummary, frozen_row
 from tcia_fetch.plan.rows import BAD_ROW_REFERENCE, bad_uid_label, series_uid_problem
-from tcia_fetch.plan.suggest import EmptyQueryExplainer, client_exclusions, combination_count
+from tcia_fetch.plan.spool import MEMORY_ROWS, RowSpool
+from tcia_fetch.plan.suggest import EmptyQueryExplainer, ExclusionTally, combination_count
 from tcia_fetch.series.expectation import SeriesExpectation
 from tcia_fetch.series.plausible import implausibility
 from tcia_fetch.store.digests import GrowingDigestSet, SortedDigests, sorted_unique, uid_digest
@@ -85,6 +101,19 @@ class SeriesSource(Protocol):
         series_uid: str | None = None,
     ) -> Sequence[_Row]: ...
 
+    def iter_series_rows(
+        self,
+        *,
+        collection: str | None = None,
+        patient_id: str | None = None,
+        study_uid: str | None = None,
+        modality: str | None = None,
+        body_part: str | None = None,
+        manufacturer: str | None = None,
+        manufacturer_model: str | None = None,
+        series_uid: str | None = None,
+    ) -> AsyncGenerator[Mapping[str, object], None]: ...
+
     async def series_metadata(
         self, series_uids: Sequence[str], *, collection: str | None = None
     ) -> Sequence[_Row]: ...
@@ -110,6 +139,8 @@ class PlannerOptions:
     #: ``getSeriesMetadata`` exists only in v4; on a legacy (v1/v2) server bare UIDs are looked up
     #: one by one with ``getSeries?SeriesInstanceUID=`` instead.
     bulk_metadata: bool = True
+    #: Rows of one query answer kept in memory before the rest goes to a temporary file.
+    spool_memory_rows: int = MEMORY_ROWS
 
 
 Emit = Callable[[PlannedSeries], Awaitable[None]]
@@ -185,18 +216,28 @@ class Planner:
             finally:
                 ahead.release()
 
-        async with anyio.create_task_group() as tg:
-            chunk: list[tuple[str, str]] = []
-            for origin in self._job.explicit_uids:
-                if self._claim(origin.uid):
-                    chunk.append((origin.uid, origin.origin))
-                if len(chunk) >= self._options.metadata_chunk:
+        # The job's UIDs are read from their list files as they are needed (blocking reads:
+        # in a worker thread, a chunk at a time), never held whole.
+        size = max(1, self._options.metadata_chunk)
+        origins = iter(self._job.explicit_uids)
+        try:
+            async with anyio.create_task_group() as tg:
+                chunk: list[tuple[str, str]] = []
+                while batch := await anyio.to_thread.run_sync(_take, origins, size):
+                    for origin in batch:
+                        if self._claim(origin.uid):
+                            chunk.append((origin.uid, origin.origin))
+                        if len(chunk) >= size:
+                            await ahead.acquire()
+                            tg.start_soon(one_chunk, chunk)
+                            chunk = []
+                if chunk:
                     await ahead.acquire()
                     tg.start_soon(one_chunk, chunk)
-                    chunk = []
-            if chunk:
-                await ahead.acquire()
-                tg.start_soon(one_chunk, chunk)
+        finally:
+            if isinstance(origins, Iterator) and hasattr(origins, "close"):
+                with anyio.CancelScope(shield=True):  # closes the list file the reader holds
+                    await anyio.to_thread.run_sync(origins.close)
 
     # -- claiming: de-duplication and skip/only filters (no await between check and add) --------
 
@@ -296,50 +337,90 @@ class Planner:
         limiter: anyio.CapacityLimiter,
     ) -> None:
         origin = f"query[{index}]"
+        server_rows = accepted = bad_rows = 0
+        failed = False
+        tally = ExclusionTally(query)
+        pending: list[tuple[str, str]] = []  # full_metadata: UIDs waiting for their lookup
         try:
-            async with limiter:
-                rows = await self._call(lambda: self._source.series(**filters))  # keys: SeriesQuery filters
+            async with aclosing(self._query_rows(filters, limiter)) as rows:
+                async for row in rows:
+                    server_rows += 1
+                    if isinstance(row, RejectedRow):  # fails its own series, not the query
+                        reason = f"the server's getSeries row does not fit: {row.reason}"
+                        self._bad_row(row.uid_text, reason, origin)
+                        bad_rows += 1
+                        continue
+                    if not query.accepts(row.image_count, row.series_date, row.series_description):
+                        tally.add(row)
+                        continue
+                    problem = series_uid_problem(row.series_uid)
+                    if problem is not None:  # never a path, a URL or a fatal InputError: this series fails
+                        self._bad_row(row.series_uid, problem, origin)
+                        bad_rows += 1
+                        continue
+                    accepted += 1
+                    if not self._claim(row.series_uid):
+                        continue
+                    if not self._options.full_metadata:
+                        await self._plan_row(row, origin, emit, limiter)
+                        continue
+                    pending.append((row.series_uid, origin))
+                    if len(pending) >= self._options.metadata_chunk:
+                        await self._plan_uids(pending, emit, limiter)
+                        pending = []
         except TciaFetchError as exc:
             if exc.fatal:
                 raise
             self.summary.query_errors.append(f"{origin} {query.describe()} {filters}: {exc.describe()}")
+            failed = True
+        if pending:  # claimed before a failure, they are still this run's series
+            await self._plan_uids(pending, emit, limiter)
+        if accepted or failed or bad_rows:  # bad rows: the query matched; each is a failed series
             return
-        rejected = rejected_rows(rows)
-        for bad in rejected:
-            self._bad_row(bad.uid_text, f"the server's getSeries row does not fit: {bad.reason}", origin)
-        bad_rows = len(rejected)
-        accepted = []
-        for row in rows:
-            if not query.accepts(row.image_count, row.series_date, row.series_description):
-                continue
-            problem = series_uid_problem(row.series_uid)
-            if problem is not None:  # never a path, a URL or a fatal InputError: this series fails
-                self._bad_row(row.series_uid, problem, origin)
-                bad_rows += 1
-                continue
-            accepted.append(row)
-        if not accepted and bad_rows:
-            return  # the query matched series; each bad row is already a failed series
-        if not accepted:  # never silent: say which filter matched nothing, and what was meant
-            self.summary.empty_queries.append(
-                await self._explainer.explain(
-                    origin,
-                    filters,
-                    server_rows=len(rows),
-                    excluded=client_exclusions(query, rows),
-                    table=index,
-                    combinations=combination_count(query),
-                )
+        # Never silent: say which filter matched nothing, and what was meant.
+        self.summary.empty_queries.append(
+            await self._explainer.explain(
+                origin,
+                filters,
+                server_rows=server_rows,
+                excluded=tally.counts,
+                table=index,
+                combinations=combination_count(query),
             )
-            return
-        claimed = [row for row in accepted if self._claim(row.series_uid)]
-        if self._options.full_metadata:
-            for start in range(0, len(claimed), self._options.metadata_chunk):
-                part = claimed[start : start + self._options.metadata_chunk]
-                await self._plan_uids([(row.series_uid, origin) for row in part], emit, limiter)
-            return
-        for row in claimed:
-            await self._plan_row(row, origin, emit, limiter)
+        )
+
+    async def _query_rows(
+        self, filters: Mapping[str, str], limiter: anyio.CapacityLimiter
+    ) -> AsyncGenerator[SeriesRow | RejectedRow, None]:
+        """One ``getSeries`` answer, row by row: the ONE place a query's rows come from.
+
+        The answer is read whole at the server's pace into a spool (memory, then a compressed
+        temporary file: plan/spool.py), retried as a whole under ``limiter``; then its rows are
+        handed out at the pool's pace, each screened on its own (a row that does not fit comes
+        out as a :class:`RejectedRow`).
+        """
+        spool = RowSpool(memory_rows=self._options.spool_memory_rows)
+        try:
+            await self._call(functools.partial(self._fill_spool, spool, filters, limiter))
+            await anyio.to_thread.run_sync(spool.finish)
+            while batch := await anyio.to_thread.run_sync(spool.read_batch):
+                for raw in batch:
+                    yield screen_row(SeriesRow, raw)
+        finally:
+            with anyio.CancelScope(shield=True):  # cleanup only: the file is deleted on close
+                await anyio.to_thread.run_sync(spool.close)
+
+    async def _fill_spool(
+        self, spool: RowSpool, filters: Mapping[str, str], limiter: anyio.CapacityLimiter
+    ) -> None:
+        if spool.spilled:  # a retry starts over
+            await anyio.to_thread.run_sync(spool.reset)
+        spool.reset()
+        async with limiter, aclosing(self._source.iter_series_rows(**filters)) as rows:
+            async for row in rows:
+                spool.add(row)
+                if spool.should_spill:
+                    await anyio.to_thread.run_sync(spool.spill)
 
     # -- one row -> one planned series ----------------------------------------------------------
 
@@ -402,6 +483,11 @@ class Planner:
             raise
         except (ValueError, TypeError) as exc:  # a row the models could not read
             raise MetadataError(f"unreadable series metadata: {exc}") from exc
+
+
+def _take(origins: Iterator[UidOrigin], count: int) -> list[UidOrigin]:
+    """The next ``count`` explicit UIDs (blocking: the list file is read; call in a thread)."""
+    return list(islice(origins, count))
 
 
 def unique_uids(items: Iterable[PlannedSeries]) -> list[str]:

@@ -32,6 +32,7 @@ __all__ = [
     "CHECK_ORDER",
     "EmptyQuery",
     "EmptyQueryExplainer",
+    "ExclusionTally",
     "ValueSource",
     "client_exclusions",
     "closest",
@@ -210,17 +211,30 @@ def client_side_note(server_rows: int, excluded: Mapping[str, int]) -> str:
 
 def client_exclusions(query: SeriesQuery, rows: Sequence[Any]) -> dict[str, int]:
     """How many server rows each client-side filter of ``query`` rejects on its own."""
-    singles = {
-        name: _only(query, name)
-        for name in ("image_count", "series_date", "description")
-        if getattr(query, name) is not None
-    }
-    counts = dict.fromkeys(singles, 0)
+    tally = ExclusionTally(query)
     for row in rows:
-        for name, single in singles.items():
+        tally.add(row)
+    return tally.counts
+
+
+class ExclusionTally:
+    """:func:`client_exclusions` one row at a time, for rows that stream past (issue 13)."""
+
+    __slots__ = ("_singles", "counts")
+
+    def __init__(self, query: SeriesQuery) -> None:
+        self._singles = {
+            name: _only(query, name)
+            for name in ("image_count", "series_date", "description")
+            if getattr(query, name) is not None
+        }
+        self.counts = dict.fromkeys(self._singles, 0)
+
+    def add(self, row: Any) -> None:
+        """Count one server row against each client-side filter on its own."""
+        for name, single in self._singles.items():
             if not single.accepts(row.image_count, row.series_date, row.series_description):
-                counts[name] += 1
-    return counts
+                self.counts[name] += 1
 
 
 def combination_count(query: SeriesQuery) -> int:

@@ -158,6 +158,84 @@ async def test_real_2524_series_manifest_plans_completely(catalog: Catalog) -> N
     items, planner, _ = await plan_all(seeded, job)
     assert {item.series_uid for item in items} == set(manifest.uids)
     assert planner.summary.series == 2524
+    named = set(manifest.uids)  # read once: each .uids reads the manifest again (issue 13)
     assert planner.summary.total_bytes == sum(
-        entry.total_bytes for entry in seeded.series if entry.uid in set(manifest.uids)
+        entry.total_bytes for entry in seeded.series if entry.uid in named
     )
+
+
+async def test_query_rows_flow_to_the_pool_one_at_a_time(tmp_path: Path, catalog: Catalog) -> None:
+    """A query's rows are consumed as a stream: each series is handed on before the next row is read.
+
+    The planner reads rows from one seam (``_query_rows``); here it yields the server's rows one
+    by one and counts them, so holding the answer whole (or a list of planned series) would show
+    as more rows read than series handed on.
+    """
+    read: list[str] = []
+    handed: list[tuple[str, int]] = []
+
+    class CountingPlanner(Planner):
+        async def _query_rows(self, filters, limiter):  # type: ignore[no-untyped-def]
+            async for row in super()._query_rows(filters, limiter):
+                read.append(row.series_uid)
+                yield row
+
+    async def emit(item: PlannedSeries) -> None:
+        handed.append((item.series_uid, len(read)))
+
+    collection = catalog.collections[0]
+    job = job_file(tmp_path, f'[[query]]\ncollection = "{collection}"\n')
+    async with FakeNBIA(catalog).serve() as server, NBIAClient(base_url=server.base_url) as client:
+        planner = CountingPlanner(client, job, retry_policy=FAST, clock=SystemClock())
+        await planner.run(emit)
+    expected = [entry.uid for entry in catalog.series if entry.collection == collection]
+    assert sorted(read) == sorted(expected) and len(expected) > 2
+    assert handed == [(uid, position + 1) for position, uid in enumerate(read)]
+    assert planner.summary.series == len(expected)
+
+
+async def test_a_large_query_answer_is_spooled_and_a_cut_answer_is_read_again(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    """Rows past the in-memory share go through the temporary file, in order; a query whose answer
+    breaks off mid-way is retried whole, and the rows it had already handed on are not planned twice."""
+    from tcia_fetch.errors import RemoteProtocolError
+
+    cuts = []
+
+    class CutOnce:
+        def __init__(self, client: NBIAClient) -> None:
+            self._client = client
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._client, name)
+
+        async def iter_series_rows(self, **filters: object):  # type: ignore[no-untyped-def]
+            count = 0
+            async for row in self._client.iter_series_rows(**filters):  # type: ignore[arg-type]
+                count += 1
+                if not cuts and count == 3:
+                    cuts.append(count)
+                    raise RemoteProtocolError("connection lost mid-answer")
+                yield row
+
+    items: list[PlannedSeries] = []
+
+    async def emit(item: PlannedSeries) -> None:
+        items.append(item)
+
+    collection = catalog.collections[0]
+    job = job_file(tmp_path, f'[[query]]\ncollection = "{collection}"\n')
+    async with FakeNBIA(catalog).serve() as server, NBIAClient(base_url=server.base_url) as client:
+        planner = Planner(
+            CutOnce(client),  # type: ignore[arg-type]
+            job,
+            retry_policy=FAST,
+            clock=SystemClock(),
+            options=PlannerOptions(spool_memory_rows=2),
+        )
+        await planner.run(emit)
+    expected = sorted(entry.uid for entry in catalog.series if entry.collection == collection)
+    assert cuts == [3] and len(expected) > 3
+    assert sorted(item.series_uid for item in items) == expected
+    assert not planner.summary.query_errors
