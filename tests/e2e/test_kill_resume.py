@@ -71,7 +71,7 @@ def _run_to_end(job: Path, out: Path, base_url: str) -> int:
 
 
 def test_sigkill_at_random_points_then_rerun_equals_uninterrupted_run(tmp_path: Path) -> None:
-    kills = int(os.environ.get("TCIA_FETCH_KILLS", "5"))
+    kills = int(os.environ.get("TCIA_FETCH_KILLS", "3"))  # more by hand; the crash campaign adds 4
     rng = random.Random(int(os.environ.get("TCIA_FETCH_KILL_SEED", "7")))
     job = _job(tmp_path)
     with fake_server_process(

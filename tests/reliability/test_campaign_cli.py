@@ -26,9 +26,9 @@ def test_reduced_campaign_prints_figures_and_passes(tmp_path: Path) -> None:
             "--kills",
             "0",
             "--hostile",
-            "20",
+            "10",
             "--fuzz-examples",
-            "300",
+            "40",  # the fuzz part's own reduced test: tests/reliability/test_fuzz_parsers.py
             "--skip",
             "faults",
             "--skip",
@@ -39,6 +39,8 @@ def test_reduced_campaign_prints_figures_and_passes(tmp_path: Path) -> None:
             "scaleout",  # its own reduced test: tests/reliability/test_scaleout_campaign.py
             "--skip",
             "server",  # each hostile-server family has its own test: tests/reliability/test_hostile_*.py
+            "--skip",
+            "secrets",  # its own test: tests/reliability/test_secrets.py
             "--json",
             str(report),
             "--quiet",
@@ -53,8 +55,8 @@ def test_reduced_campaign_prints_figures_and_passes(tmp_path: Path) -> None:
     document = json.loads(report.read_text())
     assert document["passed"] is True
     assert set(document["data_lost"].values()) == {0}
-    assert document["hostile"]["tried"] == 20
-    assert document["secrets"]["leaks"] == []
+    assert document["hostile"]["tried"] == 10
+    assert document["fuzz"] is not None and document["secrets"] is None  # run and skipped parts
 
 
 def test_any_data_loss_fails_the_campaign() -> None:
