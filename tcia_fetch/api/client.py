@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
 from types import TracebackType
-from typing import Literal, Self, TypeVar
+from typing import Literal, Self, TypedDict, TypeVar, Unpack
 
 from tcia_fetch.api.auth import TokenManager
 from tcia_fetch.api.endpoints import ENDPOINTS, ApiVersion, build_params, endpoint_url, is_nlst
@@ -57,7 +57,7 @@ from tcia_fetch.transport import (
 )
 from tcia_fetch.uid import uid_problem
 
-__all__ = ["DEFAULT_DOWNLOAD_SLOTS", "NBIAClient"]
+__all__ = ["DEFAULT_DOWNLOAD_SLOTS", "NBIAClient", "SeriesFilters"]
 
 #: Download connections when neither the caller (a run passes its ``--concurrency``) nor the
 #: config file's ``max_connections`` says otherwise.
@@ -89,6 +89,19 @@ def _check_uid(value: str, what: str) -> str:
     if problem is not None:
         raise InputError(f"{problem}: {value[:80]!r}", source=what)
     return value
+
+
+class SeriesFilters(TypedDict, total=False):
+    """The ``getSeries`` filters, every one optional (none at all = every public series)."""
+
+    collection: str | None
+    patient_id: str | None
+    study_uid: str | None
+    modality: str | None
+    body_part: str | None
+    manufacturer: str | None
+    manufacturer_model: str | None
+    series_uid: str | None
 
 
 class NBIAClient:
@@ -416,43 +429,26 @@ class NBIAClient:
     # --- series --------------------------------------------------------------------------
 
     @staticmethod
-    def _series_params(
-        *,
-        collection: str | None,
-        patient_id: str | None,
-        study_uid: str | None,
-        modality: str | None,
-        body_part: str | None,
-        manufacturer: str | None,
-        manufacturer_model: str | None,
-        series_uid: str | None,
-    ) -> dict[str, object | None]:
+    def _series_params(filters: SeriesFilters) -> dict[str, object | None]:
+        study_uid, series_uid = filters.get("study_uid"), filters.get("series_uid")
         if study_uid is not None:
             _check_uid(study_uid, "study UID")
         if series_uid is not None:
             _check_uid(series_uid, "series UID")
         return {
-            "Collection": collection,
-            "PatientID": patient_id,
+            "Collection": filters.get("collection"),
+            "PatientID": filters.get("patient_id"),
             "StudyInstanceUID": study_uid,
-            "Modality": modality,
-            "BodyPartExamined": body_part,
-            "Manufacturer": manufacturer,
-            "ManufacturerModelName": manufacturer_model,
+            "Modality": filters.get("modality"),
+            "BodyPartExamined": filters.get("body_part"),
+            "Manufacturer": filters.get("manufacturer"),
+            "ManufacturerModelName": filters.get("manufacturer_model"),
             "SeriesInstanceUID": series_uid,
         }
 
     async def iter_series(
         self,
-        *,
-        collection: str | None = None,
-        patient_id: str | None = None,
-        study_uid: str | None = None,
-        modality: str | None = None,
-        body_part: str | None = None,
-        manufacturer: str | None = None,
-        manufacturer_model: str | None = None,
-        series_uid: str | None = None,
+        **filters: Unpack[SeriesFilters],
     ) -> AsyncGenerator[SeriesRow, None]:
         """``getSeries`` as a stream of rows: a whole collection without holding its answer.
 
@@ -460,48 +456,21 @@ class NBIAClient:
         (``async with contextlib.aclosing(client.iter_series(...)) as rows``). A row the model
         cannot read raises ``ResponseFormatError`` at that row.
         """
-        async with aclosing(
-            self.iter_series_rows(
-                collection=collection,
-                patient_id=patient_id,
-                study_uid=study_uid,
-                modality=modality,
-                body_part=body_part,
-                manufacturer=manufacturer,
-                manufacturer_model=manufacturer_model,
-                series_uid=series_uid,
-            )
-        ) as rows:
+        async with aclosing(self.iter_series_rows(**filters)) as rows:
             async for row in rows:
                 yield SeriesRow.from_server(row)
 
     async def iter_series_rows(
         self,
-        *,
-        collection: str | None = None,
-        patient_id: str | None = None,
-        study_uid: str | None = None,
-        modality: str | None = None,
-        body_part: str | None = None,
-        manufacturer: str | None = None,
-        manufacturer_model: str | None = None,
-        series_uid: str | None = None,
+        **filters: Unpack[SeriesFilters],
     ) -> AsyncGenerator[Row, None]:
         """``getSeries`` as a stream of raw rows, not yet validated (the planner spools these).
 
         The planner screens each row itself (``api.models.screen_row``) when it reads it back,
         so a row that does not fit fails its own series, not the query.
         """
-        params = self._series_params(
-            collection=collection,
-            patient_id=patient_id,
-            study_uid=study_uid,
-            modality=modality,
-            body_part=body_part,
-            manufacturer=manufacturer,
-            manufacturer_model=manufacturer_model,
-            series_uid=series_uid,
-        )
+        params = self._series_params(filters)
+        collection, series_uid = filters.get("collection"), filters.get("series_uid")
         async with aclosing(
             self.iter_rows("getSeries", params, collection=collection, series_uid=series_uid)
         ) as rows:
@@ -510,27 +479,11 @@ class NBIAClient:
 
     async def series(
         self,
-        *,
-        collection: str | None = None,
-        patient_id: str | None = None,
-        study_uid: str | None = None,
-        modality: str | None = None,
-        body_part: str | None = None,
-        manufacturer: str | None = None,
-        manufacturer_model: str | None = None,
-        series_uid: str | None = None,
+        **filters: Unpack[SeriesFilters],
     ) -> list[SeriesRow]:
         """``getSeries``: every filter optional (none = every public series: large)."""
-        params = self._series_params(
-            collection=collection,
-            patient_id=patient_id,
-            study_uid=study_uid,
-            modality=modality,
-            body_part=body_part,
-            manufacturer=manufacturer,
-            manufacturer_model=manufacturer_model,
-            series_uid=series_uid,
-        )
+        params = self._series_params(filters)
+        collection, series_uid = filters.get("collection"), filters.get("series_uid")
         rows = await self._query("getSeries", params, collection=collection, series_uid=series_uid)
         # Row by row: one broken row is set aside (``rejected_rows``) for the planner to report
         # as that series' failure, instead of failing the whole answer (issue 14).

@@ -33,7 +33,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import date
 from itertools import islice
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar, Unpack
 
 import anyio
 
@@ -50,6 +50,9 @@ from tcia_fetch.plan.suggest import EmptyQueryExplainer, ExclusionTally, combina
 from tcia_fetch.series.expectation import SeriesExpectation
 from tcia_fetch.series.plausible import implausibility
 from tcia_fetch.store.digests import GrowingDigestSet, SortedDigests, sorted_unique, uid_digest
+
+if TYPE_CHECKING:  # the planner needs only the filters' type, not the HTTP client
+    from tcia_fetch.api.client import SeriesFilters
 
 __all__ = ["Planner", "PlannerOptions", "SeriesSource"]
 
@@ -90,28 +93,12 @@ class SeriesSource(Protocol):
 
     async def series(
         self,
-        *,
-        collection: str | None = None,
-        patient_id: str | None = None,
-        study_uid: str | None = None,
-        modality: str | None = None,
-        body_part: str | None = None,
-        manufacturer: str | None = None,
-        manufacturer_model: str | None = None,
-        series_uid: str | None = None,
+        **filters: Unpack[SeriesFilters],
     ) -> Sequence[_Row]: ...
 
     def iter_series_rows(
         self,
-        *,
-        collection: str | None = None,
-        patient_id: str | None = None,
-        study_uid: str | None = None,
-        modality: str | None = None,
-        body_part: str | None = None,
-        manufacturer: str | None = None,
-        manufacturer_model: str | None = None,
-        series_uid: str | None = None,
+        **filters: Unpack[SeriesFilters],
     ) -> AsyncGenerator[Mapping[str, object], None]: ...
 
     async def series_metadata(
