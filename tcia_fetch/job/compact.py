@@ -24,7 +24,7 @@ from tcia_fetch.store.digests import GrowingDigestSet
 if TYPE_CHECKING:
     from tcia_fetch.job.jobfile import UidOrigin
 
-__all__ = ["CompactUids", "ExplicitUids", "Replay", "list_key"]
+__all__ = ["CompactUidList", "CompactUids", "ExplicitUids", "Replay", "list_key"]
 
 _MASK = (1 << 64) - 1
 
@@ -106,6 +106,23 @@ class CompactUids:
             source=self.source,
             location=str(line),
         )
+
+
+class CompactUidList:
+    """The UID views a parsed list (manifest, UID table) derives from its ``compact`` field."""
+
+    __slots__ = ()
+    compact: CompactUids
+
+    @property
+    def uids(self) -> tuple[str, ...]:
+        """Every UID as a string (one object per UID: for small lists and tests)."""
+        return tuple(uid for uid, _ in self.compact)
+
+    @property
+    def uid_lines(self) -> tuple[int, ...]:
+        """The line of each UID, in the same order."""
+        return tuple(self.compact.lines)
 
 
 @dataclass(frozen=True, slots=True)

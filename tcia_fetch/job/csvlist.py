@@ -23,7 +23,7 @@ from itertools import islice
 from pathlib import Path
 
 from tcia_fetch.errors import InputError
-from tcia_fetch.job.compact import CompactUids
+from tcia_fetch.job.compact import CompactUidList, CompactUids
 from tcia_fetch.job.text import decode_input, excerpt, iter_input_lines, iter_lines
 from tcia_fetch.job.uidlist import DuplicateUid, LineProblem, UidCollector, raise_for_problems
 from tcia_fetch.uid import is_valid_uid
@@ -37,7 +37,7 @@ _DELIMITERS = (",", "\t", ";")
 
 
 @dataclass(frozen=True, slots=True)
-class UidTable:
+class UidTable(CompactUidList):
     """Distinct valid UIDs from a table, in row order, with what went wrong.
 
     ``compact`` holds the UIDs (see :mod:`.compact`); ``uids``/``uid_lines`` materialise them
@@ -56,15 +56,6 @@ class UidTable:
     problems: list[LineProblem]
     problem_count: int
     _lines: Callable[[], Iterator[str]]
-
-    @property
-    def uids(self) -> tuple[str, ...]:
-        """Every UID as a string (one object per UID: for small tables and tests)."""
-        return tuple(uid for uid, _ in self.compact)
-
-    @property
-    def uid_lines(self) -> tuple[int, ...]:
-        return tuple(self.compact.lines)
 
     def row_for(self, uid: str) -> dict[str, str]:
         """All columns of the first row that named ``uid`` (missing trailing cells read as "").

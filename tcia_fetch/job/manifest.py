@@ -36,7 +36,7 @@ from itertools import islice
 from pathlib import Path
 
 from tcia_fetch.errors import InputError
-from tcia_fetch.job.compact import CompactUids
+from tcia_fetch.job.compact import CompactUidList, CompactUids
 from tcia_fetch.job.text import decode_input, excerpt, iter_input_lines, iter_lines, split_lines
 from tcia_fetch.job.uidlist import DuplicateUid, LineProblem, UidCollector, raise_for_problems
 from tcia_fetch.uid import is_valid_uid
@@ -70,7 +70,7 @@ _SNIFF_CHARS = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class Manifest:
+class Manifest(CompactUidList):
     """A parsed manifest: distinct valid UIDs in file order, plus everything worth reporting.
 
     ``compact`` holds the UIDs (digests and lines; the text is read again from the source
@@ -91,15 +91,6 @@ class Manifest:
     problem_count: int
     marker_line: int
     header_lines: tuple[int, ...]
-
-    @property
-    def uids(self) -> tuple[str, ...]:
-        """Every UID as a string (one object per UID: for small lists and tests)."""
-        return tuple(uid for uid, _ in self.compact)
-
-    @property
-    def uid_lines(self) -> tuple[int, ...]:
-        return tuple(self.compact.lines)
 
     def origins(self) -> Iterator[tuple[str, str]]:
         """``(uid, "file:line")`` for every UID, in order, for plans and reports."""
