@@ -61,6 +61,7 @@ from tcia_fetch.engine.run import (
     _path,
     _retry_policy,
     close_books,
+    journal_bad_rows,
     journal_sets,
     planner_options,
     resolve_client_settings,
@@ -72,10 +73,12 @@ from tcia_fetch.job.jobfile import JobSpec
 from tcia_fetch.plan.model import PlannedSeries, PlanSummary
 from tcia_fetch.plan.planner import Planner
 from tcia_fetch.plan.shard import split_rate
+from tcia_fetch.plan.suggest import unmatched_tables
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.reconcile import reconcile
 from tcia_fetch.store.runlock import acquire_run_lock
+from tcia_fetch.store.seriespath import blocked_root_outputs, recorded_damaged_paths
 
 __all__ = ["fetch_on_cluster", "run_on_cluster"]
 
@@ -143,6 +146,10 @@ async def fetch_on_cluster(
         done_uids, damaged, only = await journal_sets(
             journal, reconciliation.damaged, retry_failed=options.retry_failed
         )
+        # A repaired series goes back where it was published, whatever the layout renders now.
+        damaged_paths = await anyio.to_thread.run_sync(
+            recorded_damaged_paths, journal, reconciliation.damaged
+        )
         max_rps = options.max_requests_per_s or spec.download.max_requests_per_s or None
         max_bps = options.max_bytes_per_s or spec.download.max_bytes_per_s or None
         workers_hint = address.local_workers or 1
@@ -183,6 +190,7 @@ async def fetch_on_cluster(
                         max_requests_per_s=split_rate(max_rps, len(workers)),
                         max_bytes_per_s=split_rate(max_bps, len(workers)),
                         damaged=damaged,
+                        damaged_paths=damaged_paths,
                         semaphore=semaphore,
                         max_outage_s=spec.download.max_outage_s,
                         min_free_bytes=options.min_free_bytes,
@@ -410,18 +418,25 @@ async def _finish(
     report.throttled = stats.throttled
     report.duplicates = summary.duplicates
     report.plan = summary.as_dict()
-    report.plan_errors = list(summary.query_errors)
+    # The same plan errors as a single-process run (engine/run.py): a [[query]] that matched
+    # nothing, and a directory standing where metadata.csv or the catalog goes.
+    unmatched = [finding.message for finding in unmatched_tables(summary.empty_queries)]
+    report.plan_errors = list(summary.query_errors) + unmatched
+    report.plan_errors += list((await anyio.to_thread.run_sync(blocked_root_outputs, destination)).values())
     report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     report.duration_s = time.monotonic() - started
     if journal is not None:
         # Killed workers may have left staging behind; this host's dead ones are removed now.
         await anyio.to_thread.run_sync(destination.cleanup_leftovers)
-        report.instances = await _close_books(journal, destination, report.run_id, spec)
+        report.instances = await _close_books(journal, destination, report.run_id, spec, summary)
     await write_run_files(report, destination, options, planner)
 
 
-async def _close_books(journal: Journal, destination: Destination, run_id: str, spec: JobSpec) -> int:
-    """Compaction, metadata.csv and the catalog from a view that includes the workers' records.
+async def _close_books(
+    journal: Journal, destination: Destination, run_id: str, spec: JobSpec, summary: PlanSummary
+) -> int:
+    """Bad server rows journaled, then compaction, metadata.csv and the catalog from a view that
+    includes the workers' records.
 
     The client's own view was read before any task ran: it knows nothing of the segments the
     workers appended to since, and it appended (almost) nothing itself. So it is closed, and a
@@ -434,6 +449,10 @@ async def _close_books(journal: Journal, destination: Destination, run_id: str, 
     try:
         # Records in segments are appends the snapshot (and so metadata.csv) may not reflect yet.
         workers_appended = fresh.statistics.segment_records > 0
+        # Series whose server row was unusable never reached a worker: the client records them
+        # as failed, with the very function a single-process run uses (so status and
+        # --retry-failed see them alike), in the fresh view that knows the workers' records.
+        await journal_bad_rows(fresh, summary, run_id)
         return await close_books(
             fresh, destination, run_id, write_csv=spec.output.metadata_csv, force=workers_appended
         )

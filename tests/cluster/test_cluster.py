@@ -179,3 +179,97 @@ def test_a_retry_adopts_what_a_killed_worker_published_and_never_publishes_twice
     (destination.root / uid / "1.dcm").write_bytes(b"99999")
     other = Journal.open(destination.state_dir, run_id="r")
     assert not adopt_published(destination, other, "flat", _planned(uid), "r")
+
+
+def _row(uid: str, number: str) -> Any:
+    """A descriptive-layout row: two series ending in the same five UID characters, with the same
+    number and description, render the same directory (store/seriespath.py)."""
+    from types import MappingProxyType
+
+    from tcia_fetch.plan.model import PlannedSeries
+    from tcia_fetch.series.expectation import SeriesExpectation
+
+    row = {
+        "Collection": "C",
+        "PatientID": "P",
+        "StudyInstanceUID": "1.2.3.4",
+        "SeriesInstanceUID": uid,
+        "SeriesNumber": number,
+        "SeriesDescription": "T1",
+    }
+    return PlannedSeries(uid, SeriesExpectation(uid, 1, 5), MappingProxyType(row), "t")
+
+
+def test_a_retry_adopts_by_the_recorded_path_a_disambiguated_or_repaired_series(tmp_path: Path) -> None:
+    """The killed worker published where the journal says, not where the layout renders: under
+    ``<name>~<hash>`` (another series held the plain name), or back at a repaired series' old path."""
+    from pathlib import PurePosixPath
+
+    from tcia_fetch.cluster.remote import adopt_published
+    from tcia_fetch.store.journal import Journal
+    from tcia_fetch.store.layout import disambiguated, render_series_path
+    from tests.store.helpers import record, stage_series
+
+    holder, uid = "1.2.826.0.1.3680043.8.498.12345", "1.2.826.0.1.3680043.8.498.9.12345"
+    destination = Destination(tmp_path / "out")
+    destination.prepare()
+    plain = render_series_path("descriptive", _row(uid, "1").metadata)
+    assert plain == render_series_path("descriptive", _row(holder, "1").metadata)  # they collide
+    staging, _ = stage_series(destination, holder, {"1.dcm": b"holder"})
+    destination.publish(staging, plain)  # the other series holds the plain name
+
+    second = disambiguated(plain, uid)
+    staging, files = stage_series(destination, uid, {"1.dcm": b"12345"})
+    dead = Journal.open(destination.state_dir, run_id="r")
+    dead.append(record(uid, "verified", run_id="r", path=second.as_posix(), files=files))
+    destination.publish(staging, second)
+    dead.close()
+    writer = Journal.open(destination.state_dir, run_id="r")
+    assert adopt_published(destination, writer, "descriptive", _row(uid, "1"), "r")
+    writer.close()
+    adopted = Journal.open(destination.state_dir, run_id="x").latest()[uid]
+    assert (adopted.status, adopted.path) == ("done", second.as_posix())
+    assert (destination.root / plain / "1.dcm").read_bytes() == b"holder"  # the holder untouched
+
+    # A damaged series published under an older layout: its repair went back to the recorded
+    # path, which today's layout does not render; the retry adopts that repair (this run's record).
+    repaired = "1.2.826.0.1.3680043.8.498.77"
+    old_place = PurePosixPath("older-layout") / repaired
+    staging, files = stage_series(destination, repaired, {"1.dcm": b"fresh"})
+    dead = Journal.open(destination.state_dir, run_id="r2")
+    dead.append(record(repaired, "verified", run_id="r2", path=old_place.as_posix(), files=files))
+    destination.publish(staging, old_place)
+    dead.close()
+    writer = Journal.open(destination.state_dir, run_id="r2")
+    row = _row(repaired, "2")
+    assert not adopt_published(destination, writer, "descriptive", row, "r2")  # not knowing the path
+    assert adopt_published(
+        destination, writer, "descriptive", row, "r2", recorded_path=old_place.as_posix(), damaged=True
+    )
+    writer.close()
+    assert Journal.open(destination.state_dir, run_id="x").latest()[repaired].status == "done"
+
+
+def test_a_damaged_series_is_never_adopted_from_the_record_of_its_damaged_tree(tmp_path: Path) -> None:
+    from pathlib import PurePosixPath
+
+    from tcia_fetch.cluster.remote import adopt_published
+    from tcia_fetch.store.journal import Journal
+    from tests.store.helpers import record, stage_series
+
+    uid = "1.2.826.0.1.3680043.8.498.5"
+    destination = Destination(tmp_path / "out")
+    destination.prepare()
+    staging, files = stage_series(destination, uid, {"1.dcm": b"12345"})
+    earlier = Journal.open(destination.state_dir, run_id="old")
+    earlier.append(record(uid, "done", run_id="old", path=uid, files=files))
+    destination.publish(staging, PurePosixPath(uid))
+    earlier.close()
+    writer = Journal.open(destination.state_dir, run_id="new")
+    # The tree still matches its old record (the damage was, say, a missing file since put back):
+    # the run decided to repair it, so only a record of this run could be adopted.
+    assert not adopt_published(
+        destination, writer, "flat", _planned(uid), "new", recorded_path=uid, damaged=True
+    )
+    writer.close()
+    assert Journal.open(destination.state_dir, run_id="x").latest()[uid].run_id == "old"
