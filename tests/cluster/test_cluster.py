@@ -114,19 +114,41 @@ def test_a_destination_not_shared_with_every_worker_stops_the_run_naming_the_wor
     assert list(destination.state_dir.glob("cluster-probe-*")) == []  # probes cleaned up
 
 
+#: Rows the fake server adds to every getSeries answer: a path traversal and an empty UID.
+BAD_UIDS = ("../../../etc/evil", "")
+
+
+def _failed_records(out: Path) -> dict[str, tuple[str | None, str | None, int]]:
+    from tcia_fetch.store.journal import Journal
+
+    journal = Journal.open(out / ".tcia-fetch", run_id="judge")
+    try:
+        return {r.series_uid: (r.reason, r.reference, r.attempts) for r in journal.iter_latest("failed")}
+    finally:
+        journal.close()
+
+
 @pytest.mark.e2e
 def test_a_local_cluster_run_downloads_everything_reports_once_and_resumes(tmp_path: Path) -> None:
+    from tcia_fetch.engine.run import fetch
+    from tcia_fetch.plan.rows import BAD_ROW_REFERENCE, bad_uid_label
+    from tcia_fetch.testing import FaultKind, FaultPlan, FaultRule
+
     catalog = Catalog.generate(seed=5, collections=2, patients_per_collection=2, series_per_study=2)
     uids = sorted(entry.uid for entry in catalog.series)
     listed = ", ".join(f'"{c}"' for c in sorted({e.collection for e in catalog.series}))
     job = tmp_path / "job.toml"
     job.write_text(f"[download]\nconcurrency = 3\n\n[[query]]\ncollection = [{listed}]\n")
     out = tmp_path / "out"
-    with serve_in_thread(FakeNBIA(catalog)) as server:
+    bad_rows = FaultPlan(rules=[FaultRule(FaultKind.BAD_UID_ROWS, times=None, uids=BAD_UIDS)])
+    bad = {bad_uid_label(text) for text in BAD_UIDS}
+    with serve_in_thread(FakeNBIA(catalog, faults=bad_rows)) as server:
         options = RunOptions(out=out, base_url=server.base_url)
         report = run_on_cluster(job, options, "local:2")
-        assert report.exit_code == 0, report.failures
-        assert (report.planned, report.done, report.failed) == (len(uids), len(uids), 0)
+        assert report.exit_code == 1  # the bad rows: failed series, as in one process
+        assert (report.planned, report.done, report.failed) == (len(uids) + len(bad), len(uids), len(bad))
+        assert {f.series_uid for f in report.failures} == bad
+        assert {f.reference for f in report.failures} == {BAD_ROW_REFERENCE}
         assert report.engine["workers"] == 2
         assert report.engine["cluster_semaphore_max_leases"] == 3
         # Every series ran under a lease (taken from the scheduler or handed on within a
@@ -137,8 +159,18 @@ def test_a_local_cluster_run_downloads_everything_reports_once_and_resumes(tmp_p
         assert leases["acquired"] >= 1 and leases["released"] == leases["acquired"]
         with (out / "metadata.csv").open(newline="", encoding="utf-8") as handle:
             assert sorted(row["Series UID"] for row in csv.DictReader(handle)) == uids
+        # The journal holds the bad rows as failed series exactly as a single-process run's does
+        # (status counts them, --retry-failed asks for them again).
+        single = tmp_path / "single"
+        one = anyio.run(lambda: fetch(job, RunOptions(out=single, base_url=server.base_url)))
+        assert [f.as_dict() for f in one.failures] == [f.as_dict() for f in report.failures]
+        assert _failed_records(out) == _failed_records(single)
+        assert set(_failed_records(out)) == bad
+
         again = run_on_cluster(job, options, "local:1")
-        assert (again.planned, again.done, again.skipped) == (len(uids), 0, len(uids))
+        assert (again.planned, again.done, again.skipped) == (len(uids) + len(bad), 0, len(uids))
+        assert {f.series_uid for f in again.failures} == bad
+        assert _failed_records(out) == _failed_records(single)  # kept once, not appended again
 
 
 def _planned(uid: str) -> Any:
