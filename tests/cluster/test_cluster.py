@@ -168,8 +168,10 @@ def test_a_local_cluster_run_downloads_everything_reports_once_and_resumes(tmp_p
         assert _failed_records(out) == _failed_records(single)
         assert set(_failed_records(out)) == bad
 
+        # Nothing left to download: the rerun plans, skips everything and starts no cluster.
         again = run_on_cluster(job, options, "local:1")
         assert (again.planned, again.done, again.skipped) == (len(uids) + len(bad), 0, len(uids))
+        assert again.engine["workers"] == 0
         assert {f.series_uid for f in again.failures} == bad
         assert _failed_records(out) == _failed_records(single)  # kept once, not appended again
 
