@@ -26,7 +26,7 @@ import anyio
 from tcia_fetch.cluster.address import SchedulerAddress
 from tcia_fetch.errors import ClusterError, InputError
 
-__all__ = ["Cluster", "LocalClusterHandle", "TaskOutcome", "connect", "local_cluster"]
+__all__ = ["Cluster", "LocalClusterHandle", "TaskOutcome", "connect", "local_cluster", "prepare"]
 
 _CONNECT_TIMEOUT_S = 30.0
 #: What the forkserver imports once, so that every local worker starts with it loaded.
@@ -179,12 +179,22 @@ def _local_config(distributed: Any, forkserver: bool) -> dict[str, object]:
     return config | {"distributed.worker.multiprocessing-method": "forkserver"}
 
 
+async def prepare(address: SchedulerAddress) -> tuple[Any, bool]:
+    """Import Dask and (for ``local:N``) start the preloaded forkserver, on threads: the slow part
+    of a start that commits to nothing (no scheduler, no worker). The runner calls it while the
+    first series is being planned, then :func:`connect` only once there is something to send;
+    both are idempotent (the import is cached, the forkserver reused). (distributed, forkserver)."""
+    local = address.local_workers is not None
+    forkserver = local and await anyio.to_thread.run_sync(_start_forkserver)
+    distributed = await anyio.to_thread.run_sync(_import)  # the event loop keeps planning meanwhile
+    return distributed, forkserver
+
+
 @contextlib.asynccontextmanager
 async def connect(address: SchedulerAddress, *, threads_per_worker: int) -> AsyncIterator[Cluster]:
     """Connect to ``address`` (starting a local cluster for ``local:N``) for the block's duration."""
     local = address.local_workers is not None
-    forkserver = local and await anyio.to_thread.run_sync(_start_forkserver)
-    distributed = await anyio.to_thread.run_sync(_import)  # the event loop keeps planning meanwhile
+    distributed, forkserver = await prepare(address)
     import dask
 
     config = _local_config(distributed, forkserver) if local else {}

@@ -26,7 +26,7 @@ import os
 import threading
 from collections.abc import Callable, Container, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any, Final
@@ -50,8 +50,9 @@ from tcia_fetch.series.expectation import SeriesExpectation
 from tcia_fetch.store._fs import host_name
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.journal import Journal
-from tcia_fetch.store.layout import render_series_path
+from tcia_fetch.store.layout import disambiguated, render_series_path
 from tcia_fetch.store.reconcile import check_published
+from tcia_fetch.store.seriespath import SeriesPaths
 
 __all__ = [
     "WorkerConfig",
@@ -92,6 +93,8 @@ class WorkerConfig:
     max_outage_s: float = MAX_OUTAGE_S
     #: Free bytes each worker keeps on its staging filesystem (``RunOptions.min_free_bytes``).
     min_free_bytes: int | None = None
+    #: Where each damaged series was published: its repair goes back there (store/seriespath.py).
+    damaged_paths: dict[str, str] = field(default_factory=dict)
 
 
 def series_payload(item: PlannedSeries) -> dict[str, Any]:
@@ -218,6 +221,9 @@ class _Runtime:
         self._journal = Journal.open(self._destination.state_dir, run_id=config.run_id, compact_every=2**62)
         # Staging lives beside the state directory; one guard for this process' series.
         self._space = SpaceGuard(self._destination.state_dir, reserve_bytes=config.min_free_bytes)
+        # One chooser for every series of this process, as a single-process run has: a repair goes
+        # back to its recorded path, and two series here never claim one descriptive path.
+        self._paths = SeriesPaths(config.series_job.layout, self._destination, config.damaged_paths)
 
     def fetch(self, payload: dict[str, Any]) -> dict[str, Any]:
         return self._portal.call(self._fetch, payload)
@@ -246,6 +252,7 @@ class _Runtime:
                 damaged=self._config.damaged,
                 md5_via_legacy_endpoint=self._md5_legacy,
                 space=self._space,
+                paths=self._paths,
             )
             done = await worker.fetch(item)
             self._md5_legacy = self._md5_legacy or worker.md5_via_legacy_endpoint
@@ -266,10 +273,15 @@ class _Runtime:
         }
 
     def _adopt_published(self, item: PlannedSeries) -> bool:
-        if item.series_uid in self._config.damaged:
-            return False
+        config = self._config
         return adopt_published(
-            self._destination, self._journal, self._config.series_job.layout, item, self._config.run_id
+            self._destination,
+            self._journal,
+            config.series_job.layout,
+            item,
+            config.run_id,
+            recorded_path=config.damaged_paths.get(item.series_uid),
+            damaged=item.series_uid in config.damaged,
         )
 
     def close(self) -> None:
@@ -288,21 +300,65 @@ class _Runtime:
 
 
 def adopt_published(
-    destination: Destination, writer: Journal, layout: str, item: PlannedSeries, run_id: str
+    destination: Destination,
+    writer: Journal,
+    layout: str,
+    item: PlannedSeries,
+    run_id: str,
+    *,
+    recorded_path: str | None = None,
+    damaged: bool = False,
 ) -> bool:
     """A retried task whose series a killed worker already published: adopt it, never redo it.
 
-    True (and a ``done`` record appended) only when the final directory exists and matches the
-    journal's ``verified`` (or ``done``) record of it exactly; otherwise the caller fetches, and
-    publish refuses to overwrite whatever is there.
+    True (and a ``done`` record appended) only when the journal's ``verified`` (or ``done``)
+    record of the series names a published directory that matches it exactly; otherwise the
+    caller fetches, and publish refuses to overwrite whatever is there.
+
+    The directory is the one the record names, not the one the layout renders: a killed worker
+    may have published under ``<name>~<hash>`` (another series held the plain name) or, repairing
+    a damaged series, back under the path it was recorded at (``recorded_path``), which today's
+    layout may no longer render. Reading the journal costs a pass over it, so it is read only
+    when one of the paths this run can publish the series under exists. A damaged series' own
+    directory is there from the start: it is adopted only from a record of this run (a repair
+    that got as far as publishing), never from the record that described the damaged tree.
     """
-    relative = render_series_path(layout, item.metadata)
-    if not os.path.lexists(destination.final_path(PurePosixPath(relative.as_posix()))):
+    candidates = _publishable_paths(destination, layout, item, recorded_path)
+    if not any(os.path.lexists(path) for path in candidates):
         return False
-    record = Journal.open(destination.state_dir, run_id=run_id).get(item.series_uid)
-    if record is None or record.status not in ("verified", "done") or record.path != relative.as_posix():
+    reader = Journal.open(destination.state_dir, run_id=run_id)
+    try:
+        record = reader.get(item.series_uid)
+    finally:
+        reader.close()
+    if record is None or record.status not in ("verified", "done") or not record.path:
+        return False
+    if damaged and record.run_id != run_id:
+        return False
+    try:
+        published = destination.final_path(PurePosixPath(record.path))
+    except TciaFetchError:
+        return False  # a record naming a path outside the destination is never adopted
+    if not os.path.lexists(published):
         return False
     if check_published(destination, record, check_md5=True):  # rare path: worth a full re-hash
         return False
     writer.append(record.with_status("done", run_id=run_id))
     return True
+
+
+def _publishable_paths(
+    destination: Destination, layout: str, item: PlannedSeries, recorded_path: str | None
+) -> list[Path]:
+    """Every place this run may publish ``item`` (store/seriespath.py chooses among them)."""
+    relative = PurePosixPath(render_series_path(layout, item.metadata).as_posix())
+    candidates = [relative, disambiguated(relative, item.series_uid)]
+    if recorded_path:
+        candidates.insert(0, PurePosixPath(recorded_path))
+    paths = []
+    for candidate in candidates:
+        try:
+            paths.append(destination.final_path(candidate))
+        except TciaFetchError:
+            continue
+    return paths

@@ -19,9 +19,11 @@ worker sees something else. Tasks are submitted in a bounded window (a few per d
 so a 600,000-series job does not put 600,000 tasks on the scheduler at once.
 
 Time before the first byte is what made a Dask run slower than one process (issue 11): so the
-planner runs while the cluster starts (one task group: the planner, the lock's heartbeat, the
-submitter and the collector), planned series go to the cluster as they come, and each worker's
-runtime (session, journal writer) is opened as soon as the worker is known.
+planner runs while Dask is imported and the local forkserver starts (one task group: the
+planner, the lock's heartbeat, the submitter and the collector), the cluster is reached (or
+started) as soon as the first series is planned, planned series go to it as they come, and each
+worker's runtime (session, journal writer) is opened as soon as the worker is known. A plan with
+nothing to download (the rerun of a finished job) never starts or reaches a cluster at all.
 """
 
 from __future__ import annotations
@@ -34,15 +36,15 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import anyio.to_thread
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
 from tcia_fetch.api.client import NBIAClient
 from tcia_fetch.cluster import _distributed
-from tcia_fetch.cluster.address import parse_scheduler
+from tcia_fetch.cluster.address import SchedulerAddress, parse_scheduler
 from tcia_fetch.cluster.remote import (
     WorkerConfig,
     close_runtime,
@@ -61,6 +63,7 @@ from tcia_fetch.engine.run import (
     _path,
     _retry_policy,
     close_books,
+    journal_bad_rows,
     journal_sets,
     planner_options,
     resolve_client_settings,
@@ -72,10 +75,12 @@ from tcia_fetch.job.jobfile import JobSpec
 from tcia_fetch.plan.model import PlannedSeries, PlanSummary
 from tcia_fetch.plan.planner import Planner
 from tcia_fetch.plan.shard import split_rate
+from tcia_fetch.plan.suggest import unmatched_tables
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.reconcile import reconcile
 from tcia_fetch.store.runlock import acquire_run_lock
+from tcia_fetch.store.seriespath import blocked_root_outputs, recorded_damaged_paths
 
 __all__ = ["fetch_on_cluster", "run_on_cluster"]
 
@@ -143,9 +148,12 @@ async def fetch_on_cluster(
         done_uids, damaged, only = await journal_sets(
             journal, reconciliation.damaged, retry_failed=options.retry_failed
         )
+        # A repaired series goes back where it was published, whatever the layout renders now.
+        damaged_paths = await anyio.to_thread.run_sync(
+            recorded_damaged_paths, journal, reconciliation.damaged
+        )
         max_rps = options.max_requests_per_s or spec.download.max_requests_per_s or None
         max_bps = options.max_bytes_per_s or spec.download.max_bytes_per_s or None
-        workers_hint = address.local_workers or 1
         window = max(2, concurrency * _WINDOW_PER_SLOT)
         # Planned series wait here for the cluster (at most a window of them: a 600,000-series
         # job is never held in memory); the planner runs while the cluster starts.
@@ -160,55 +168,45 @@ async def fetch_on_cluster(
                 only_uids=only,
                 options=planner_options(layout, settings, client),
             )
-            async with anyio.create_task_group() as group:
+            async with receive, anyio.create_task_group() as group:
                 group.start_soon(_keep_lock_alive, lock.heartbeat)
                 group.start_soon(_plan_into, planner, send, stats)
-                async with _distributed.connect(
-                    address, threads_per_worker=_distributed.threads_for(concurrency, workers_hint)
-                ) as cluster:
-                    scheduler_address = cluster.address
-                    workers = await cluster.workers()
-                    if not workers:
-                        raise ClusterError(f"the Dask cluster at {scheduler_address} has no workers")
-                    await _check_shared_destination(cluster, destination)
-                    semaphore = await cluster.semaphore(f"tcia-fetch-{run_id}", concurrency)
-                    config = WorkerConfig(
-                        run_id=run_id,
-                        root=str(destination.root),
-                        settings=settings,
-                        series_job=series_job,
-                        retry_policy=policy,
-                        concurrency=concurrency,
-                        slots=min(concurrency, max(workers.values())),
-                        max_requests_per_s=split_rate(max_rps, len(workers)),
-                        max_bytes_per_s=split_rate(max_bps, len(workers)),
-                        damaged=damaged,
-                        semaphore=semaphore,
-                        max_outage_s=spec.download.max_outage_s,
-                        min_free_bytes=options.min_free_bytes,
+                group.start_soon(_distributed.prepare, address)
+                # No cluster before there is a series to send it: a rerun of a finished job
+                # plans, finds nothing to do and ends without starting (or reaching) one.
+                first = await _first_planned(receive)
+                if first is None:
+                    report.engine = {
+                        "scheduler": address.describe(),
+                        "workers": 0,
+                        "concurrency_cap": concurrency,
+                    }
+                else:
+
+                    def config_for(workers: dict[str, int], semaphore: Callable[[], Any]) -> WorkerConfig:
+                        return WorkerConfig(
+                            run_id=run_id,
+                            root=str(destination.root),
+                            settings=settings,
+                            series_job=series_job,
+                            retry_policy=policy,
+                            concurrency=concurrency,
+                            slots=min(concurrency, max(workers.values())),
+                            max_requests_per_s=split_rate(max_rps, len(workers)),
+                            max_bytes_per_s=split_rate(max_bps, len(workers)),
+                            damaged=damaged,
+                            damaged_paths=damaged_paths,
+                            semaphore=semaphore,
+                            max_outage_s=spec.download.max_outage_s,
+                            min_free_bytes=options.min_free_bytes,
+                        )
+
+                    cluster_tasks = _Tasks(first, receive, window, stats, failures, on_event)
+                    report.engine = await _download_on_cluster(
+                        address, run_id, destination, concurrency, config_for, cluster_tasks, group
                     )
-                    warmed = anyio.Event()
-                    try:
-                        group.start_soon(_warm_up, cluster, config, warmed)
-                        await _run_tasks(cluster, receive, config, window, stats, failures, on_event)
-                    finally:
-                        with anyio.CancelScope(shield=True):
-                            with anyio.move_on_after(_WARM_UP_WAIT_S):
-                                await warmed.wait()  # never close a runtime still opening
-                            closed = await cluster.run_on_workers(close_runtime, run_id)
                 group.cancel_scope.cancel()
             stats.concurrency_limit = concurrency
-        report.engine = {
-            "scheduler": scheduler_address if address.url else address.describe(),
-            "workers": len(workers),
-            "concurrency_cap": concurrency,
-            "cluster_semaphore_max_leases": concurrency,
-            "slots_per_worker": config.slots,
-            # Leases of the semaphore taken from the scheduler vs handed on within a worker.
-            "leases": _lease_figures(closed.values()),
-            "max_requests_per_s_per_worker": config.max_requests_per_s,
-            "max_bytes_per_s_per_worker": config.max_bytes_per_s,
-        }
     except anyio.get_cancelled_exc_class():
         report.interrupted = True
         raise
@@ -226,6 +224,76 @@ async def fetch_on_cluster(
             await _finish(report, stats, planner, failures, journal, destination, spec, options, started)
             await anyio.to_thread.run_sync(lock.release)
     return report
+
+
+async def _first_planned(planned: ObjectReceiveStream[PlannedSeries]) -> PlannedSeries | None:
+    """The first series to download, once planned; None when the plan has none."""
+    try:
+        return await planned.receive()
+    except anyio.EndOfStream:
+        return None
+
+
+@dataclasses.dataclass(slots=True)
+class _Tasks:
+    """The series for the cluster (the first one already taken off the planner's stream) and
+    where their outcomes go."""
+
+    first: PlannedSeries
+    planned: ObjectReceiveStream[PlannedSeries]
+    window: int
+    stats: RunStats
+    failures: list[SeriesFailure]
+    on_event: Callable[[RunEvent], None] | None
+
+
+async def _download_on_cluster(
+    address: SchedulerAddress,
+    run_id: str,
+    destination: Destination,
+    concurrency: int,
+    config_for: Callable[[dict[str, int], Callable[[], Any]], WorkerConfig],
+    tasks: _Tasks,
+    group: TaskGroup,
+) -> dict[str, Any]:
+    """Connect (or start the local cluster), check the destination is shared, run every series
+    as a task, close the workers' runtimes; the report's ``engine`` figures."""
+    began = time.monotonic()
+    workers_hint = address.local_workers or 1
+    async with _distributed.connect(
+        address, threads_per_worker=_distributed.threads_for(concurrency, workers_hint)
+    ) as cluster:
+        scheduler_address = cluster.address
+        workers = await cluster.workers()
+        if not workers:
+            raise ClusterError(f"the Dask cluster at {scheduler_address} has no workers")
+        await _check_shared_destination(cluster, destination)
+        semaphore = await cluster.semaphore(f"tcia-fetch-{run_id}", concurrency)
+        config = config_for(workers, semaphore)
+        ready_s = time.monotonic() - began
+        warmed = anyio.Event()
+        try:
+            group.start_soon(_warm_up, cluster, config, warmed)
+            await _run_tasks(cluster, tasks, config)
+        finally:
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(_WARM_UP_WAIT_S):
+                    await warmed.wait()  # never close a runtime still opening
+                closed = await cluster.run_on_workers(close_runtime, config.run_id)
+    return {
+        "scheduler": scheduler_address if address.url else address.describe(),
+        "workers": len(workers),
+        "concurrency_cap": concurrency,
+        "cluster_semaphore_max_leases": concurrency,
+        "slots_per_worker": config.slots,
+        # From the first planned series to the cluster ready for it (connected or started,
+        # the destination checked): where a short job's time goes (benchmarks/scaleout.py).
+        "cluster_ready_s": round(ready_s, 3),
+        # Leases of the semaphore taken from the scheduler vs handed on within a worker.
+        "leases": _lease_figures(closed.values()),
+        "max_requests_per_s_per_worker": config.max_requests_per_s,
+        "max_bytes_per_s_per_worker": config.max_bytes_per_s,
+    }
 
 
 async def _check_shared_destination(cluster: _distributed.Cluster, destination: Destination) -> None:
@@ -280,17 +348,9 @@ async def _plan_into(planner: Planner, send: ObjectSendStream[PlannedSeries], st
         stats.skipped_series = planner.skipped_count
 
 
-async def _run_tasks(
-    cluster: _distributed.Cluster,
-    planned: ObjectReceiveStream[PlannedSeries],
-    config: WorkerConfig,
-    window: int,
-    stats: RunStats,
-    failures: list[SeriesFailure],
-    on_event: Callable[[RunEvent], None] | None,
-) -> None:
-    """Submit series as they are planned, at most ``window`` on the scheduler at once, and fold
-    every outcome into ``stats`` and ``failures``.
+async def _run_tasks(cluster: _distributed.Cluster, tasks: _Tasks, config: WorkerConfig) -> None:
+    """Submit series as they are planned, at most ``tasks.window`` on the scheduler at once, and
+    fold every outcome into the run's figures and failures.
 
     Two tasks: the submitter never waits for a completion to hand a newly planned series over
     (so slots do not idle while the planner is slower than the downloads), and the collector
@@ -298,24 +358,28 @@ async def _run_tasks(
     empty set.
     """
     by_key: dict[str, PlannedSeries] = {}
-    room = anyio.Semaphore(window)
-    notices, notified = anyio.create_memory_object_stream[None](max_buffer_size=window)
+    room = anyio.Semaphore(tasks.window)
+    notices, notified = anyio.create_memory_object_stream[None](max_buffer_size=tasks.window)
+
+    async def submit(item: PlannedSeries) -> None:
+        await room.acquire()
+        key = f"tcia-fetch-{item.series_uid}-{config.run_id}"
+        by_key[key] = item
+        cluster.submit(fetch_series, series_payload(item), config, key=key, retries=_TASK_RETRIES)
+        await notices.send(None)
 
     async def submit_all() -> None:
-        async with notices, planned:
-            async for item in planned:
-                await room.acquire()
-                key = f"tcia-fetch-{item.series_uid}-{config.run_id}"
-                by_key[key] = item
-                cluster.submit(fetch_series, series_payload(item), config, key=key, retries=_TASK_RETRIES)
-                await notices.send(None)
+        async with notices, tasks.planned:
+            await submit(tasks.first)
+            async for item in tasks.planned:
+                await submit(item)
 
     async def collect_all() -> None:
         async with notified:
             async for _ in notified:
                 outcome = await cluster.next_completed()
                 room.release()
-                _fold(by_key.pop(outcome.key), outcome, stats, failures, on_event)
+                _fold(by_key.pop(outcome.key), outcome, tasks.stats, tasks.failures, tasks.on_event)
 
     async with anyio.create_task_group() as group:
         group.start_soon(submit_all)
@@ -410,18 +474,25 @@ async def _finish(
     report.throttled = stats.throttled
     report.duplicates = summary.duplicates
     report.plan = summary.as_dict()
-    report.plan_errors = list(summary.query_errors)
+    # The same plan errors as a single-process run (engine/run.py): a [[query]] that matched
+    # nothing, and a directory standing where metadata.csv or the catalog goes.
+    unmatched = [finding.message for finding in unmatched_tables(summary.empty_queries)]
+    report.plan_errors = list(summary.query_errors) + unmatched
+    report.plan_errors += list((await anyio.to_thread.run_sync(blocked_root_outputs, destination)).values())
     report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     report.duration_s = time.monotonic() - started
     if journal is not None:
         # Killed workers may have left staging behind; this host's dead ones are removed now.
         await anyio.to_thread.run_sync(destination.cleanup_leftovers)
-        report.instances = await _close_books(journal, destination, report.run_id, spec)
+        report.instances = await _close_books(journal, destination, report.run_id, spec, summary)
     await write_run_files(report, destination, options, planner)
 
 
-async def _close_books(journal: Journal, destination: Destination, run_id: str, spec: JobSpec) -> int:
-    """Compaction, metadata.csv and the catalog from a view that includes the workers' records.
+async def _close_books(
+    journal: Journal, destination: Destination, run_id: str, spec: JobSpec, summary: PlanSummary
+) -> int:
+    """Bad server rows journaled, then compaction, metadata.csv and the catalog from a view that
+    includes the workers' records.
 
     The client's own view was read before any task ran: it knows nothing of the segments the
     workers appended to since, and it appended (almost) nothing itself. So it is closed, and a
@@ -434,6 +505,10 @@ async def _close_books(journal: Journal, destination: Destination, run_id: str, 
     try:
         # Records in segments are appends the snapshot (and so metadata.csv) may not reflect yet.
         workers_appended = fresh.statistics.segment_records > 0
+        # Series whose server row was unusable never reached a worker: the client records them
+        # as failed, with the very function a single-process run uses (so status and
+        # --retry-failed see them alike), in the fresh view that knows the workers' records.
+        await journal_bad_rows(fresh, summary, run_id)
         return await close_books(
             fresh, destination, run_id, write_csv=spec.output.metadata_csv, force=workers_appended
         )
