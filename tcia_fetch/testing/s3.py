@@ -5,7 +5,9 @@ Needs moto's server (``pip install 'tcia-fetch[test]'``); imported only by those
 ``MotoS3`` starts moto's threaded server on 127.0.0.1 (an ephemeral port) and lowers its minimum
 multipart part size so small test archives still exercise multipart uploads. ``FaultProxy``
 forwards every request to moto unless a :class:`Fault` rule matches it first: a 503 SlowDown, a
-500, a connection reset in the middle of a request body, or a failing CompleteMultipartUpload.
+500, a connection reset in the middle of a request body, a failing CompleteMultipartUpload, or a
+stall (the request is held, then cut without reaching moto: the campaign kills the CLI meanwhile,
+so that a multipart upload is certainly open at the kill).
 ``s3_env`` is the AWS environment a run needs (canary credentials, endpoint, region, and no
 profile files of the developer's).
 """
@@ -16,6 +18,7 @@ import http.client
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -100,7 +103,8 @@ class Fault:
     """Inject ``kind`` into requests with ``method`` whose path+query contains ``match``, ``times`` times.
 
     kinds: "503" (SlowDown), "500" (InternalError), "reset" (read half the body, then RST),
-    "403" (AccessDenied).
+    "403" (AccessDenied), "stall" (read the body, hold the request ``delay_s``, then RST without
+    forwarding it: the client's retry goes through, unless the client is gone by then).
     """
 
     kind: str
@@ -108,6 +112,7 @@ class Fault:
     match: str
     times: int = 1
     hits: int = 0
+    delay_s: float = 0.0
 
 
 @dataclass
@@ -118,6 +123,7 @@ class FaultProxy:
 
     def __post_init__(self) -> None:
         proxy = self
+        self._mutex = threading.Lock()
         host, _, port = self.upstream.removeprefix("http://").partition(":")
 
         class Handler(BaseHTTPRequestHandler):
@@ -137,6 +143,12 @@ class FaultProxy:
                     self.close_connection = True
                     return
                 body = self.rfile.read(length) if length else b""
+                if fault is not None and fault.kind == "stall":
+                    time.sleep(fault.delay_s)
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+                    self.close_connection = True
+                    return
                 if fault is not None:
                     status, name = _CODES[fault.kind]
                     payload = (
@@ -174,14 +186,13 @@ class FaultProxy:
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def _match(self, method: str, path: str) -> Fault | None:
-        for fault in self.faults:
-            if fault.method == method and fault.match in path and fault.hits < fault.times:
-                fault.hits += 1
-                return fault
+        with self._mutex:  # one handler thread per request: a rule's count must not race
+            for fault in self.faults:
+                if fault.method == method and fault.match in path and fault.hits < fault.times:
+                    fault.hits += 1
+                    return fault
         return None
 
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-
-
