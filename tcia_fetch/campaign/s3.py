@@ -8,7 +8,7 @@ run, or the run to the end). Kills alternate between two kinds: at a random mome
 middle of an upload (the proxy holds a CompleteMultipartUpload and the CLI is killed as soon as
 the bucket lists an open multipart upload, so that at least every second kill leaves one open).
 After every kill the bucket is inspected as a lister would see it. Then the job is run to its
-end, and once more.
+end, once more (which must store nothing), and ``verify`` re-reads the bucket (it must pass).
 
 Data lost (each must be 0): an archive visible under a final key that is not whole
 (``partial_visible``); a series of the job not stored whole at the end (``lost``); a committed
@@ -182,6 +182,9 @@ def run_s3_campaign(
             again = _run(args, env, root / "again.json")
             result.refetched += refetched_since(start, before)
             report = json.loads((root / "again.json").read_text()) if (root / "again.json").is_file() else {}
+            checked = start_cli(["verify", dest], env=env).wait(timeout=_RUN_TIMEOUT_S)
+            if checked != 0:  # re-reads every object and re-hashes every member
+                result.problems.append(f"verify of the bucket exited {checked}")
             if report.get("done", 0) or again != 0:
                 result.problems.append(
                     f"the repeated run exited {again} and stored {report.get('done')} series"
