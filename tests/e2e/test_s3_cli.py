@@ -27,6 +27,8 @@ from tcia_fetch.testing.s3 import (
     CANARY_KEY_ID,
     CANARY_SECRET,
     CANARY_TOKEN,
+    Fault,
+    FaultProxy,
     MotoS3,
     list_keys,
     s3_env,
@@ -140,3 +142,28 @@ def test_run_status_verify_on_a_bucket_find_damage_and_repair(
         assert invoke("verify", dest).exit_code == 0
     for secret in (CANARY_KEY_ID, CANARY_SECRET, CANARY_TOKEN):
         assert secret not in status.output + damaged.output + repaired.output
+
+
+def test_refused_credentials_and_a_missing_bucket_exit_3_before_any_download(
+    tmp_path: Path, moto_s3: MotoS3, lake: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = manifest(tmp_path, [entry.uid for entry in catalog().series[:2]])
+    proxy = FaultProxy(moto_s3.endpoint, [Fault("403", "HEAD", f"/{lake}", times=100)])
+    try:
+        with serve_in_background(catalog=catalog()) as server:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)  # the store refuses these keys
+            args = ["--base-url", server.base_url, "--keep", "tar.zst"]
+            refused = invoke("run", str(job), "--out", f"s3://{lake}/x", *args)
+            monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint)
+            missing = invoke("run", str(job), "--out", "s3://no-such-lake/x", *args)
+            downloads = [entry for entry in server.fake.request_log if entry.endpoint == "getImage"]
+    finally:
+        proxy.stop()
+    assert refused.exit_code == 3, refused.output
+    assert "refused the credentials" in refused.stderr and lake in refused.stderr
+    assert missing.exit_code == 3, missing.output
+    assert "no-such-lake" in missing.stderr
+    assert downloads == [], "a series was downloaded before the destination was known to work"
+    for secret in (CANARY_KEY_ID, CANARY_SECRET, CANARY_TOKEN):
+        assert secret not in refused.output + missing.output
+    assert list_keys(moto_s3.client(), lake) == {}
