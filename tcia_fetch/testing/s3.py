@@ -31,6 +31,7 @@ __all__ = [
     "Fault",
     "FaultProxy",
     "MotoS3",
+    "MotoS3Process",
     "list_keys",
     "open_uploads",
     "s3_env",
@@ -60,15 +61,63 @@ class MotoS3:
         self._server.stop()
 
     def client(self) -> Any:
-        import boto3
+        return _client(self.endpoint)
 
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=CANARY_KEY_ID,
-            aws_secret_access_key=CANARY_SECRET,
+
+class MotoS3Process:
+    """moto's server as its own process (``python -m moto.server``), for the benchmarks.
+
+    In-process moto shares the interpreter lock with whatever else the caller runs (the fake NBIA
+    server, samplers), which slows both; a separate process measures tcia-fetch, not that contention.
+    Its minimum part size stays moto's default (5 MiB), so use real-sized parts with it.
+    """
+
+    def __init__(self, start_timeout_s: float = 60.0) -> None:
+        import subprocess
+        import sys
+
+        with socket.socket() as probe:  # a free loopback port for the server to take
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
+        self.endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("moto's server did not start") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=10)
+        except Exception:
+            self._proc.kill()
+            self._proc.wait()
+
+    def client(self) -> Any:
+        return _client(self.endpoint)
+
+
+def _client(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=CANARY_KEY_ID,
+        aws_secret_access_key=CANARY_SECRET,
+    )
 
 
 def s3_env(endpoint: str, work_dir: Path, home: Path) -> dict[str, str]:
