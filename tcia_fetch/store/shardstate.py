@@ -149,10 +149,13 @@ class _BucketView:
         }
 
     def read(self, name: str) -> bytes | None:
-        data = self._destination.state.read(name)
-        if data is not None and len(data) > _MAX_STATE_FILE_BYTES:
+        destination = self._destination
+        info = destination.store.head(destination.location.key(f"{STATE_PREFIX}/{name}"))
+        if info is None:
+            return None
+        if info.size > _MAX_STATE_FILE_BYTES:  # judged before a byte of it is read
             raise DestinationError(f"{self.describe(name)} is implausibly large; refusing to read it")
-        return data
+        return destination.state.read(name)
 
     def live_shard_locks(self) -> list[tuple[Shard, str]]:
         return [(shard, holder) for _, shard, holder in self._destination.live_locks() if shard is not None]
