@@ -15,6 +15,7 @@ profile files of the developer's).
 from __future__ import annotations
 
 import http.client
+import logging
 import socket
 import struct
 import threading
@@ -52,6 +53,8 @@ class MotoS3:
         from moto.server import ThreadedMotoServer
 
         moto.s3.models.S3_UPLOAD_PART_MIN_SIZE = 1024  # type: ignore[attr-defined]
+        # One log line per request on stderr would bury the campaign's progress lines.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
