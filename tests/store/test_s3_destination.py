@@ -146,6 +146,7 @@ async def test_tar_zst_series_land_whole_in_the_bucket_with_state_catalog_and_cs
     assert open_uploads(client, bucket) == []  # archives above 8 KiB went up by multipart, all completed
     # A rerun from another machine (a fresh work dir) finds everything done and fetches nothing.
     monkeypatch.setenv("TCIA_FETCH_WORK_DIR", str(tmp_path / "another-machine"))
+    monkeypatch.setattr("tcia_fetch.engine.run.catalog_available", lambda: False)  # checked above
     again = await run_to(tmp_path, catalog, f"s3://{bucket}/tcia", uids)
     assert (again.done, again.skipped, again.failed) == (0, 4, 0)
 
