@@ -308,7 +308,10 @@ def verify(dest: str, md5: bool, output_format: str) -> None:
 @click.argument("dest")
 def catalog(dest: str) -> None:
     """(Re)write DEST's catalog.parquet and instances.parquet from its journal (no network to TCIA)."""
+    from tcia_fetch._parentdeath import die_with_parent
     from tcia_fetch.store.catalog import CATALOG_NAME, INSTANCES_NAME, write_catalogs
+
+    die_with_parent()  # a run's catalog child never outlives the run (a no-op for a user's command)
 
     try:
         destination, journal = _open(dest)
