@@ -3,11 +3,13 @@
 Measures tcia-fetch itself (no peers) writing one job to four places: a local directory with
 ``keep = dicom`` and with ``keep = tar.zst``, and an S3 bucket (moto's server on loopback) with
 ``keep = tar.zst`` and ``keep = zip``. For each: wall time of the real CLI, objects (files)
-stored and bytes stored, run state excluded. The fake NBIA server runs in this process
-(unthrottled) and the CLI is a child process, as a user runs it; each run gets a fresh
-destination. moto keeps objects in memory, so "to S3" here measures tcia-fetch's side of the
-work (archive, multipart upload, state in the bucket), not a network: a real endpoint adds its
-own latency and bandwidth.
+stored and bytes stored, run state excluded, peak RSS, and the 1-minute load average before and
+after (the machine is shared). The fake NBIA server runs in this process (unthrottled) and the
+CLI is a child process, as a user runs it; each run gets a fresh destination. moto runs as its
+own process (``python -m moto.server``; ``--moto-in-process`` for the tests' threaded server,
+which shares this process's interpreter lock with the fake server). moto keeps objects in
+memory, so "to S3" here measures tcia-fetch's side of the work (archive, multipart upload, state
+in the bucket), not a network: a real endpoint adds its own latency and bandwidth.
 
 Results: ``<out-dir>/lake-latest.json`` (every run, medians) and ``lake-latest.md``.
 """
@@ -29,7 +31,7 @@ from typing import Any
 from benchmarks.report import git_commit, machine_info
 from tcia_fetch.campaign.process import serve_in_thread, start_cli
 from tcia_fetch.testing import Catalog, FakeNBIA
-from tcia_fetch.testing.s3 import MotoS3, list_keys, s3_env
+from tcia_fetch.testing.s3 import MotoS3, MotoS3Process, list_keys, s3_env
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
 TARGETS = (("disk", "dicom"), ("disk", "tar.zst"), ("s3", "tar.zst"), ("s3", "zip"))
@@ -63,7 +65,7 @@ def _run_once(
     keep: str,
     job: Path,
     base_url: str,
-    moto: MotoS3,
+    moto: MotoS3 | MotoS3Process,
     scratch: Path,
     n: int,
     code: Path | None = None,
@@ -79,6 +81,7 @@ def _run_once(
     else:
         dest = str(scratch / f"out-{n}")
     args = ["run", str(job), "--out", dest, "--base-url", base_url, "--keep", keep, "--quiet"]
+    load_before = os.getloadavg()[0]  # the machine is shared: every figure carries its load
     started = time.perf_counter()
     if code is None:
         proc = start_cli(args, env=env, stderr=subprocess.PIPE)
@@ -117,6 +120,8 @@ def _run_once(
         "target": target,
         "keep": keep,
         "seconds": round(elapsed, 3),
+        "load_1min_before": round(load_before, 2),
+        "load_1min_after": round(os.getloadavg()[0], 2),
         "objects": objects,
         "bytes": stored,
         "peak_rss_MB": round(peaks["rss"] / 1e6, 1),
@@ -167,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     parser.add_argument("--only-s3", action="store_true", help="only the bucket targets")
     parser.add_argument(
+        "--moto-in-process",
+        action="store_true",
+        help="run moto in this process (as the tests do) instead of its own (`python -m moto.server`)",
+    )
+    parser.add_argument(
         "--code", type=Path, default=None, help="run the CLI from this source tree (before/after)"
     )
     args = parser.parse_args(argv)
@@ -175,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     dicom_bytes = sum(series.total_bytes for series in catalog.series)
     instances = sum(series.instance_count for series in catalog.series)
     runs: list[dict[str, Any]] = []
-    moto = MotoS3()
+    moto: MotoS3 | MotoS3Process = MotoS3() if args.moto_in_process else MotoS3Process()
     try:
         with tempfile.TemporaryDirectory(prefix="tcia-fetch-lake-bench-") as temp:
             scratch = Path(temp)
@@ -209,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
                 "median_peak_rss_MB": statistics.median(r["peak_rss_MB"] for r in mine),
                 "max_peak_work_dir_MB": max(r["peak_work_dir_MB"] for r in mine),
                 "median_local_disk_written_MB": statistics.median(r["local_disk_written_MB"] for r in mine),
+                "load_1min_range": [
+                    min(r["load_1min_before"] for r in mine),
+                    max(r["load_1min_after"] for r in mine),
+                ],
             }
         )
     document = {
@@ -216,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": git_commit(),
         "machine": machine_info(),
         "job": {"series": len(catalog.series), "instances": instances, "dicom_bytes": dicom_bytes},
+        "moto": "in-process" if args.moto_in_process else "own process",
         "runs": runs,
         "medians": medians,
     }
@@ -225,13 +240,15 @@ def main(argv: list[str] | None = None) -> int:
         f"# Data-lake destinations ({len(catalog.series)} series, {instances} instances, "
         f"{dicom_bytes / 1e6:.1f} MB DICOM; median of {args.runs} runs)",
         "",
-        "| destination | keep | time (s) | verified MB/s | objects stored | bytes stored | vs DICOM bytes |",
-        "|---|---|---|---|---|---|---|",
+        "| destination | keep | time (s) | verified MB/s | objects stored | bytes stored | vs DICOM bytes "
+        "| peak RSS (MB) | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in medians:
         lines.append(
             f"| {row['target']} | {row['keep']} | {row['median_seconds']:.2f} | {row['verified_MB_per_s']} "
-            f"| {row['objects']} | {row['bytes']} | {row['bytes_vs_dicom']} |"
+            f"| {row['objects']} | {row['bytes']} | {row['bytes_vs_dicom']} | {row['median_peak_rss_MB']} "
+            f"| {row['load_1min_range'][0]}-{row['load_1min_range'][1]} |"
         )
     (args.out_dir / "lake-latest.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

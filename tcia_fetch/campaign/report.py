@@ -234,6 +234,15 @@ class CampaignFigures:
                 f"secrets   {s.canaries} canaries searched in {s.places_searched} places "
                 f"({s.bytes_searched} bytes): {len(s.leaks)} leaks"
             )
+        if self.s3 is not None:
+            b = self.s3
+            lines.append(
+                f"s3        {b.kills} SIGKILLs into a bucket in {b.rounds + 1} rounds "
+                f"({b.mid_upload_kills} aimed mid-upload, "
+                f"{b.uploads_cut_by_kills} uploads cut open), {b.faults_injected} store faults, "
+                f"{b.series} series; reruns started with {b.committed_at_rerun} committed series, "
+                f"{b.refetched} fetched again"
+            )
         lost = self.data_lost()
         lines.append(
             "data lost "

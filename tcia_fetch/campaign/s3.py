@@ -3,13 +3,22 @@
 moto's S3 server runs on loopback behind a fault proxy (:mod:`tcia_fetch.testing.s3`) that
 injects, on a seeded schedule, 503 SlowDown and 500 on parts, connection resets mid-part,
 failing CompleteMultipartUploads and a 503 on a journal append. The real CLI is started with
-``--out s3://... --keep tar.zst`` and SIGKILLed at random moments; after every kill the bucket is
-inspected as a lister would see it. Then the job is run to its end, and once more.
+``--out s3://... --keep tar.zst`` and SIGKILLed, every kill followed by a rerun (the next kill's
+run). Kills alternate between two kinds: in the middle of an upload, first (the proxy holds a
+CompleteMultipartUpload, and the CLI is killed once it has committed a series and the bucket
+lists an open multipart upload), and at a random moment. After every kill the bucket is
+inspected as a lister would see it. The kills go in rounds: once the job is stored whole under a
+round's prefix, a run left alone closes the round (it must store nothing, fetch nothing, leave no
+upload open, and ``verify`` must pass), and the next kills go to a fresh prefix, so that no kill
+lands on a run with nothing left to do. At the end the last round is closed the same way, and
+the job is run once more.
 
 Data lost (each must be 0): an archive visible under a final key that is not whole
-(``partial_visible``), a series the journal calls done whose object is missing or damaged, or a
-series of the job not stored whole at the end (``lost``), a committed series fetched again by
-the last run (``refetched``), and multipart uploads left open at the end (``open_uploads``).
+(``partial_visible``); a series of the job not stored whole when a round closes (``lost``); a
+committed series fetched again (``refetched``: every ``getImage`` a run sends for a series whose
+archive was already visible under its prefix when that run started, counted over every run after
+the first of a round); and multipart uploads left open after a round's closing run
+(``open_uploads``; the uploads the kills cut open must all have been aborted by then).
 """
 
 from __future__ import annotations
@@ -32,6 +41,10 @@ from tcia_fetch.testing import Catalog, FakeNBIA, LoadModel
 __all__ = ["S3Result", "run_s3_campaign"]
 
 _RUN_TIMEOUT_S = 300.0
+#: How long the proxy holds a CompleteMultipartUpload for a mid-upload kill.
+_STALL_S = 3.0
+#: How long a mid-upload kill waits for an upload to open before it kills anyway.
+_OPEN_WAIT_S = 60.0
 
 
 @dataclass
@@ -46,6 +59,14 @@ class S3Result:
     #: Multipart uploads found open right after a kill (kills that landed mid-upload); the next
     #: run must abort them.
     uploads_cut_by_kills: int = 0
+    #: Kills aimed at an open upload (the other kills land at random moments).
+    mid_upload_kills: int = 0
+    #: Rounds completed: the job stored whole under one prefix, then a clean rerun checked; the
+    #: next kills go to a fresh prefix, so that no kill lands on a run with nothing left to do.
+    rounds: int = 0
+    #: Series whose archive was visible when a rerun started, summed over the reruns: what the
+    #: ``refetched`` count is measured against (0 would mean the check never had a chance).
+    committed_at_rerun: int = 0
     problems: list[str] = field(default_factory=list)
 
     def data_lost(self) -> dict[str, int]:
@@ -62,6 +83,9 @@ class S3Result:
             "series": self.series,
             "faults_injected": self.faults_injected,
             "uploads_cut_by_kills": self.uploads_cut_by_kills,
+            "mid_upload_kills": self.mid_upload_kills,
+            "rounds": self.rounds,
+            "committed_at_rerun": self.committed_at_rerun,
             **self.data_lost(),
             "problems": self.problems,
         }
@@ -108,40 +132,115 @@ def run_s3_campaign(
         bucket = f"campaign-{seed}-{os.getpid()}"
         client.create_bucket(Bucket=bucket)
         env = s3_env(proxy.endpoint, root / "work", root)
-        dest = f"s3://{bucket}/lake"
         fake = FakeNBIA(catalog, load=LoadModel(bytes_per_s_per_connection=600_000))
+        everything = {series.uid for series in catalog.series}
+        #: The prefix of the current round: once a round's job is complete, the next kills go to a
+        #: fresh prefix, so that every kill lands on a run with work left to do.
+        prefix = "lake0"
+
+        def committed() -> set[str]:
+            """Series whose archive a lister sees under this round's prefix now."""
+            return {
+                key.rsplit("/", 1)[-1].removesuffix(".tar.zst")
+                for key in list_keys(client, bucket, prefix + "/")
+                if key.endswith(".tar.zst")
+            }
+
+        def uploads_open() -> list[str]:
+            return [key for key in open_uploads(client, bucket) if key.startswith(prefix + "/")]
+
+        def refetched_since(start: int, before: set[str]) -> int:
+            return sum(
+                1
+                for entry in fake.request_log[start:]
+                if entry.endpoint == "getImage" and entry.query.get("SeriesInstanceUID") in before
+            )
+
         with serve_in_thread(fake) as server:
-            args = ["run", str(job), "--out", dest, "--base-url", server.base_url]
-            args += ["--keep", "tar.zst", "--quiet"]
-            for _ in range(kills):
-                proc = start_cli(args, env=env)
-                time.sleep(rng.uniform(0.3, 2.5))
+
+            def arguments() -> list[str]:
+                dest = f"s3://{bucket}/{prefix}"
+                return ["run", str(job), "--out", dest, "--base-url", server.base_url, "--keep", "tar.zst"]
+
+            def rerun_to_the_end(name: str) -> None:
+                """A run left alone: it must finish the round's job, fetch no committed series and
+                leave no upload open (it aborts those the kills cut); then verify must pass."""
+                before, start = committed(), len(fake.request_log)
+                result.committed_at_rerun += len(before)
+                code = _run(arguments(), env, root / f"{name}.json")
+                result.refetched += refetched_since(start, before)
+                if code != 0:
+                    result.problems.append(f"{prefix}: the {name} run exited {code}")
+                result.open_uploads += len(uploads_open())
+                result.lost += len(everything - committed())
+                checked = start_cli(["verify", f"s3://{bucket}/{prefix}"], env=env).wait(
+                    timeout=_RUN_TIMEOUT_S
+                )
+                if checked != 0:  # re-reads every object and re-hashes every member
+                    result.problems.append(f"{prefix}: verify of the bucket exited {checked}")
+
+            for number in range(kills):
+                before, start = committed(), len(fake.request_log)
+                result.committed_at_rerun += len(before)
+                mid_upload = number % 2 == 0  # the first kill too: even a CI run of 1 kill cuts one
+                stall = Fault("stall", "POST", "uploadId=", times=1 if mid_upload else 0, delay_s=_STALL_S)
+                proxy.faults.insert(0, stall)
+                proc = start_cli([*arguments(), "--quiet"], env=env)
+                if mid_upload:
+                    result.mid_upload_kills += 1
+                    _wait_for_an_open_upload(uploads_open, proc, committed, before)
+                else:
+                    time.sleep(rng.uniform(0.5, 4.0))
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
                     result.kills += 1
                 proc.wait(timeout=_RUN_TIMEOUT_S)
-                result.partial_visible += _broken_archives(client, bucket, list_keys, result.problems)
-                result.uploads_cut_by_kills += len(open_uploads(client, bucket))
-            say(f"s3: {result.kills} kills, {result.uploads_cut_by_kills} uploads cut open")
-            final = _run(args, env, root / "final.json")
-            if final != 0:
-                result.problems.append(f"the run to the end exited {final}")
-            again = _run(args, env, root / "again.json")
+                stall.times = stall.hits  # an unfired stall must not slow the next run down
+                result.refetched += refetched_since(start, before)
+                result.partial_visible += _broken_archives(client, bucket, prefix, list_keys, result.problems)
+                result.uploads_cut_by_kills += len(uploads_open())
+                if committed() == everything:  # this round's job is complete: close it, start another
+                    rerun_to_the_end(f"close-{prefix}")
+                    result.rounds += 1
+                    prefix = f"lake{result.rounds}"
+            say(
+                f"s3: {result.kills} kills ({result.mid_upload_kills} aimed mid-upload) in "
+                f"{result.rounds + 1} rounds, {result.uploads_cut_by_kills} uploads cut open"
+            )
+            rerun_to_the_end("final")
+            before, start = committed(), len(fake.request_log)
+            result.committed_at_rerun += len(before)
+            again = _run(arguments(), env, root / "again.json")
+            result.refetched += refetched_since(start, before)
             report = json.loads((root / "again.json").read_text()) if (root / "again.json").is_file() else {}
-            result.refetched = int(report.get("done", 0))
-            if again != 0:
-                result.problems.append(f"the repeated run exited {again}")
-        keys = list_keys(client, bucket)
-        result.partial_visible += _broken_archives(client, bucket, list_keys, result.problems)
-        stored = {key.rsplit("/", 1)[-1].removesuffix(".tar.zst") for key in keys if ".tar.zst" in key}
-        result.lost = sum(1 for series in catalog.series if series.uid not in stored)
-        result.open_uploads = len(open_uploads(client, bucket))
-        result.faults_injected = sum(fault.hits for fault in faults)
+            if report.get("done", 0) or again != 0:
+                result.problems.append(
+                    f"the repeated run exited {again} and stored {report.get('done')} series"
+                )
+        result.partial_visible += _broken_archives(client, bucket, "", list_keys, result.problems)
+        result.open_uploads += len(open_uploads(client, bucket))
+        result.faults_injected = sum(fault.hits for fault in proxy.faults)
     finally:
         proxy.stop()
         moto.stop()
     say(f"s3: data lost {result.data_lost()}")
     return result
+
+
+def _wait_for_an_open_upload(
+    uploads_open: Callable[[], list[str]],
+    proc: subprocess.Popen[bytes],
+    committed_now: Callable[[], set[str]],
+    before: set[str],
+) -> None:
+    """Return once this run has committed a series and the bucket lists an open multipart upload
+    (or the run ended, or time is up): the kill then cuts an upload AND the rerun starts with
+    series this run committed, which it must not fetch again."""
+    deadline = time.monotonic() + _OPEN_WAIT_S
+    while time.monotonic() < deadline and proc.poll() is None:
+        if uploads_open() and committed_now() - before:
+            return
+        time.sleep(0.05)
 
 
 def _run(args: list[str], env: dict[str, str], report: Path) -> int:
@@ -150,10 +249,14 @@ def _run(args: list[str], env: dict[str, str], report: Path) -> int:
 
 
 def _broken_archives(
-    client: Any, bucket: str, list_keys: Callable[[Any, str], dict[str, int]], problems: list[str]
+    client: Any,
+    bucket: str,
+    prefix: str,
+    list_keys: Callable[[Any, str, str], dict[str, int]],
+    problems: list[str],
 ) -> int:
     broken = 0
-    for key in list_keys(client, bucket):
+    for key in list_keys(client, bucket, prefix + "/" if prefix else ""):
         if key.endswith(".tar.zst"):
             body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
             found = check_tar_zst(iter([body])).problems

@@ -38,7 +38,7 @@ from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.location import BucketLocation, parse_destination
 from tcia_fetch.store.reconcile import DAMAGED_ON_DISK, Damage, DestinationStatus, iter_damage, summarize
 from tcia_fetch.store.records import SeriesRecord
-from tcia_fetch.store.shardstate import SplitStatus, read_split_status
+from tcia_fetch.store.shardstate import SplitStatus, read_bucket_split_status, read_split_status
 
 if TYPE_CHECKING:
     from tcia_fetch.store.objhome import BucketDestination
@@ -134,8 +134,10 @@ def status(dest: str, output_format: str) -> None:
     def read() -> tuple[DestinationStatus, list[dict[str, str]], bool, SplitStatus | None]:
         destination, journal = _open(dest)
         planned = _last_planned(destination)
-        local = isinstance(destination, Destination)
-        split = read_split_status(destination.state_dir, journal) if local else None
+        if isinstance(destination, Destination):
+            split = read_split_status(destination.state_dir, journal)
+        else:  # a bucket: the same shard files, read from <prefix>/.tcia-fetch/
+            split = read_bucket_split_status(destination, journal)
         if split is not None:  # a split job: the whole job's plan is the union of the shards' shares
             planned = split.planned
         summary = summarize(journal, planned)
@@ -306,7 +308,10 @@ def verify(dest: str, md5: bool, output_format: str) -> None:
 @click.argument("dest")
 def catalog(dest: str) -> None:
     """(Re)write DEST's catalog.parquet and instances.parquet from its journal (no network to TCIA)."""
+    from tcia_fetch._parentdeath import die_with_parent
     from tcia_fetch.store.catalog import CATALOG_NAME, INSTANCES_NAME, write_catalogs
+
+    die_with_parent()  # a run's catalog child never outlives the run (a no-op for a user's command)
 
     try:
         destination, journal = _open(dest)

@@ -34,6 +34,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from tcia_fetch._crashpoint import crash_point
 from tcia_fetch._loop import run_sync
+from tcia_fetch._parentdeath import child_env
 from tcia_fetch.api.client import NBIAClient
 from tcia_fetch.cluster.address import parse_scheduler
 from tcia_fetch.config import DEFAULT_BASE_URL, ClientSettings, load_client_settings
@@ -491,7 +492,14 @@ async def _finish(
     if journal is not None:
         await journal_bad_rows(journal, summary, report.run_id)
         report.instances = await close_books(
-            journal, destination, report.run_id, write_csv=spec.output.metadata_csv
+            journal,
+            destination,
+            report.run_id,
+            write_csv=spec.output.metadata_csv,
+            # A run ending on a fatal error (a full disk, a store that keeps failing) leaves the
+            # Parquet catalog to the next run or `tcia-fetch catalog`: writing it would retry
+            # against the same broken destination and its error would hide the real one.
+            catalog=report.fatal_error is None,
         )
     await write_run_files(report, destination, options, planner)
 
@@ -609,6 +617,7 @@ async def close_books(
     *,
     write_csv: bool,
     force: bool = False,
+    catalog: bool = True,
 ) -> int:
     """Compact the journal and write metadata.csv and the catalog, all under the compaction
     lease: another process (a shard, a Dask client) finishing at the same moment waits, so neither
@@ -616,7 +625,7 @@ async def close_books(
 
     ``force`` rewrites them even when ``journal`` itself appended nothing (a Dask client, whose
     workers appended through journals of their own)."""
-    books = _Books(journal, destination, run_id, write_csv=write_csv, force=force)
+    books = _Books(journal, destination, run_id, write_csv=write_csv, force=force, catalog=catalog)
     await anyio.to_thread.run_sync(lambda: journal.compact(wait_s=_FINISH_LEASE_WAIT_S, then=books.write))
     return books.instances
 
@@ -633,8 +642,8 @@ def _write_catalog_in_child(destination: Destination | BucketDestination) -> Non
     target = str(destination.root) if isinstance(destination, Destination) else destination.location.url
     command = [sys.executable, "-m", "tcia_fetch", "catalog", target]
     try:
-        result = subprocess.run(
-            command, capture_output=True, text=True, timeout=_CATALOG_TIMEOUT_S, check=False
+        result = subprocess.run(  # child_env: the child dies with this process (_parentdeath.py)
+            command, capture_output=True, text=True, timeout=_CATALOG_TIMEOUT_S, check=False, env=child_env()
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DestinationError(f"cannot write the Parquet catalog of {target}: {exc}") from exc
@@ -672,8 +681,10 @@ class _Books:
         *,
         write_csv: bool,
         force: bool = False,
+        catalog: bool = True,
     ) -> None:
         self._journal = journal
+        self._catalog = catalog
         self._destination = destination
         self._run_id = run_id
         self._write_csv = write_csv
@@ -709,7 +720,7 @@ class _Books:
         else:
             for _ in rows():
                 pass
-        if catalog_available() and not blocked.keys() & {CATALOG_NAME, INSTANCES_NAME}:
+        if self._catalog and catalog_available() and not blocked.keys() & {CATALOG_NAME, INSTANCES_NAME}:
             # the Parquet catalog, derived from the same (compacted) journal
             _write_catalog_in_child(self._destination)
 

@@ -5,7 +5,9 @@ Needs moto's server (``pip install 'tcia-fetch[test]'``); imported only by those
 ``MotoS3`` starts moto's threaded server on 127.0.0.1 (an ephemeral port) and lowers its minimum
 multipart part size so small test archives still exercise multipart uploads. ``FaultProxy``
 forwards every request to moto unless a :class:`Fault` rule matches it first: a 503 SlowDown, a
-500, a connection reset in the middle of a request body, or a failing CompleteMultipartUpload.
+500, a connection reset in the middle of a request body, a failing CompleteMultipartUpload, or a
+stall (the request is held, then cut without reaching moto: the campaign kills the CLI meanwhile,
+so that a multipart upload is certainly open at the kill).
 ``s3_env`` is the AWS environment a run needs (canary credentials, endpoint, region, and no
 profile files of the developer's).
 """
@@ -13,9 +15,11 @@ profile files of the developer's).
 from __future__ import annotations
 
 import http.client
+import logging
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,6 +32,7 @@ __all__ = [
     "Fault",
     "FaultProxy",
     "MotoS3",
+    "MotoS3Process",
     "list_keys",
     "open_uploads",
     "s3_env",
@@ -48,6 +53,8 @@ class MotoS3:
         from moto.server import ThreadedMotoServer
 
         moto.s3.models.S3_UPLOAD_PART_MIN_SIZE = 1024  # type: ignore[attr-defined]
+        # One log line per request on stderr would bury the campaign's progress lines.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
@@ -57,15 +64,63 @@ class MotoS3:
         self._server.stop()
 
     def client(self) -> Any:
-        import boto3
+        return _client(self.endpoint)
 
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=CANARY_KEY_ID,
-            aws_secret_access_key=CANARY_SECRET,
+
+class MotoS3Process:
+    """moto's server as its own process (``python -m moto.server``), for the benchmarks.
+
+    In-process moto shares the interpreter lock with whatever else the caller runs (the fake NBIA
+    server, samplers), which slows both; a separate process measures tcia-fetch, not that contention.
+    Its minimum part size stays moto's default (5 MiB), so use real-sized parts with it.
+    """
+
+    def __init__(self, start_timeout_s: float = 60.0) -> None:
+        import subprocess
+        import sys
+
+        with socket.socket() as probe:  # a free loopback port for the server to take
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
+        self.endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("moto's server did not start") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=10)
+        except Exception:
+            self._proc.kill()
+            self._proc.wait()
+
+    def client(self) -> Any:
+        return _client(self.endpoint)
+
+
+def _client(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=CANARY_KEY_ID,
+        aws_secret_access_key=CANARY_SECRET,
+    )
 
 
 def s3_env(endpoint: str, work_dir: Path, home: Path) -> dict[str, str]:
@@ -100,7 +155,8 @@ class Fault:
     """Inject ``kind`` into requests with ``method`` whose path+query contains ``match``, ``times`` times.
 
     kinds: "503" (SlowDown), "500" (InternalError), "reset" (read half the body, then RST),
-    "403" (AccessDenied).
+    "403" (AccessDenied), "stall" (read the body, hold the request ``delay_s``, then RST without
+    forwarding it: the client's retry goes through, unless the client is gone by then).
     """
 
     kind: str
@@ -108,6 +164,7 @@ class Fault:
     match: str
     times: int = 1
     hits: int = 0
+    delay_s: float = 0.0
 
 
 @dataclass
@@ -118,6 +175,7 @@ class FaultProxy:
 
     def __post_init__(self) -> None:
         proxy = self
+        self._mutex = threading.Lock()
         host, _, port = self.upstream.removeprefix("http://").partition(":")
 
         class Handler(BaseHTTPRequestHandler):
@@ -137,6 +195,12 @@ class FaultProxy:
                     self.close_connection = True
                     return
                 body = self.rfile.read(length) if length else b""
+                if fault is not None and fault.kind == "stall":
+                    time.sleep(fault.delay_s)
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+                    self.close_connection = True
+                    return
                 if fault is not None:
                     status, name = _CODES[fault.kind]
                     payload = (
@@ -167,21 +231,24 @@ class FaultProxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle  # noqa: N815
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                return  # a client killed mid-request (the campaign's SIGKILLs) is expected, not news
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def _match(self, method: str, path: str) -> Fault | None:
-        for fault in self.faults:
-            if fault.method == method and fault.match in path and fault.hits < fault.times:
-                fault.hits += 1
-                return fault
+        with self._mutex:  # one handler thread per request: a rule's count must not race
+            for fault in self.faults:
+                if fault.method == method and fault.match in path and fault.hits < fault.times:
+                    fault.hits += 1
+                    return fault
         return None
 
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-
-

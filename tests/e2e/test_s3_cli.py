@@ -1,9 +1,12 @@
-"""The CLI with s3:// destinations, as a user meets it: moto's S3 server on loopback, real processes.
+"""The CLI with s3:// destinations, as a user meets it: moto's S3 server on loopback.
 
-Covers the URL rule (anything but s3:// or a path is exit 2, never a local folder), ``status``
-and ``verify`` on a bucket (verify re-reads and re-hashes; damage is found and the next run
-repairs it), and SIGKILLs during uploads: nothing partial is ever visible under a final key, a
-rerun never re-fetches committed series, and the multipart uploads dead runs left are aborted.
+Covers the URL rule (anything but s3:// or a path is exit 2, never a local folder), and ``run``,
+``status`` and ``verify`` on a bucket (verify re-reads and re-hashes; damage is found and the next
+run repairs it). One ``run`` is a real process (its output is searched for the credentials); the
+other commands go through the same click entry point in this process, which gives the same exit
+codes, output and bucket at a fraction of the cost (the suite's time budget). SIGKILLs during
+uploads (nothing partial visible, nothing fetched twice, no upload left open) are the S3 part of
+the reliability campaign: ``tests/reliability/test_s3_campaign.py``.
 """
 
 from __future__ import annotations
@@ -11,45 +14,31 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
-from tcia_fetch.series.archive import check_tar_zst
-from tcia_fetch.testing import Catalog
+from tcia_fetch.cli.main import cli as cli_group
+from tcia_fetch.testing import Catalog, serve_in_background
 from tcia_fetch.testing.s3 import (
     CANARY_KEY_ID,
     CANARY_SECRET,
     CANARY_TOKEN,
+    Fault,
+    FaultProxy,
     MotoS3,
     list_keys,
-    open_uploads,
     s3_env,
 )
 
-from .fixtures import cli, fake_server_process
+from .fixtures import cli
 
 pytestmark = pytest.mark.e2e
 
 SEED = 53
-SIZING = [
-    "--seed",
-    str(SEED),
-    "--collections",
-    "1",
-    "--patients-per-collection",
-    "2",
-    "--series-per-study",
-    "3",
-    "--instances-per-series",
-    "3,6",
-    "--instance-bytes",
-    "30000,60000",
-]
 
 
 def catalog() -> Catalog:
@@ -86,6 +75,11 @@ def run_cli(*args: str, timeout: float = 180, cwd: Path | None = None) -> subpro
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def invoke(*args: str) -> Result:
+    """The CLI in this process (the environment is the test's: moto's endpoint and canaries)."""
+    return CliRunner().invoke(cli_group, list(args), catch_exceptions=False)
+
+
 def manifest(tmp_path: Path, uids: list[str]) -> Path:
     path = tmp_path / "list.tcia"
     path.write_text("manifestVersion=3.0\nListOfSeriesToDownload=\n" + "\n".join(uids) + "\n")
@@ -93,21 +87,28 @@ def manifest(tmp_path: Path, uids: list[str]) -> Path:
 
 
 @pytest.mark.parametrize("out", ["s3:/lake/tcia", "gs://lake/tcia", "http://lake/tcia", "file:///tmp/x"])
-def test_out_with_an_unsupported_url_exits_2_and_creates_no_folder(tmp_path: Path, out: str) -> None:
+def test_out_with_an_unsupported_url_exits_2_and_creates_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: str
+) -> None:
     # Regression: `--out s3://lake/tcia` used to become a local folder `s3:/lake/tcia`.
     job = manifest(tmp_path, [catalog().series[0].uid])
-    result = run_cli("run", str(job), "--out", out, "--base-url", "http://127.0.0.1:9/", cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
+    monkeypatch.chdir(tmp_path)
+    result = invoke("run", str(job), "--out", out, "--base-url", "http://127.0.0.1:9/")
+    assert result.exit_code == 2, result.output
     assert "--out" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["list.tcia"]
 
 
-def test_job_file_dest_with_an_unsupported_scheme_exits_2(tmp_path: Path) -> None:
+def test_job_file_dest_with_an_unsupported_scheme_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     job = tmp_path / "job.toml"
     job.write_text(f'[output]\ndest = "gs://lake/tcia"\n[series]\nuids = ["{catalog().series[0].uid}"]\n')
-    result = run_cli("run", str(job), "--base-url", "http://127.0.0.1:9/", cwd=tmp_path)
-    assert result.returncode == 2
+    monkeypatch.chdir(tmp_path)
+    result = invoke("run", str(job), "--base-url", "http://127.0.0.1:9/")
+    assert result.exit_code == 2
     assert "output.dest" in result.stderr and "gs" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.toml"]
 
 
 def test_run_status_verify_on_a_bucket_find_damage_and_repair(
@@ -116,66 +117,53 @@ def test_run_status_verify_on_a_bucket_find_damage_and_repair(
     uids = [entry.uid for entry in catalog().series[:3]]
     job = manifest(tmp_path, uids)
     dest = f"s3://{lake}/tcia"
-    with fake_server_process(tmp_path, SIZING) as base_url:
+    with serve_in_background(catalog=catalog()) as server:
+        base_url = server.base_url
         first = run_cli("run", str(job), "--out", dest, "--base-url", base_url, "--keep", "tar.zst")
         assert first.returncode == 0, first.stderr
         for secret in (CANARY_KEY_ID, CANARY_SECRET, CANARY_TOKEN):
             assert secret not in first.stdout + first.stderr
-        status = run_cli("status", dest, "--format", "json")
-        assert status.returncode == 0, status.stderr
+        status = invoke("status", dest, "--format", "json")
+        assert status.exit_code == 0, status.output
         assert json.loads(status.stdout)["done"] == 3
-        assert run_cli("verify", dest).returncode == 0
+        assert invoke("verify", dest).exit_code == 0
         # Damage one archive in place, same size: only re-reading and re-hashing can notice.
         client = moto_s3.client()
         key = next(k for k in list_keys(client, lake) if k.endswith(".tar.zst"))
         data = bytearray(client.get_object(Bucket=lake, Key=key)["Body"].read())
         data[len(data) // 2] ^= 0xFF
         client.put_object(Bucket=lake, Key=key, Body=bytes(data))
-        damaged = run_cli("verify", dest, "--format", "json")
-        assert damaged.returncode == 1, damaged.stderr
+        damaged = invoke("verify", dest, "--format", "json")
+        assert damaged.exit_code == 1, damaged.output
         rows = json.loads(damaged.stdout)["damaged"]
         assert len(rows) == 1 and "MD5" in rows[0]["reason"]
-        repaired = run_cli("run", str(job), "--out", dest, "--base-url", base_url, "--keep", "tar.zst")
-        assert repaired.returncode == 0, repaired.stderr
-        assert run_cli("verify", dest).returncode == 0
+        repaired = invoke("run", str(job), "--out", dest, "--base-url", base_url, "--keep", "tar.zst")
+        assert repaired.exit_code == 0, repaired.output
+        assert invoke("verify", dest).exit_code == 0
+    for secret in (CANARY_KEY_ID, CANARY_SECRET, CANARY_TOKEN):
+        assert secret not in status.output + damaged.output + repaired.output
 
 
-def _visible_archives_are_whole(client: object, bucket: str) -> int:
-    count = 0
-    for key in list_keys(client, bucket):
-        if key.endswith(".tar.zst"):
-            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[attr-defined]
-            assert check_tar_zst(iter([body])).problems == (), f"partial or corrupt archive visible: {key}"
-            count += 1
-    return count
-
-
-def test_sigkill_during_uploads_then_rerun_commits_everything_once(
-    tmp_path: Path, moto_s3: MotoS3, lake: str
+def test_refused_credentials_and_a_missing_bucket_exit_3_before_any_download(
+    tmp_path: Path, moto_s3: MotoS3, lake: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kills = int(os.environ.get("TCIA_FETCH_S3_KILLS", "3"))
-    rng = random.Random(int(os.environ.get("TCIA_FETCH_KILL_SEED", "5")))
-    uids = [entry.uid for entry in catalog().series]
-    job = manifest(tmp_path, uids)
-    dest = f"s3://{lake}/k"
-    client = moto_s3.client()
-    args = ["run", str(job), "--out", dest, "--keep", "tar.zst", "--quiet"]
-    with fake_server_process(tmp_path, [*SIZING, "--rate-bytes-per-s", "600000"]) as base_url:
-        for _ in range(kills):
-            proc = cli(*args, "--base-url", base_url, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.5, 2.0))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-            _visible_archives_are_whole(client, lake)
-        final = run_cli(*args, "--base-url", base_url, "--report", str(tmp_path / "final.json"))
-        assert final.returncode == 0, final.stderr
-        committed_before = json.loads((tmp_path / "final.json").read_text())["skipped"]
-        again = run_cli(*args, "--base-url", base_url, "--report", str(tmp_path / "again.json"))
-        assert again.returncode == 0, again.stderr
-    assert _visible_archives_are_whole(client, lake) == len(uids)
-    assert open_uploads(client, lake) == [], "a dead run's multipart upload was left open"
-    report = json.loads((tmp_path / "again.json").read_text())
-    assert (report["done"], report["skipped"]) == (0, len(uids)), "a committed series was fetched again"
-    assert committed_before <= len(uids)
-    assert run_cli("verify", dest).returncode == 0
+    job = manifest(tmp_path, [entry.uid for entry in catalog().series[:2]])
+    proxy = FaultProxy(moto_s3.endpoint, [Fault("403", "HEAD", f"/{lake}", times=100)])
+    try:
+        with serve_in_background(catalog=catalog()) as server:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)  # the store refuses these keys
+            args = ["--base-url", server.base_url, "--keep", "tar.zst"]
+            refused = invoke("run", str(job), "--out", f"s3://{lake}/x", *args)
+            monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint)
+            missing = invoke("run", str(job), "--out", "s3://no-such-lake/x", *args)
+            downloads = [entry for entry in server.fake.request_log if entry.endpoint == "getImage"]
+    finally:
+        proxy.stop()
+    assert refused.exit_code == 3, refused.output
+    assert "refused the credentials" in refused.stderr and lake in refused.stderr
+    assert missing.exit_code == 3, missing.output
+    assert "no-such-lake" in missing.stderr
+    assert downloads == [], "a series was downloaded before the destination was known to work"
+    for secret in (CANARY_KEY_ID, CANARY_SECRET, CANARY_TOKEN):
+        assert secret not in refused.output + missing.output
+    assert list_keys(moto_s3.client(), lake) == {}

@@ -23,3 +23,7 @@ def test_s3_destination_survives_store_faults_and_sigkills(tmp_path: Path) -> No
     assert set(result.data_lost().values()) == {0}, result.data_lost()
     assert result.faults_injected >= 3, "the fault proxy injected too little to mean anything"
     assert result.series > 0
+    # The checks had something to check: a kill cut an upload open (the rerun had to abort it), and
+    # reruns started with committed series (which they must not fetch again).
+    assert result.mid_upload_kills >= 1 and result.uploads_cut_by_kills >= 1, result.as_dict()
+    assert result.committed_at_rerun > 0

@@ -6,13 +6,17 @@ user sees: which keys exist, open multipart uploads, the state objects, who is r
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from click.testing import CliRunner
 
+from tcia_fetch.cli.inspect import status
 from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.engine.run import RunOptions, fetch
 from tcia_fetch.errors import DestinationBusyError
@@ -45,8 +49,11 @@ def bucket(moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.mark.anyio
 async def test_two_shards_fill_one_bucket_side_by_side_each_with_its_report(
-    tmp_path: Path, moto_s3: MotoS3, bucket: str
+    tmp_path: Path, moto_s3: MotoS3, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The Parquet catalog's child process (seconds per run, three runs here) is not what this
+    # test checks; tests/store/test_s3_destination.py checks the catalog in a bucket.
+    monkeypatch.setattr("tcia_fetch.engine.run.catalog_available", lambda: False)
     catalog = Catalog.generate(
         seed=31, collections=1, patients_per_collection=3, series_per_study=2,
         instances_per_series=(3, 5), instance_bytes=(6_000, 14_000),
@@ -89,6 +96,38 @@ async def test_two_shards_fill_one_bucket_side_by_side_each_with_its_report(
             retry_policy=FAST,
         )
     assert (again.done, again.failed) == (0, 0)
+    # `status` of the bucket shows each shard, as it does for a directory, and who runs one now.
+    shares = {index: sum(Shard(index, 2).owns(uid) for uid in uids) for index in (0, 1)}
+    document = await anyio.to_thread.run_sync(bucket_status, bucket, "--format", "json")
+    assert (document["done"], document["pending"], document["failed"]) == (len(uids), 0, 0)
+    assert [
+        (row["shard"], row["state"], row["planned"], row["done"], row["pending"])
+        for row in document["shards"]
+    ] == [
+        ("0/2", "done", shares[0], shares[0], 0),
+        ("1/2", "done", shares[1], shares[1], 0),
+    ]
+    home = BucketDestination(
+        BucketLocation(bucket, "lake"), work_dir=tmp_path / "w", policy=FAST, shard=Shard(1, 2)
+    )
+    lock = await anyio.to_thread.run_sync(home.acquire_lock, "shard-one-again")
+    try:
+        document = await anyio.to_thread.run_sync(bucket_status, bucket, "--format", "json")
+        table = await anyio.to_thread.run_sync(bucket_status, bucket)
+    finally:
+        await anyio.to_thread.run_sync(lock.release)
+        await anyio.to_thread.run_sync(home.close)
+    running = document["shards"][1]
+    assert (running["state"], running["done"]) == ("running", shares[1])
+    assert f"pid {os.getpid()}" in running["holder"]
+    assert "shards (2)" in table and "running" in table
+
+
+def bucket_status(bucket: str, *args: str) -> Any:
+    """``tcia-fetch status s3://BUCKET/lake`` in this process (the environment points at moto)."""
+    result = CliRunner().invoke(status, [f"s3://{bucket}/lake", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output) if "json" in args else result.output
 
 
 def test_bucket_shard_locks_mix_like_the_directory_ones(bucket: str, tmp_path: Path) -> None:
