@@ -312,6 +312,10 @@ def catalog(dest: str) -> None:
     from tcia_fetch.store.catalog import CATALOG_NAME, INSTANCES_NAME, write_catalogs
 
     die_with_parent()  # a run's catalog child never outlives the run (a no-op for a user's command)
+    # This process imports pyarrow only to write the two tables: the C allocator keeps less resident
+    # than Arrow's default mimalloc pool here (112 MB against 124 MB for the whole command). A user's
+    # own ARROW_DEFAULT_MEMORY_POOL wins.
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
     try:
         destination, journal = _open(dest)

@@ -16,12 +16,17 @@ root, which is also its key under the bucket prefix), ``tcia_files`` (the stored
 ``size``, ``md5``. For ``keep = "zip"``/``"tar.zst"`` the stored file is the series archive (the
 per-instance MD5s are inside a tar.zst's ``MD5SUMS``).
 
-The only module that imports pyarrow (lazily: the CLI does not pay for it).
+The only module that imports pyarrow (lazily: the CLI does not pay for it). Rows reach Arrow as
+newline-delimited JSON read with the tables' explicit schemas (``pyarrow.json``), not through
+``RecordBatch.from_pylist``: converting Python objects makes pyarrow import pandas to check for
+its types, which doubled the catalog writer's memory (165 MB against 76 MB for 40 series).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
+import io
 import json
 import os
 import secrets
@@ -59,6 +64,7 @@ def catalog_available() -> bool:
 def _pyarrow() -> Any:
     try:
         import pyarrow
+        import pyarrow.json
         import pyarrow.parquet
     except ImportError as exc:
         raise DestinationError(
@@ -106,7 +112,7 @@ def _series_row(record: SeriesRecord) -> dict[str, object]:
         tcia_instance_count=record.instance_count,
         tcia_dicom_bytes=record.dicom_bytes,
         tcia_stored_bytes=record.total_file_bytes,
-        tcia_downloaded_at=int(record.at),
+        tcia_downloaded_at=dt.datetime.fromtimestamp(int(record.at), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         tcia_sop_class_uid=record.sop_class_uid,
         tcia_extra_metadata=json.dumps(extra, sort_keys=True) if extra else None,
     )
@@ -122,6 +128,27 @@ def _instance_rows(record: SeriesRecord) -> Iterator[dict[str, object]]:
             "size": entry.size,
             "md5": entry.md5,
         }
+
+
+def _pool() -> Any:
+    """The C allocator's pool: Arrow's default (mimalloc) keeps ~20 MB more resident for these
+    small batches (measured: 135 MB against 112 MB for the whole ``tcia-fetch catalog``)."""
+    import pyarrow
+
+    return pyarrow.system_memory_pool()
+
+
+def _write(out: Any, rows: list[dict[str, object]], schema: pyarrow.Schema) -> None:
+    """Append ``rows`` to a Parquet writer as one batch (nothing for no rows)."""
+    if not rows:
+        return
+    import pyarrow.json as pj
+
+    text = "\n".join(json.dumps(row, separators=(",", ":")) for row in rows).encode()
+    options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+    pool = _pool()
+    out.write_table(pj.read_json(io.BytesIO(text), parse_options=options, memory_pool=pool))
+    rows.clear()
 
 
 def write_catalogs(records: Iterable[SeriesRecord], directory: Path) -> tuple[Path, Path]:
@@ -140,9 +167,10 @@ def write_catalogs(records: Iterable[SeriesRecord], directory: Path) -> tuple[Pa
     catalog_tmp = directory / f".{CATALOG_NAME}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
     instances_tmp = directory / f".{INSTANCES_NAME}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
     try:
+        options: dict[str, Any] = {"compression": "zstd", "memory_pool": _pool()}
         with (
-            pq.ParquetWriter(catalog_tmp, series_schema, compression="zstd") as series_out,
-            pq.ParquetWriter(instances_tmp, instance_schema, compression="zstd") as instances_out,
+            pq.ParquetWriter(catalog_tmp, series_schema, **options) as series_out,
+            pq.ParquetWriter(instances_tmp, instance_schema, **options) as instances_out,
         ):
             series_rows: list[dict[str, object]] = []
             instance_rows: list[dict[str, object]] = []
@@ -152,14 +180,11 @@ def write_catalogs(records: Iterable[SeriesRecord], directory: Path) -> tuple[Pa
                 series_rows.append(_series_row(record))
                 instance_rows.extend(_instance_rows(record))
                 if len(series_rows) >= _BATCH_ROWS:
-                    series_out.write_batch(pa.RecordBatch.from_pylist(series_rows, schema=series_schema))
-                    series_rows.clear()
+                    _write(series_out, series_rows, series_schema)
                 if len(instance_rows) >= _BATCH_ROWS:
-                    batch = pa.RecordBatch.from_pylist(instance_rows, schema=instance_schema)
-                    instances_out.write_batch(batch)
-                    instance_rows.clear()
-            series_out.write_batch(pa.RecordBatch.from_pylist(series_rows, schema=series_schema))
-            instances_out.write_batch(pa.RecordBatch.from_pylist(instance_rows, schema=instance_schema))
+                    _write(instances_out, instance_rows, instance_schema)
+            _write(series_out, series_rows, series_schema)
+            _write(instances_out, instance_rows, instance_schema)
         os.replace(catalog_tmp, catalog_path)
         os.replace(instances_tmp, instances_path)
     except OSError as exc:
