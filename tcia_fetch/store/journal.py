@@ -496,11 +496,7 @@ class Journal:
 
     def _parse_segment(self, name: str) -> Iterator[tuple[int, SeriesRecord, bytes]]:
         """(line number, record, raw line) of every record of a segment; a torn tail is skipped."""
-        data = self._storage.read_log(name)
-        lines = data.split(b"\n")
-        # A crash can leave a tail without newline, or (delayed allocation) a tail of NUL bytes.
-        while lines and lines[-1].strip(b"\x00") == b"":
-            lines.pop()
+        lines = self._read_segment(name)
         self._last_torn = 0
         last = len(lines) - 1
         for index, line in enumerate(lines):
@@ -515,6 +511,33 @@ class Journal:
                     "valid records; refusing to guess what was lost"
                 ) from exc
             yield index, record, line
+
+    def _read_segment(self, name: str) -> list[bytes]:
+        lines = self._storage.read_log(name).split(b"\n")
+        # A crash can leave a tail without newline, or (delayed allocation) a tail of NUL bytes.
+        while lines and lines[-1].strip(b"\x00") == b"":
+            lines.pop()
+        return lines
+
+    def _segment_lines(self, name: str) -> Iterator[tuple[int, str, bytes]]:
+        """(line number, UID, raw line) of a segment this view already parsed (compaction's second look).
+
+        The records were validated when the view read them (or written by this writer); the
+        UID is read from the line's fixed prefix. A torn last line is skipped as on reading.
+        """
+        lines = self._read_segment(name)
+        last = len(lines) - 1
+        for index, line in enumerate(lines):
+            try:
+                uid = _fast_uid(line)
+            except ValueError as exc:
+                if index == last:
+                    continue
+                raise JournalError(
+                    f"{self._storage.describe(name)}:{index + 1}: damaged journal line ({exc}) followed by "
+                    "valid records; refusing to guess what was lost"
+                ) from exc
+            yield index, uid, line
 
     # --- the merged view ---------------------------------------------------------------------
 
@@ -882,18 +905,11 @@ class Journal:
     def _write_snapshot(self, folded: list[int]) -> None:
         """Stream base records not superseded + the folded segments' latest records + the index."""
         folded_set = set(folded)
-        newer: dict[int, _Entry] = {}
-        for number in folded:
-            name = self._segments[number]
-            assert name is not None
-            for line_number, record, _ in self._parse_segment(name):
-                newer[uid_digest(record.series_uid)] = (
-                    _code(record),
-                    record.dicom_bytes or 0,
-                    record.total_file_bytes,
-                    number,
-                    line_number,
-                )
+        # The overlay already holds the latest entry of every series recorded in a segment
+        # (parsed when the view was read or appended by this writer), so the folded segments are
+        # not parsed again: a series whose latest record is in a segment still live keeps
+        # being served by the overlay, and its snapshot line and index entry stay as they were.
+        newer = {digest: entry for digest, entry in self._overlay.items() if entry[3] in folded_set}
         new_index = self._index.merged(newer)
         total = len(new_index)
         expected_version = self._snapshot_version
@@ -916,9 +932,9 @@ class Journal:
             for number in folded:
                 name = self._segments[number]
                 assert name is not None
-                for line_number, record, raw in self._parse_segment(name):
-                    entry = newer[uid_digest(record.series_uid)]
-                    if (entry[3], entry[4]) != (number, line_number):
+                for line_number, uid, raw in self._segment_lines(name):
+                    entry = newer.get(uid_digest(uid))
+                    if entry is None or (entry[3], entry[4]) != (number, line_number):
                         continue
                     pending.append(raw + b"\n")
                     written += 1
