@@ -104,10 +104,16 @@ class SortedDigests:
         return self._values.tobytes()
 
     def without(self, uids: Iterable[str]) -> SortedDigests:
-        """A copy without ``uids`` (a few: each removal is a bisect and a slice)."""
+        """This set without ``uids`` (a few: each removal is a bisect and a slice).
+
+        When none of them is a member the set itself is returned (it is immutable): the usual
+        case, and at 600,000 series a copy is 4.8 MB.
+        """
+        members = [digest for digest in map(uid_digest, uids) if self.has(digest)]
+        if not members:
+            return self
         values = array("Q", self._values)
-        for uid in uids:
-            digest = uid_digest(uid)
+        for digest in members:
             index = bisect_left(values, digest)
             if index < len(values) and values[index] == digest:
                 del values[index]
