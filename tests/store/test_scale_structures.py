@@ -224,3 +224,28 @@ def test_local_state_storage_implements_the_protocol(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "state").iterdir() if p.name.endswith(".tmp")] == []
     with pytest.raises(Exception, match="invalid state name"):
         storage.read("../escape")
+
+
+def test_the_index_is_read_in_chunks_and_a_cut_or_padded_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zstandard
+
+    from tcia_fetch.errors import JournalError
+    from tcia_fetch.store import journal as journal_module
+
+    with Journal.open(tmp_path, run_id="r1") as first:
+        for uid in _uids(40):
+            first.append(record(uid, "done", path=f"p/{uid}", dicom_bytes=7))
+        first.compact()
+    monkeypatch.setattr(journal_module, "_CHUNK_BYTES", 64)  # many chunks per column
+    view = Journal.open(tmp_path, run_id="r2")
+    assert view.counts().done == 40 and view.counts().done_bytes == 280
+    assert all(view.status_of(uid) == "done" for uid in _uids(40))
+    snapshot = tmp_path / SNAPSHOT_NAME
+    plain = zstandard.ZstdDecompressor().decompressobj().decompress(snapshot.read_bytes())
+    for damaged, message in ((plain[:-9], "truncated"), (plain + b"\x00" * 3, "unexpected data")):
+        snapshot.write_bytes(zstandard.ZstdCompressor().compress(damaged))
+        with pytest.raises(JournalError, match=message) as caught:
+            Journal.open(tmp_path, run_id="r3")
+        assert SNAPSHOT_NAME in str(caught.value)
