@@ -71,4 +71,3 @@ def test_an_interrupt_while_waiting_cancels_the_work_and_lets_its_cleanup_finish
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(in_app())
     assert cleaned.is_set()
-

@@ -70,9 +70,7 @@ def _csv_cell(value: object) -> str:
     return spreadsheet_cell(shown(text, keep_newlines=True))
 
 
-def check_columns(
-    columns: Sequence[str], rows: Sequence[Mapping[str, object]], known: Iterable[str]
-) -> None:
+def check_columns(columns: Sequence[str], rows: Sequence[Mapping[str, object]], known: Iterable[str]) -> None:
     """Refuse a ``--columns`` name that neither the rows nor the endpoint has."""
     available = set(known) | set(all_columns(rows))
     unknown = [name for name in columns if name not in available]

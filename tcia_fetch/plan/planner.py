@@ -164,7 +164,10 @@ class Planner:
         # Bookkeeping in compact digests (8 bytes per series, issue 13): a 600,000-series job
         # must not hold a set and two lists of UID strings.
         self._seen = GrowingDigestSet()
+        #: The named series when a filter (shard, ``--retry-failed``) keeps only some of the seen
+        #: ones; without a filter they are the seen ones and are not kept twice.
         self._named = array("Q")
+        self._filtered = share is not None or only_uids is not None
         self.summary = PlanSummary(duplicates=job.duplicates)
         self._explainer = EmptyQueryExplainer(source, call=self._call)
         #: How many named series were skipped because they are already done.
@@ -172,11 +175,11 @@ class Planner:
 
     def named_digests(self) -> SortedDigests:
         """Every unique series this run is responsible for (planned, skipped or unplannable)."""
-        return SortedDigests(sorted_unique(self._named))
+        return SortedDigests(sorted_unique(self._named)) if self._filtered else self._seen.freeze()
 
     @property
     def named_count(self) -> int:
-        return len(self._named)
+        return len(self._named) if self._filtered else len(self._seen)
 
     async def run(self, emit: Emit) -> PlanSummary:
         """Plan the whole job, handing each series to ``emit`` as soon as it is known."""
@@ -237,7 +240,8 @@ class Planner:
             return False
         if self._only_uids is not None and uid not in self._only_uids:
             return False
-        self._named.append(digest)
+        if self._filtered:
+            self._named.append(digest)
         if uid in self._skip_uids:
             self.skipped_count += 1
             return False

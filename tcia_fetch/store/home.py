@@ -66,7 +66,6 @@ class RunLock(Protocol):
     def release(self) -> None: ...
 
 
-
 def open_home(
     location: DestinationLocation,
     *,

@@ -323,6 +323,7 @@ class BucketDestination:
             if path.is_file():
                 self.store.upload_file(self.location.key(name), path)
                 path.unlink(missing_ok=True)  # a spool, not a cache: never uploaded twice
+
         # STATE_OUTPUTS, or a shard's own ``last-report.shard-K-of-N.json`` and plan: every file
         # the run left in the state mirror, the plan digests before the plans that name them.
         def order(path: Path) -> tuple[bool, bool, str]:

@@ -382,6 +382,7 @@ class FaultState:
                 self.fired[rule.kind.name] = self.fired.get(rule.kind.name, 0) + 1
                 return rule
             return None
+
     def hostile(self, kind: FaultKind) -> FaultRule | None:
         """The first rule of a hostile-server ``kind`` with firings left (consumes one), or None."""
         with self._lock:

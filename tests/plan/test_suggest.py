@@ -129,9 +129,7 @@ def test_a_modality_the_collection_lacks_lists_what_it_has(catalog: Catalog) -> 
     name = catalog.series[0].collection
     has = sorted({e.modality.upper() for e in catalog.series if e.collection == name and e.modality})
     lacks = next(m for m in ("XA", "RTDOSE", "OT", "DX") if m not in has)
-    _, found, endpoints = _plan(
-        catalog, f'[[query]]\ncollection = "{name.lower()}"\nmodality = "{lacks}"\n'
-    )
+    _, found, endpoints = _plan(catalog, f'[[query]]\ncollection = "{name.lower()}"\nmodality = "{lacks}"\n')
     [finding] = found
     assert finding.culprit == "modality" and finding.value == lacks
     assert f"in collection '{name.lower()}'" in finding.message

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import tracemalloc
+from array import array
 from pathlib import Path
 
 import pytest
 
-from tcia_fetch.store.digests import GrowingDigestSet, SortedDigests, uid_digest
+from tcia_fetch.store.digests import GrowingDigestSet, SortedDigests, sorted_unique, uid_digest
 from tcia_fetch.store.journal import DAMAGED_ON_DISK, LEASE_NAME, SEGMENT_DIR, SNAPSHOT_NAME, Journal
 from tcia_fetch.store.statestore import LocalStateStorage, StateStorage
 from tests.store.helpers import dead_pid, record
@@ -39,6 +42,56 @@ def test_growing_digest_set_deduplicates_across_merges() -> None:
     assert len(seen) == 200_000
     assert uids[-1] in seen and "7.7.7" not in seen
     assert len(seen.freeze()) == 200_000
+
+
+def test_sorted_unique_of_many_never_holds_them_as_python_ints() -> None:
+    """Issue 13: ``sorted`` of n digests is a list of n Python ints (~40 bytes each); a large
+    input is sorted a top-byte partition at a time, so the transient cost is ~8 bytes each."""
+    rng = random.Random(13)
+    count = 200_000
+    values = array("Q", (rng.getrandbits(64) for _ in range(count)))
+    values.extend(values[:5000])  # repeats are dropped
+    values.extend((0, 2**64 - 1))  # both ends of the range
+    tracemalloc.start()
+    try:
+        result = sorted_unique(values)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert list(result) == sorted(set(values))
+    # result + partitions (8 bytes a value each) + one partition as a list; a whole list of
+    # Python ints alone would be ~40 bytes a value (8 MB here).
+    assert peak < 20 * len(values) + (1 << 20), f"{peak / 1e6:.1f} MB transient for {len(values)} values"
+
+
+def test_growing_digest_set_merges_keep_it_sorted_and_complete() -> None:
+    rng = random.Random(7)
+    seen = GrowingDigestSet()
+    added = [rng.getrandbits(64) for _ in range(150_000)]  # two buffer merges and a remainder
+    assert all(seen.add(value) for value in added)
+    assert not seen.add(added[100]) and not seen.add(added[-1])
+    assert list(seen.freeze().values) == sorted(added)
+
+
+def test_iter_latest_among_yields_only_the_given_series(tmp_path: Path) -> None:
+    with Journal.open(tmp_path, run_id="r1") as first:
+        for uid in _uids(50):
+            first.append(record(uid, "done", path=f"p/{uid}"))
+        first.compact()
+    with Journal.open(tmp_path, run_id="r2") as second:
+        for uid in _uids(60)[45:]:  # five override snapshot records, ten are new (in a segment)
+            second.append(record(uid, "done", path=f"q/{uid}"))
+    view = Journal.open(tmp_path, run_id="r3")
+    wanted = ["1.2.826.0.1.3", "1.2.826.0.1.47", "1.2.826.0.1.58", "9.9.9"]
+    found = {
+        item.series_uid: item.path for item in view.iter_latest("done", among=SortedDigests.of_uids(wanted))
+    }
+    assert found == {
+        "1.2.826.0.1.3": "p/1.2.826.0.1.3",
+        "1.2.826.0.1.47": "q/1.2.826.0.1.47",
+        "1.2.826.0.1.58": "q/1.2.826.0.1.58",
+    }
+    assert list(view.iter_latest("failed", among=SortedDigests.of_uids(wanted))) == []
 
 
 def test_the_compact_view_agrees_with_the_records_across_snapshot_and_segments(tmp_path: Path) -> None:
@@ -171,3 +224,28 @@ def test_local_state_storage_implements_the_protocol(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "state").iterdir() if p.name.endswith(".tmp")] == []
     with pytest.raises(Exception, match="invalid state name"):
         storage.read("../escape")
+
+
+def test_the_index_is_read_in_chunks_and_a_cut_or_padded_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zstandard
+
+    from tcia_fetch.errors import JournalError
+    from tcia_fetch.store import journal as journal_module
+
+    with Journal.open(tmp_path, run_id="r1") as first:
+        for uid in _uids(40):
+            first.append(record(uid, "done", path=f"p/{uid}", dicom_bytes=7))
+        first.compact()
+    monkeypatch.setattr(journal_module, "_CHUNK_BYTES", 64)  # many chunks per column
+    view = Journal.open(tmp_path, run_id="r2")
+    assert view.counts().done == 40 and view.counts().done_bytes == 280
+    assert all(view.status_of(uid) == "done" for uid in _uids(40))
+    snapshot = tmp_path / SNAPSHOT_NAME
+    plain = zstandard.ZstdDecompressor().decompressobj().decompress(snapshot.read_bytes())
+    for damaged, message in ((plain[:-9], "truncated"), (plain + b"\x00" * 3, "unexpected data")):
+        snapshot.write_bytes(zstandard.ZstdCompressor().compress(damaged))
+        with pytest.raises(JournalError, match=message) as caught:
+            Journal.open(tmp_path, run_id="r3")
+        assert SNAPSHOT_NAME in str(caught.value)
