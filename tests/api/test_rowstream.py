@@ -7,8 +7,8 @@ import zlib
 
 import pytest
 
-from tcia_fetch.api.parse import parse_csv_rows, parse_json_rows
-from tcia_fetch.api.rowstream import CsvRowStream, row_stream_for
+from tcia_fetch.api.parse import Row, parse_csv_rows, parse_json_rows
+from tcia_fetch.api.rowstream import CsvRowStream, RowStream, row_stream_for
 from tcia_fetch.bodylimit import BodyDecoder
 from tcia_fetch.errors import BodyTooLargeError, ResponseFormatError
 
@@ -30,11 +30,11 @@ _CSV_BODY = (
 )
 
 
-def _stream(parser: object, body: bytes, step: int) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
+def _stream(parser: RowStream, body: bytes, step: int) -> list[Row]:
+    rows: list[Row] = []
     for start in range(0, len(body), step):
-        rows += parser.feed(body[start : start + step])  # type: ignore[attr-defined]
-    return rows + parser.close()  # type: ignore[attr-defined]
+        rows += parser.feed(body[start : start + step])
+    return rows + parser.close()
 
 
 @pytest.mark.parametrize("body", _JSON_BODIES)
@@ -86,7 +86,7 @@ def test_a_row_never_grows_past_the_row_bound(content_type: str, body: bytes) ->
 
 def test_csv_row_bound_counts_the_pending_record_only() -> None:
     parser = CsvRowStream(max_row_bytes=100)
-    rows = []
+    rows: list[Row] = []
     for _ in range(1000):
         rows += parser.feed(b'"k"\r\n' if not rows and parser._header is None else b'"value-of-a-row"\r\n')
     assert len(rows) >= 998  # 18 kB in total, but no single record near 100 bytes

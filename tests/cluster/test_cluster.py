@@ -119,7 +119,7 @@ def test_a_destination_not_shared_with_every_worker_stops_the_run_naming_the_wor
 BAD_UIDS = ("../../../etc/evil", "")
 
 
-def _failed_records(out: Path) -> dict[str, tuple[str | None, str | None, int]]:
+def _failed_records(out: Path) -> dict[str, tuple[str | None, str | None, int | None]]:
     from tcia_fetch.store.journal import Journal
 
     journal = Journal.open(out / ".tcia-fetch", run_id="judge")

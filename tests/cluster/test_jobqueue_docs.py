@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import dask_jobqueue
+from dask_jobqueue.pbs import PBSCluster
+from dask_jobqueue.slurm import SLURMCluster
 
 
 def test_the_readme_slurm_cluster_arguments_make_a_worker_job_script() -> None:
-    cluster = dask_jobqueue.SLURMCluster(
+    cluster = SLURMCluster(
         cores=2,
         processes=1,
         memory="4GB",
@@ -17,7 +18,7 @@ def test_the_readme_slurm_cluster_arguments_make_a_worker_job_script() -> None:
         scheduler_options={"dashboard_address": ":0"},
     )
     try:
-        script = cluster.job_script()
+        script: str = cluster.job_script()  # type: ignore[no-untyped-call]  # dask_jobqueue is untyped
     finally:
         cluster.close()
     assert "#SBATCH -p long" in script
@@ -27,7 +28,7 @@ def test_the_readme_slurm_cluster_arguments_make_a_worker_job_script() -> None:
 
 
 def test_the_readme_pbs_cluster_arguments_make_a_worker_job_script() -> None:
-    cluster = dask_jobqueue.PBSCluster(
+    cluster = PBSCluster(
         cores=2,
         processes=1,
         memory="4GB",
@@ -38,7 +39,7 @@ def test_the_readme_pbs_cluster_arguments_make_a_worker_job_script() -> None:
         scheduler_options={"dashboard_address": ":0"},
     )
     try:
-        script = cluster.job_script()
+        script: str = cluster.job_script()  # type: ignore[no-untyped-call]  # dask_jobqueue is untyped
     finally:
         cluster.close()
     assert "#PBS -q workq" in script

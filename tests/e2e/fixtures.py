@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any, Literal, overload
 
 STATE_DIR = ".tcia-fetch"
 
@@ -57,10 +58,49 @@ def fake_server_process(tmp_path: Path, args: Sequence[str] = ()) -> Iterator[st
         log.close()
 
 
-def cli(*args: str, extra_env: Mapping[str, str] | None = None, **kwargs: object) -> subprocess.Popen[bytes]:
-    """Start ``python -m tcia_fetch ARGS`` (the same entry point as the console script)."""
+#: Where a child's stdout/stderr go (as :class:`subprocess.Popen` takes them).
+_Stream = int | IO[Any] | None
+
+
+@overload
+def cli(
+    *args: str,
+    extra_env: Mapping[str, str] | None = None,
+    stdout: _Stream = None,
+    stderr: _Stream = None,
+    cwd: Path | None = None,
+    text: Literal[True],
+) -> subprocess.Popen[str]: ...
+
+
+@overload
+def cli(
+    *args: str,
+    extra_env: Mapping[str, str] | None = None,
+    stdout: _Stream = None,
+    stderr: _Stream = None,
+    cwd: Path | None = None,
+    text: Literal[False] = False,
+) -> subprocess.Popen[bytes]: ...
+
+
+def cli(
+    *args: str,
+    extra_env: Mapping[str, str] | None = None,
+    stdout: _Stream = None,
+    stderr: _Stream = None,
+    cwd: Path | None = None,
+    text: bool = False,
+) -> subprocess.Popen[str] | subprocess.Popen[bytes]:
+    """Start ``python -m tcia_fetch ARGS`` (the same entry point as the console script).
+
+    With ``text=True`` its pipes carry ``str`` (a ``Popen[str]``), else ``bytes``.
+    """
     env = {**os.environ, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "tcia_fetch", *args], env=env, **kwargs)  # type: ignore[call-overload]
+    command = [sys.executable, "-m", "tcia_fetch", *args]
+    if text:
+        return subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr, cwd=cwd, text=True)
+    return subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr, cwd=cwd)
 
 
 def tree_fingerprint(out: Path) -> dict[str, str]:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -76,6 +77,11 @@ def _status(out: Path) -> dict[str, object]:
     assert proc.returncode == 0, stderr.decode()
     document: dict[str, object] = json.loads(stdout)
     return document
+
+
+def _shards(status: dict[str, object]) -> list[dict[str, object]]:
+    """The ``shards`` list of a ``status --format json`` document (one object per shard)."""
+    return cast("list[dict[str, object]]", status["shards"])
 
 
 def _metadata_uids(out: Path) -> list[str]:
@@ -170,7 +176,7 @@ def test_a_killed_shard_reruns_while_the_other_finishes(tmp_path: Path) -> None:
             victim.communicate(timeout=30)
             code, text = _finish(other)
             assert code == 0, text
-            states = {s["shard"]: s["state"] for s in _status(out)["shards"]}  # type: ignore[union-attr]
+            states = {s["shard"]: s["state"] for s in _shards(_status(out))}
             assert states["1/2"] == "done"
             assert states["0/2"] != "done"
             code, text = _finish(_run(job, out, base_url, "--shard", "0/2"))
@@ -184,7 +190,7 @@ def test_a_killed_shard_reruns_while_the_other_finishes(tmp_path: Path) -> None:
     _assert_complete(out, catalog)
     status = _status(out)
     assert status["pending"] == 0
-    assert {s["state"] for s in status["shards"]} == {"done"}  # type: ignore[union-attr]
+    assert {s["state"] for s in _shards(status)} == {"done"}
 
 
 @pytest.mark.parametrize("value", ["3/2", "-1/4", "a/b", "0/0", "1", "2/2"])

@@ -50,7 +50,7 @@ def test_example_notebook_runs_the_classic_workflow(tmp_path: Path, monkeypatch:
     work = tmp_path / "work"
     work.mkdir()
 
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    notebook = nbformat.read(NOTEBOOK, as_version=4)  # type: ignore[no-untyped-call]  # nbformat is untyped
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (
         "strip outputs"
     )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
+from typing import Unpack
 
 import anyio
 import pytest
 
-from tcia_fetch.api.client import NBIAClient
+from tcia_fetch.api.client import NBIAClient, SeriesFilters
+from tcia_fetch.api.models import RejectedRow, SeriesRow
+from tcia_fetch.api.parse import Row
 from tcia_fetch.engine.clock import SystemClock
 from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.job.jobfile import JobSpec, UidOrigin, load_job
@@ -175,8 +179,11 @@ async def test_query_rows_flow_to_the_pool_one_at_a_time(tmp_path: Path, catalog
     handed: list[tuple[str, int]] = []
 
     class CountingPlanner(Planner):
-        async def _query_rows(self, filters, limiter):  # type: ignore[no-untyped-def]
+        async def _query_rows(
+            self, filters: Mapping[str, str], limiter: anyio.CapacityLimiter
+        ) -> AsyncGenerator[SeriesRow | RejectedRow, None]:
             async for row in super()._query_rows(filters, limiter):
+                assert isinstance(row, SeriesRow)  # the fake's rows all fit
                 read.append(row.series_uid)
                 yield row
 
@@ -201,7 +208,7 @@ async def test_a_large_query_answer_is_spooled_and_a_cut_answer_is_read_again(
     breaks off mid-way is retried whole, and the rows it had already handed on are not planned twice."""
     from tcia_fetch.errors import RemoteProtocolError
 
-    cuts = []
+    cuts: list[int] = []
 
     class CutOnce:
         def __init__(self, client: NBIAClient) -> None:
@@ -210,9 +217,9 @@ async def test_a_large_query_answer_is_spooled_and_a_cut_answer_is_read_again(
         def __getattr__(self, name: str) -> object:
             return getattr(self._client, name)
 
-        async def iter_series_rows(self, **filters: object):  # type: ignore[no-untyped-def]
+        async def iter_series_rows(self, **filters: Unpack[SeriesFilters]) -> AsyncGenerator[Row, None]:
             count = 0
-            async for row in self._client.iter_series_rows(**filters):  # type: ignore[arg-type]
+            async for row in self._client.iter_series_rows(**filters):
                 count += 1
                 if not cuts and count == 3:
                     cuts.append(count)

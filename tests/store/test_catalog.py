@@ -81,7 +81,9 @@ def test_one_row_per_done_series_with_every_metadata_column(tmp_path: Path) -> N
 
 def test_the_readme_duckdb_query_runs_over_the_catalog(tmp_path: Path) -> None:
     write_catalogs(generate(30), tmp_path)
-    rows = duckdb.sql(README_QUERY.format(catalog=tmp_path / CATALOG_NAME)).fetchall()
+    relation = duckdb.sql(README_QUERY.format(catalog=tmp_path / CATALOG_NAME))
+    assert relation is not None  # a SELECT always has a result relation
+    rows = relation.fetchall()
     expected: dict[tuple[str, str], list[int]] = {}
     for item in generate(30):
         if item.status == "done":

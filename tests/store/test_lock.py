@@ -208,7 +208,7 @@ def test_lock_is_complete_before_it_gets_its_name(tmp_path: Path, monkeypatch: p
         seen.append(json.loads(Path(source).read_text()))  # what the name will point at
         real_link(source, target)
 
-    monkeypatch.setattr(lock_module.os, "link", checking_link)
+    monkeypatch.setattr(os, "link", checking_link)
     lock = acquire_destination(tmp_path, run_id="run-1")
     assert [(doc["pid"], doc["run_id"], doc["token"]) for doc in seen] == [
         (os.getpid(), "run-1", lock.holder.token)
@@ -225,7 +225,7 @@ def test_link_reported_failed_but_made_is_held(tmp_path: Path, monkeypatch: pyte
         real_link(source, target)
         raise FileExistsError(errno.EEXIST, "File exists", str(target))
 
-    monkeypatch.setattr(lock_module.os, "link", lossy_link)
+    monkeypatch.setattr(os, "link", lossy_link)
     lock = acquire_destination(tmp_path, run_id="run-1")
     assert lock.still_ours()
     assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]
@@ -237,7 +237,7 @@ def test_filesystem_without_hard_links_still_gets_an_exclusive_lock(
     def no_link(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
         raise PermissionError(errno.EPERM, "Operation not permitted", str(target))
 
-    monkeypatch.setattr(lock_module.os, "link", no_link)
+    monkeypatch.setattr(os, "link", no_link)
     with acquire_destination(tmp_path, run_id="run-1") as held:
         assert read_holder(held.path).run_id == "run-1"  # type: ignore[union-attr]
         with pytest.raises(DestinationBusyError, match="run run-1"):

@@ -10,6 +10,7 @@ import pytest
 
 from tcia_fetch.api.client import NBIAClient
 from tcia_fetch.testing import Catalog, FakeNBIA, serve_in_background
+from tcia_fetch.testing._background import BackgroundServer
 
 
 def _collections(base_url: str) -> list[str | None]:
@@ -20,11 +21,16 @@ def _collections(base_url: str) -> list[str | None]:
     return asyncio.run(main())
 
 
+def _running(server: BackgroundServer) -> bool:
+    """Read ``running`` afresh (so a checker does not carry a narrowed value across ``stop()``)."""
+    return server.running
+
+
 def test_serves_until_stopped_and_stop_is_idempotent() -> None:
     catalog = Catalog.generate(seed=3, collections=2)
     server = serve_in_background(catalog=catalog)
     try:
-        assert server.running
+        assert _running(server)
         assert sorted(c or "" for c in _collections(server.base_url)) == sorted(
             {e.collection for e in catalog.series}
         )
@@ -33,7 +39,7 @@ def test_serves_until_stopped_and_stop_is_idempotent() -> None:
     finally:
         server.stop()
     server.stop()
-    assert not server.running
+    assert not _running(server)
     assert port is not None
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
