@@ -20,45 +20,121 @@ Everything else lives in private modules and may change; ``tests/test_exports.py
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from tcia_fetch.api.client import NBIAClient
-from tcia_fetch.config import ClientSettings
-from tcia_fetch.engine.report import RunReport, SeriesFailure
-from tcia_fetch.engine.run import RunOptions, fetch, plan, run
-from tcia_fetch.errors import (
-    InputError,
-    IntegrityError,
-    MissingDependencyError,
-    SeriesUnavailableError,
-    StorageError,
-    TciaFetchError,
-    TransportError,
-)
-from tcia_fetch.job.jobfile import JobSpec, load_job
-from tcia_fetch.notebook import (
-    DownloadReport,
-    EmptyResultWarning,
-    body_parts,
-    body_parts_async,
-    collections,
-    collections_async,
-    configure,
-    download,
-    download_async,
-    manufacturers,
-    manufacturers_async,
-    modalities,
-    modalities_async,
-    patients,
-    patients_async,
-    series,
-    series_async,
-    series_size,
-    series_size_async,
-    studies,
-    studies_async,
-)
+if TYPE_CHECKING:
+    from tcia_fetch.api.client import NBIAClient
+    from tcia_fetch.config import ClientSettings
+    from tcia_fetch.engine.report import RunReport, SeriesFailure
+    from tcia_fetch.engine.run import RunOptions, fetch, plan, run
+    from tcia_fetch.errors import (
+        InputError,
+        IntegrityError,
+        MissingDependencyError,
+        SeriesUnavailableError,
+        StorageError,
+        TciaFetchError,
+        TransportError,
+    )
+    from tcia_fetch.job.jobfile import JobSpec, load_job
+    from tcia_fetch.notebook import (
+        DownloadReport,
+        EmptyResultWarning,
+        body_parts,
+        body_parts_async,
+        collections,
+        collections_async,
+        configure,
+        download,
+        download_async,
+        manufacturers,
+        manufacturers_async,
+        modalities,
+        modalities_async,
+        patients,
+        patients_async,
+        series,
+        series_async,
+        series_size,
+        series_size_async,
+        studies,
+        studies_async,
+    )
+
+# Where each public name lives. They are imported on first use (PEP 562), not here: importing
+# any ``tcia_fetch.*`` module runs this file first, and the eager imports (aiohttp, pydantic,
+# the engine) cost ~45 MB of RSS and a quarter of a second in processes that need none of
+# them, such as the catalog child a run starts at its end (issue 13's 150 MB budget).
+_HOMES: dict[str, str] = {
+    "NBIAClient": "tcia_fetch.api.client",
+    "ClientSettings": "tcia_fetch.config",
+    "RunReport": "tcia_fetch.engine.report",
+    "SeriesFailure": "tcia_fetch.engine.report",
+    **dict.fromkeys(("RunOptions", "fetch", "plan", "run"), "tcia_fetch.engine.run"),
+    **dict.fromkeys(
+        (
+            "InputError",
+            "IntegrityError",
+            "MissingDependencyError",
+            "SeriesUnavailableError",
+            "StorageError",
+            "TciaFetchError",
+            "TransportError",
+        ),
+        "tcia_fetch.errors",
+    ),
+    **dict.fromkeys(("JobSpec", "load_job"), "tcia_fetch.job.jobfile"),
+    **dict.fromkeys(
+        (
+            "DownloadReport",
+            "EmptyResultWarning",
+            "body_parts",
+            "body_parts_async",
+            "collections",
+            "collections_async",
+            "configure",
+            "download",
+            "download_async",
+            "manufacturers",
+            "manufacturers_async",
+            "modalities",
+            "modalities_async",
+            "patients",
+            "patients_async",
+            "series",
+            "series_async",
+            "series_size",
+            "series_size_async",
+            "studies",
+            "studies_async",
+        ),
+        "tcia_fetch.notebook",
+    ),
+}
+
+# ``plan`` and ``series`` are public functions and also subpackages. Python binds a subpackage
+# to its parent's attribute when the subpackage is first imported, which would hide the function
+# from then on; loading both now and unbinding them leaves the names to ``__getattr__`` for good.
+for _subpackage in ("plan", "series"):
+    importlib.import_module(f"tcia_fetch.{_subpackage}")
+    del globals()[_subpackage]
+del _subpackage
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'tcia_fetch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 try:
     __version__ = version("tcia-fetch")

@@ -331,13 +331,14 @@ def verify(dest: str, md5: bool, output_format: str) -> None:
 def catalog(dest: str) -> None:
     """(Re)write DEST's catalog.parquet and instances.parquet from its journal (no network to TCIA)."""
     from tcia_fetch._parentdeath import die_with_parent
-    from tcia_fetch.store.catalog import CATALOG_NAME, INSTANCES_NAME, write_catalogs
+    from tcia_fetch.store.catalog import CATALOG_NAME, INSTANCES_NAME, import_pyarrow_lean, write_catalogs
 
     die_with_parent()  # a run's catalog child never outlives the run (a no-op for a user's command)
     # This process imports pyarrow only to write the two tables: the C allocator keeps less resident
     # than Arrow's default mimalloc pool here (112 MB against 124 MB for the whole command). A user's
     # own ARROW_DEFAULT_MEMORY_POOL wins.
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    import_pyarrow_lean()
 
     try:
         destination, journal = _open(dest)

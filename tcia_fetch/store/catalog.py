@@ -30,6 +30,7 @@ import io
 import json
 import os
 import secrets
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -40,11 +41,19 @@ from tcia_fetch.store.records import SeriesRecord
 if TYPE_CHECKING:
     import pyarrow
 
-__all__ = ["CATALOG_NAME", "INSTANCES_NAME", "METADATA_COLUMNS", "catalog_available", "write_catalogs"]
+__all__ = [
+    "CATALOG_NAME",
+    "INSTANCES_NAME",
+    "METADATA_COLUMNS",
+    "catalog_available",
+    "import_pyarrow_lean",
+    "write_catalogs",
+]
 
 CATALOG_NAME: Final = "catalog.parquet"
 INSTANCES_NAME: Final = "instances.parquet"
 _BATCH_ROWS: Final = 4096
+_BATCH_BYTES: Final = 2 << 20
 
 
 def _metadata_columns() -> tuple[str, ...]:
@@ -59,6 +68,27 @@ METADATA_COLUMNS: Final = _metadata_columns()
 def catalog_available() -> bool:
     """Whether pyarrow is installed, without importing it (that alone costs ~45 MB of RSS)."""
     return importlib.util.find_spec("pyarrow") is not None
+
+
+def import_pyarrow_lean() -> None:
+    """Import pyarrow without numpy, for a process that only writes the catalog.
+
+    pyarrow imports numpy whenever it is installed (~11 MB of resident memory), yet since
+    pyarrow 16 it works without it, and these tables never touch a numpy array. Marking numpy
+    unimportable while pyarrow loads keeps it out; an older pyarrow that needs numpy is then
+    imported normally. A process that already has either module is left as it is.
+    """
+    if "numpy" in sys.modules or "pyarrow" in sys.modules:
+        return
+    sys.modules["numpy"] = None  # type: ignore[assignment]  # import numpy -> ImportError
+    try:
+        import pyarrow.json
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        for name in [name for name in sys.modules if name.partition(".")[0] == "pyarrow"]:
+            del sys.modules[name]
+    finally:
+        del sys.modules["numpy"]
 
 
 def _pyarrow() -> Any:
@@ -138,17 +168,41 @@ def _pool() -> Any:
     return pyarrow.system_memory_pool()
 
 
-def _write(out: Any, rows: list[dict[str, object]], schema: pyarrow.Schema) -> None:
-    """Append ``rows`` to a Parquet writer as one batch (nothing for no rows)."""
-    if not rows:
-        return
-    import pyarrow.json as pj
+class _TableSink:
+    """One Parquet table being written: rows are kept as JSON lines (a fraction of what the row
+    dicts take) and handed to Arrow as one batch when ``_BATCH_ROWS`` rows or ``_BATCH_BYTES``
+    of text are waiting, whichever comes first, so memory is bounded however wide the rows are."""
 
-    text = "\n".join(json.dumps(row, separators=(",", ":")) for row in rows).encode()
-    options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
-    pool = _pool()
-    out.write_table(pj.read_json(io.BytesIO(text), parse_options=options, memory_pool=pool))
-    rows.clear()
+    def __init__(self, out: Any, schema: pyarrow.Schema) -> None:
+        self._out = out
+        self._schema = schema
+        self._lines: list[str] = []
+        self._bytes = 0
+
+    def add(self, row: dict[str, object]) -> None:
+        line = json.dumps(row, separators=(",", ":"))
+        self._lines.append(line)
+        self._bytes += len(line)
+        if len(self._lines) >= _BATCH_ROWS or self._bytes >= _BATCH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Append the waiting rows to the file as one row group (nothing when none wait)."""
+        if not self._lines:
+            return
+        import pyarrow.json as pj
+
+        text = "\n".join(self._lines).encode()
+        self._lines.clear()
+        self._bytes = 0
+        options = pj.ParseOptions(explicit_schema=self._schema, unexpected_field_behavior="error")
+        # One thread: Arrow's pool threads each leave a malloc arena behind (~5 MB resident).
+        reading = pj.ReadOptions(use_threads=False)
+        table = pj.read_json(
+            io.BytesIO(text), read_options=reading, parse_options=options, memory_pool=_pool()
+        )
+        del text
+        self._out.write_table(table)
 
 
 def write_catalogs(records: Iterable[SeriesRecord], directory: Path) -> tuple[Path, Path]:
@@ -172,19 +226,16 @@ def write_catalogs(records: Iterable[SeriesRecord], directory: Path) -> tuple[Pa
             pq.ParquetWriter(catalog_tmp, series_schema, **options) as series_out,
             pq.ParquetWriter(instances_tmp, instance_schema, **options) as instances_out,
         ):
-            series_rows: list[dict[str, object]] = []
-            instance_rows: list[dict[str, object]] = []
+            series_sink = _TableSink(series_out, series_schema)
+            instance_sink = _TableSink(instances_out, instance_schema)
             for record in records:
                 if record.status != "done":
                     continue
-                series_rows.append(_series_row(record))
-                instance_rows.extend(_instance_rows(record))
-                if len(series_rows) >= _BATCH_ROWS:
-                    _write(series_out, series_rows, series_schema)
-                if len(instance_rows) >= _BATCH_ROWS:
-                    _write(instances_out, instance_rows, instance_schema)
-            _write(series_out, series_rows, series_schema)
-            _write(instances_out, instance_rows, instance_schema)
+                series_sink.add(_series_row(record))
+                for row in _instance_rows(record):
+                    instance_sink.add(row)
+            series_sink.flush()
+            instance_sink.flush()
         os.replace(catalog_tmp, catalog_path)
         os.replace(instances_tmp, instances_path)
     except OSError as exc:

@@ -142,3 +142,34 @@ def test_writing_the_catalog_never_imports_pandas(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert pq.read_table(tmp_path / CATALOG_NAME).num_rows == 45
+
+
+def test_the_catalog_command_loads_neither_numpy_pandas_nor_the_http_stack(tmp_path: Path) -> None:
+    """The command a run starts as its catalog child (issue 13's 150 MB budget at 600,000
+    series): pyarrow is loaded without numpy, and the CLI loads only the command it runs."""
+    import subprocess
+    import sys
+
+    from tcia_fetch.store.journal import Journal
+
+    dest = tmp_path / "dest"
+    with Journal.open(dest / ".tcia-fetch", run_id="t") as journal:
+        for item in generate(50):
+            journal.append(item)
+    code = (
+        "import sys\n"
+        "from tcia_fetch.cli.main import main\n"
+        f"sys.argv = ['tcia-fetch', 'catalog', {str(dest)!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "loaded = sorted({'numpy', 'pandas', 'aiohttp', 'tcia_fetch.engine.run'} & set(sys.modules))\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert pq.read_table(dest / CATALOG_NAME).num_rows == 45
+    assert pq.read_table(dest / INSTANCES_NAME).num_rows == 90
