@@ -404,9 +404,11 @@ class Planner:
     async def _fill_spool(
         self, spool: RowSpool, filters: Mapping[str, str], limiter: anyio.CapacityLimiter
     ) -> None:
-        if spool.spilled:  # a retry starts over
+        # A retry starts over; closing a spilled file blocks, so it goes to a worker thread.
+        if spool.spilled:
             await anyio.to_thread.run_sync(spool.reset)
-        spool.reset()
+        else:
+            spool.reset()
         async with limiter, aclosing(self._source.iter_series_rows(**filters)) as rows:
             async for row in rows:
                 spool.add(row)
