@@ -499,14 +499,19 @@ _SCENARIO_ORDER = ("smoke", "loopback", "tcia-like", "huge", "tiny", "planning")
 
 
 def load_documents(results_dir: Path) -> list[JsonDict]:
-    """Every ``*-latest.json`` in ``results_dir``, in the README's scenario order."""
+    """Every ``*-latest.json`` of a ``benchmarks run`` scenario in ``results_dir``, in the README's
+    scenario order (the scale, lake and scale-out benchmarks write their own tables)."""
+    from benchmarks.scenarios import SCENARIOS
+
+    order = {name: index for index, name in enumerate((*_SCENARIO_ORDER, *SCENARIOS))}
     documents = []
     for path in results_dir.glob("*-latest.json"):
         try:
-            documents.append(json.loads(path.read_text(encoding="utf-8")))
+            document = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
             continue
-    order = {name: index for index, name in enumerate(_SCENARIO_ORDER)}
+        if isinstance(document, dict) and document.get("scenario") in order:
+            documents.append(document)
     documents.sort(key=lambda doc: (order.get(str(doc.get("scenario")), 99), str(doc.get("scenario"))))
     return documents
 
