@@ -34,6 +34,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from tcia_fetch._crashpoint import crash_point
 from tcia_fetch._loop import run_sync
+from tcia_fetch._memory import release_free_memory
 from tcia_fetch._parentdeath import child_env
 from tcia_fetch.api.client import NBIAClient
 from tcia_fetch.cluster.address import parse_scheduler
@@ -641,6 +642,7 @@ def _write_catalog_in_child(destination: Destination | BucketDestination) -> Non
     """
     target = str(destination.root) if isinstance(destination, Destination) else destination.location.url
     command = [sys.executable, "-m", "tcia_fetch", "catalog", target]
+    release_free_memory()  # the child's memory adds to this process's while it runs
     try:
         result = subprocess.run(  # child_env: the child dies with this process (_parentdeath.py)
             command, capture_output=True, text=True, timeout=_CATALOG_TIMEOUT_S, check=False, env=child_env()
