@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tcia_fetch.cli._owner import owns_interpreter
 from tcia_fetch.cli._show import cell, json_text, shown
 from tcia_fetch.cli.common import die
 from tcia_fetch.cli.progress import format_bytes
@@ -334,11 +335,12 @@ def catalog(dest: str) -> None:
     from tcia_fetch.store.catalog import CATALOG_NAME, INSTANCES_NAME, import_pyarrow_lean, write_catalogs
 
     die_with_parent()  # a run's catalog child never outlives the run (a no-op for a user's command)
-    # This process imports pyarrow only to write the two tables: the C allocator keeps less resident
-    # than Arrow's default mimalloc pool here (112 MB against 124 MB for the whole command). A user's
-    # own ARROW_DEFAULT_MEMORY_POOL wins.
-    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-    import_pyarrow_lean()
+    if owns_interpreter():
+        # This process only writes two tables, then exits: the C allocator keeps less resident
+        # than Arrow's default mimalloc pool here, and pyarrow needs no numpy for them (a
+        # user's own ARROW_DEFAULT_MEMORY_POOL wins).
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+        import_pyarrow_lean()
 
     try:
         destination, journal = _open(dest)

@@ -9,6 +9,7 @@ import sys
 import click
 
 from tcia_fetch import __version__
+from tcia_fetch.cli._owner import claim_interpreter
 from tcia_fetch.errors import EXIT_INTERRUPTED
 
 # Each command's module is imported only when that command runs (or ``--help`` lists them):
@@ -66,6 +67,7 @@ def main() -> None:
     example during start-up on a loaded login node) still ends in the documented way: nothing
     has been written yet, and the exit code is EXIT_INTERRUPTED. SIGTERM is handled like SIGINT.
     """
+    claim_interpreter()  # a tcia-fetch process: its commands may tune it for themselves
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         cli()

@@ -173,3 +173,31 @@ def test_the_catalog_command_loads_neither_numpy_pandas_nor_the_http_stack(tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     assert pq.read_table(dest / CATALOG_NAME).num_rows == 45
     assert pq.read_table(dest / INSTANCES_NAME).num_rows == 90
+
+
+def test_the_catalog_command_run_in_process_leaves_pyarrow_usable_with_numpy(tmp_path: Path) -> None:
+    """Through the click group (a notebook, a test) the command must not load pyarrow without
+    numpy: that pyarrow crashes the host process once it meets numpy (it did, with SIGSEGV)."""
+    import subprocess
+    import sys
+
+    from tcia_fetch.store.journal import Journal
+
+    dest = tmp_path / "dest"
+    with Journal.open(dest / ".tcia-fetch", run_id="t") as journal:
+        for item in generate(20):
+            journal.append(item)
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from tcia_fetch.cli.main import cli\n"
+        f"result = CliRunner().invoke(cli, ['catalog', {str(dest)!r}])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "import pyarrow.parquet as pq\n"
+        f"frame = pq.read_table({str(dest / CATALOG_NAME)!r}).to_pandas()\n"
+        "assert len(frame) == 18, len(frame)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
