@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tcia_fetch.campaign.process import cli_command
+from tcia_fetch.campaign.process import cli_command, peak_rss_kb
 
 __all__ = [
     "FAMILY_MODULES",
@@ -145,14 +145,15 @@ def run_cli_measured(
     merged["PYTHONPATH"] = os.pathsep.join(p for p in (root, merged.get("PYTHONPATH", "")) if p)
     started = time.monotonic()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cli_command(*args), env=merged, stdout=out, stderr=err, cwd=cwd)
+        argv = cli_command(*args)
+        proc = subprocess.Popen(argv, env=merged, stdout=out, stderr=err, cwd=cwd)
         peak_kb = 0
         timed_out = False
         while True:
             pid, status, _usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+            peak_kb = max(peak_kb, peak_rss_kb(proc.pid, argv))
             if time.monotonic() - started > timeout_s and not timed_out:
                 timed_out = True
                 proc.kill()
@@ -168,16 +169,6 @@ def run_cli_measured(
             wall_s=time.monotonic() - started,
             timed_out=timed_out,
         )
-
-
-def _vm_hwm_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
 
 
 def all_cases(*, include_heavy: bool = True) -> list[ServerCase]:

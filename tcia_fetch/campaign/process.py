@@ -17,7 +17,7 @@ from typing import IO
 
 from tcia_fetch.testing import FakeNBIA, RunningServer, serve_in_background
 
-__all__ = ["cli_command", "serve_in_thread", "start_cli"]
+__all__ = ["cli_command", "peak_rss_kb", "serve_in_thread", "start_cli"]
 
 
 @contextmanager
@@ -25,6 +25,26 @@ def serve_in_thread(fake: FakeNBIA, *, start_timeout_s: float = 60.0) -> Iterato
     """Serve ``fake`` on 127.0.0.1 from a daemon thread's event loop until the block exits."""
     with serve_in_background(fake, start_timeout_s=start_timeout_s) as background:
         yield background.server
+
+
+def peak_rss_kb(pid: int, argv: Sequence[str]) -> int:
+    """``VmHWM`` (KiB) of ``pid`` once it runs ``argv``; 0 before that, or once it is gone.
+
+    Between fork and exec a child's /proc entry still shows the parent's memory (a test worker's
+    few hundred MB, once it has imported pandas and moto): a sample taken in that window would
+    charge the parent's size to the command. So the figure counts only when the command line is
+    exactly ``argv``, which the kernel sets at exec, when it also starts a fresh high-water mark.
+    """
+    expected = b"".join(os.fsencode(part) + b"\0" for part in argv)
+    try:
+        if Path(f"/proc/{pid}/cmdline").read_bytes() != expected:
+            return 0
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
 
 
 def cli_command(*args: str) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tcia_fetch.campaign.process import peak_rss_kb
 from tcia_fetch.testing import Catalog
 
 from .fixtures import cli, fake_server_process
@@ -73,30 +74,15 @@ def peak_rss_mb(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        assert isinstance(proc.args, list)
+        argv = [str(part) for part in proc.args]
         peak_kb = 0
         while proc.poll() is None:
-            peak_kb = max(peak_kb, _high_water_kb(proc.pid))
+            peak_kb = max(peak_kb, peak_rss_kb(proc.pid, argv))
             time.sleep(0.02)
     assert proc.returncode == 0
     assert peak_kb > 0, "the CLI ended before its memory could be read"
     return peak_kb / 1024
-
-
-def _high_water_kb(pid: int) -> int:
-    """VmHWM of ``pid`` once it runs the CLI; 0 while it is still the forked copy of this process.
-
-    Between fork and exec the child's /proc entry shows the parent's memory (the pytest worker's
-    few hundred MB), so the figure counts only after the command line has become ours.
-    """
-    try:
-        if b"tcia_fetch\x00run" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return 0
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
 
 
 @pytest.mark.timeout(600)  # a hang guard sized for the work: 63 s seen on a loaded 2-core machine

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tcia_fetch.campaign.process import peak_rss_kb
 from tcia_fetch.store.digests import LAST_PLAN_DIGESTS, SortedDigests
 from tcia_fetch.store.journal import SEGMENT_DIR, Journal
 from tcia_fetch.store.records import FileEntry, SeriesRecord
@@ -80,28 +81,16 @@ def peak_rss_mb(output: Path, *args: str) -> tuple[float, bytes]:
     """Run the CLI with ``args``; its peak RSS in MB (polled VmHWM) and its stdout (via a file)."""
     with open(output, "wb") as sink:
         proc = cli(*args, stdout=sink, stderr=subprocess.STDOUT)
-        marker = ("tcia_fetch\x00" + args[0]).encode()
+        assert isinstance(proc.args, list)
+        argv = [str(part) for part in proc.args]
         peak_kb = 0
         while proc.poll() is None:
-            peak_kb = max(peak_kb, _high_water_kb(proc.pid, marker))
+            peak_kb = max(peak_kb, peak_rss_kb(proc.pid, argv))
             time.sleep(0.01)
     stdout = output.read_bytes()
     assert proc.returncode in (0, 1), stdout[-2000:]
     assert peak_kb > 0, "the CLI ended before its memory could be read"
     return peak_kb / 1024, stdout
-
-
-def _high_water_kb(pid: int, marker: bytes) -> int:
-    """VmHWM of ``pid`` once it runs the CLI (before exec it still shows the parent's memory)."""
-    try:
-        if marker not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return 0
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
 
 
 def test_status_memory_per_series_is_bytes_not_kilobytes(tmp_path: Path) -> None:
