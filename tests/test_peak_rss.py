@@ -19,9 +19,9 @@ def test_peak_rss_counts_only_the_expected_program() -> None:
     proc = subprocess.Popen(argv)
     try:
         deadline = time.monotonic() + 10
-        while (peak := peak_rss_kb(proc.pid, argv)) == 0 and time.monotonic() < deadline:
+        while (peak := peak_rss_kb(proc.pid, argv)) < 1000 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert peak > 1000  # an interpreter: some MB
+        assert peak >= 1000  # the interpreter, read as it runs: some MB
         assert peak_rss_kb(proc.pid, [*argv, "other"]) == 0  # not the program asked about
         assert peak_rss_kb(proc.pid, argv[:1]) == 0
     finally:
