@@ -14,7 +14,10 @@ What the controller does, and why:
 * **Learn the cap.** A throttle (429) says the server would not take one more: the limit drops
   to the number of downloads in flight when it came (what the server did accept), and the
   level above is remembered as the server's cap. Growing back to it needs ``probe_after_epochs``
-  clean epochs, doubling per failed probe, so a hard cap is knocked on rarely.
+  clean epochs, doubling per failed probe, and at least ``min_probe_interval_s`` (60 s) since
+  the last throttle, so a hard cap is knocked on rarely: every 429 closes the shared pacer's
+  gate for everyone (Retry-After), so a probe each few epochs of 2 s cost a tiny-series job a
+  second of stall each time (the tiny-latency benchmark: 2-4 s of 14).
 * **No idle connections.** Without a cap, once the ramp is over the controller compares the
   goodput (body bytes per second) of whole epochs at neighbouring limits: when a quarter fewer
   streams deliver as much, the extra streams added nothing (a shared link is full), the limit
@@ -98,6 +101,7 @@ class AimdController:
         ramp_interval_s: float = 0.05,
         gain_tolerance: float = 0.05,
         min_measured_bytes: int = 16 << 20,
+        min_probe_interval_s: float = 60.0,
     ) -> None:
         if max_limit < 1:
             raise ValueError(f"max_limit must be >= 1, not {max_limit}")
@@ -118,6 +122,9 @@ class AimdController:
         self.gain_tolerance = gain_tolerance
         #: An epoch that moved fewer body bytes says nothing about goodput (tiny series, idling).
         self.min_measured_bytes = min_measured_bytes
+        #: No probe above a cap a throttle taught sooner than this after that throttle.
+        self.min_probe_interval_s = max(0.0, min_probe_interval_s)
+        self._last_throttle_at = -math.inf
         self._full_since: float | None = None
         self._full_s = 0.0
         self._ceiling: int | None = None
@@ -244,6 +251,7 @@ class AimdController:
             self._probe_wait_epochs = self.probe_after_epochs
         self._clean_streak = 0
         if kind == "throttle":
+            self._last_throttle_at = now
             # The server took ``in_flight`` and refused one more: hold there, remember the cap.
             # Never more than a halving, though: a lone 429 at a quiet moment is no cap of 1.
             # Throttled again at (or below) a cap already learned, the server's capacity fell:
@@ -376,6 +384,12 @@ class AimdController:
         approaching = self._ceiling is not None and limit + 1 >= self._ceiling
         if approaching and self._clean_streak < self._probe_wait_epochs:
             return
+        if (
+            approaching
+            and not self._ceiling_from_goodput
+            and end - self._last_throttle_at < self.min_probe_interval_s
+        ):
+            return  # the streak is kept: the probe goes at the first epoch end past the interval
         self._clean_streak = 0
         if approaching and self._ceiling_from_goodput:
             self._probe_from = limit
@@ -523,6 +537,7 @@ class AdaptiveLimiter:
         ramp_interval_s: float = 0.05,
         gain_tolerance: float = 0.05,
         min_measured_bytes: int = 16 << 20,
+        min_probe_interval_s: float = 60.0,
     ) -> None:
         self._clock = clock
         self.controller = AimdController(
@@ -538,6 +553,7 @@ class AdaptiveLimiter:
             ramp_interval_s=ramp_interval_s,
             gain_tolerance=gain_tolerance,
             min_measured_bytes=min_measured_bytes,
+            min_probe_interval_s=min_probe_interval_s,
         )
         self._in_flight = 0
         self._streaming = 0

@@ -252,6 +252,10 @@ class SeriesWorker:
         self, item: PlannedSeries, expectation: SeriesExpectation, progress: _Progress
     ) -> None:
         await self.breaker.wait_closed()
+        # The slot is one download in flight on the server: it is given back once the body is in
+        # and verified, before publishing (local renames, fsyncs, the journal's group commit), so
+        # the next download starts while this one is recorded. At most one series per worker is
+        # between the two, so staged series stay bounded by the pool.
         async with self.limiter.slot() as slot:
             await self.pacer.wait_turn()
             started = self.clock.monotonic()
@@ -265,14 +269,14 @@ class SeriesWorker:
                 raise
             finally:
                 self.stats.in_flight -= 1
-            try:
-                await self._publish(item, verified, staging)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self.destination.discard, staging)
-                raise
             self.limiter.on_success(self.clock.monotonic() - started, verified.archive_bytes)
             self.pacer.on_success()
+        try:
+            await self._publish(item, verified, staging)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.destination.discard, staging)
+            raise
 
     async def _download(
         self, item: PlannedSeries, expectation: SeriesExpectation, progress: _Progress, slot: Slot

@@ -353,7 +353,9 @@ def test_first_throttle_learns_the_cap_from_what_was_in_flight() -> None:
 
 
 def test_a_learned_cap_is_probed_rarely_and_each_failed_probe_doubles_the_wait() -> None:
-    aimd = AimdController(32, initial=24, min_epoch_s=1.0, freeze_epochs=0, probe_after_epochs=2)
+    aimd = AimdController(
+        32, initial=24, min_epoch_s=1.0, freeze_epochs=0, probe_after_epochs=2, min_probe_interval_s=0.0
+    )
     aimd.observe_in_flight(24, 0.0)
     aimd.on_congestion(0.0, "throttle")  # 24 in flight, one refused: the cap is 24
     now = 0.0
@@ -371,6 +373,28 @@ def test_a_learned_cap_is_probed_rarely_and_each_failed_probe_doubles_the_wait()
     assert len(probes) >= 3
     assert all(later > earlier for earlier, later in itertools.pairwise(gaps))  # rarer and rarer
     assert max(limit for _, limit in aimd.trace) == 25
+
+
+def test_a_learned_cap_is_not_probed_within_a_minute_of_a_throttle() -> None:
+    """Each 429 closes the shared pacer's gate for every worker, so a probe costs the whole run
+    a Retry-After: with 2 s epochs the epoch rule alone would knock every few seconds."""
+    aimd = AimdController(32, initial=24, min_epoch_s=2.0, freeze_epochs=2, probe_after_epochs=2)
+    aimd.observe_in_flight(24, 0.0)
+    aimd.on_congestion(0.0, "throttle")  # the cap is 24
+    now = 0.0
+    probes: list[float] = []
+    while now < 300.0:
+        aimd.observe_in_flight(aimd.limit, now)
+        now += 0.5
+        aimd.tick(now)
+        if aimd.limit == 25:
+            probes.append(now)
+            aimd.observe_in_flight(24, now)
+            aimd.on_congestion(now, "throttle")  # refused again
+    assert probes, "the cap was never probed again"
+    assert probes[0] >= 60.0
+    assert all(later - earlier >= 60.0 for earlier, later in itertools.pairwise(probes))
+    assert len(probes) <= 5  # at most one a minute over five minutes
 
 
 def test_a_lone_throttle_at_a_quiet_moment_cuts_at_most_by_half() -> None:
