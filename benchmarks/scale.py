@@ -41,6 +41,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tcia_fetch.campaign.process import peak_rss_kb
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
 RSS_TARGET_MB = 150.0
@@ -79,10 +81,9 @@ def measure(
     """Run ``python -m tcia_fetch ARGS``; wall, CPU and peak RSS (SIGINT after ``stop_after_s``,
     or once ``stop_when()`` is true, polled every half second)."""
     started = time.monotonic()
+    argv = [sys.executable, "-m", "tcia_fetch", *args]
     with open(log, "ab") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tcia_fetch", *args], stdout=sink, stderr=subprocess.STDOUT, env=_env()
-        )
+        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=_env())
     peak_kb = 0
     interrupted = False
     next_poll = started
@@ -90,7 +91,7 @@ def measure(
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+        peak_kb = max(peak_kb, peak_rss_kb(proc.pid, argv))
         now = time.monotonic()
         stop = stop_after_s is not None and now - started > stop_after_s
         if stop_when is not None and now >= next_poll:
@@ -119,18 +120,6 @@ def _journaled_done(out: Path) -> int:
         with open(segment, "rb") as source:
             count += sum(1 for line in source if b'"status":"done"' in line)
     return count
-
-
-def _vm_hwm_kb(pid: int) -> int:
-    try:
-        if b"tcia_fetch" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return 0
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
 
 
 def _start_server(series: int, work: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -144,18 +144,23 @@ def test_writing_the_catalog_never_imports_pandas(tmp_path: Path) -> None:
     assert pq.read_table(tmp_path / CATALOG_NAME).num_rows == 45
 
 
+def _journaled_destination(dest: Path, count: int) -> Path:
+    """A destination whose journal holds ``generate(count)`` (no files: the catalog needs none)."""
+    from tcia_fetch.store.journal import Journal
+
+    with Journal.open(dest / ".tcia-fetch", run_id="t") as journal:
+        for item in generate(count):
+            journal.append(item)
+    return dest
+
+
 def test_the_catalog_command_loads_neither_numpy_pandas_nor_the_http_stack(tmp_path: Path) -> None:
     """The command a run starts as its catalog child (issue 13's 150 MB budget at 600,000
     series): pyarrow is loaded without numpy, and the CLI loads only the command it runs."""
     import subprocess
     import sys
 
-    from tcia_fetch.store.journal import Journal
-
-    dest = tmp_path / "dest"
-    with Journal.open(dest / ".tcia-fetch", run_id="t") as journal:
-        for item in generate(50):
-            journal.append(item)
+    dest = _journaled_destination(tmp_path / "dest", 50)
     code = (
         "import sys\n"
         "from tcia_fetch.cli.main import main\n"
@@ -181,12 +186,7 @@ def test_the_catalog_command_run_in_process_leaves_pyarrow_usable_with_numpy(tmp
     import subprocess
     import sys
 
-    from tcia_fetch.store.journal import Journal
-
-    dest = tmp_path / "dest"
-    with Journal.open(dest / ".tcia-fetch", run_id="t") as journal:
-        for item in generate(20):
-            journal.append(item)
+    dest = _journaled_destination(tmp_path / "dest", 20)
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
