@@ -60,8 +60,10 @@ class UidTable(CompactUidList):
     def row_for(self, uid: str) -> dict[str, str]:
         """All columns of the first row that named ``uid`` (missing trailing cells read as "").
 
-        Where the header repeats a column name, the leftmost column of that name is given.
-        Reads the table again up to that row; KeyError when no kept row names ``uid``.
+        Where the header repeats a column name, the leftmost column of that name is given. The
+        UID column reads as the UID that was taken (stripped of the blanks around it), so a row
+        always names its own UID. Reads the table again up to that row; KeyError when no kept
+        row names ``uid``.
         """
         uid_index = self.columns.index(self.uid_column)
         kept = set(self.compact.lines)
@@ -70,6 +72,7 @@ class UidTable(CompactUidList):
                 row: dict[str, str] = {}
                 for index, name in enumerate(self.columns):
                     row.setdefault(name, values[index] if index < len(values) else "")
+                row[self.uid_column] = uid
                 return row
         raise KeyError(uid)
 

@@ -62,7 +62,13 @@ def host_name() -> str:
 
 
 def pid_is_alive(pid: int) -> bool:
-    """Whether a process with ``pid`` exists on this host (EPERM means it exists but is not ours)."""
+    """Whether a process with ``pid`` runs on this host (EPERM means it exists but is not ours).
+
+    A zombie is dead: it has exited and only waits for its parent to collect its status. The
+    catalog child of a SIGKILLed run is such a zombie wherever PID 1 does not reap orphans
+    (containers and micro-VMs whose init is a plain service): counting it as alive kept the
+    temporaries it left from ever being removed.
+    """
     if pid <= 0:
         return False
     try:
@@ -70,8 +76,20 @@ def pid_is_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """Linux: the state letter in ``/proc/PID/stat`` is Z (zombie) or X (dead); elsewhere False."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read(4096)
+    except OSError:
+        return False
+    # "pid (comm) S ...": comm may hold spaces and parentheses, so read after the last ")".
+    state = text[text.rfind(b")") + 1 :].split(maxsplit=1)[:1]
+    return state in ([b"Z"], [b"X"])
 
 
 _AT_FDCWD: Final = -100

@@ -67,6 +67,23 @@ def dead_pid() -> int:
 
 
 @contextlib.contextmanager
+def zombie_pid() -> Iterator[int]:
+    """The pid of a process that has exited but is not yet reaped (a zombie), reaped on exit.
+
+    What the catalog child of a SIGKILLed run becomes where PID 1 does not reap orphans.
+    """
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{process.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z":
+            assert time.monotonic() < deadline, "the child never exited"
+            time.sleep(0.01)
+        yield process.pid
+    finally:
+        process.wait()
+
+
+@contextlib.contextmanager
 def small_tmpfs(mount_point: Path, *, size: str = "256k", read_only: bool = False) -> Iterator[Path]:
     """Mount a tiny tmpfs (needs root and mount rights); the caller skips when this raises OSError."""
     mount_point.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import pytest
 from tcia_fetch.errors import DestinationError, DiskFullError
 from tcia_fetch.store._fs import host_name, rename_no_replace
 from tcia_fetch.store.destination import Destination, FinalPathExistsError, parse_owner
-from tests.store.helpers import UID_A, UID_B, dead_pid, publish_series, stage_series
+from tests.store.helpers import UID_A, UID_B, dead_pid, publish_series, stage_series, zombie_pid
 
 SERIES_PATH = PurePosixPath("COLL/PAT-1/1.2.3/" + UID_A)
 
@@ -192,6 +192,22 @@ def test_cleanup_removes_dead_owners_and_keeps_live_ones(destination: Destinatio
     assert mine.exists()
     assert not dead.exists()
     assert other_host_trash.exists()  # another host: only age or the caller's judgement removes it
+
+
+def test_a_zombie_writer_is_dead_and_its_temporaries_are_removed(destination: Destination) -> None:
+    # A SIGKILLed run's catalog child stays a zombie where PID 1 reaps no orphans; the rerun
+    # must still clear the Parquet temporaries it left (a CI crash-campaign failure).
+    with zombie_pid() as pid:
+        catalog_tmp = destination.root / f".catalog.parquet.{pid}.0123456789ab.tmp"
+        catalog_tmp.write_bytes(b"PAR1")
+        live_tmp = destination.root / f".catalog.parquet.{os.getpid()}.0123456789ab.tmp"
+        live_tmp.write_bytes(b"PAR1")
+        staging = destination.staging_dir / f"{UID_B}~{host_name()}~{pid}~abc123"
+        staging.mkdir()
+        assert destination.cleanup_leftovers() == 2
+        assert not catalog_tmp.exists()
+        assert not staging.exists()
+        assert live_tmp.exists()
 
 
 def test_cleanup_asks_the_callers_liveness_judgement(destination: Destination) -> None:
