@@ -9,6 +9,7 @@ import click
 from tcia_fetch.cli.common import die
 from tcia_fetch.cluster.sbatch import ArrayScript, render_sbatch
 from tcia_fetch.errors import InputError
+from tcia_fetch.store.location import parse_destination
 
 __all__ = ["sbatch_command"]
 
@@ -16,7 +17,10 @@ __all__ = ["sbatch_command"]
 @click.command("sbatch")
 @click.argument("job", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option(
-    "--out", "-o", required=True, type=click.Path(path_type=Path, file_okay=False), help="Destination."
+    "--out",
+    "-o",
+    required=True,
+    help="Destination every task can reach: a shared directory, or s3://bucket/prefix.",
 )
 @click.option("--shards", required=True, type=int, help="Array size: the job is split into this many shards.")
 @click.option(
@@ -34,7 +38,7 @@ __all__ = ["sbatch_command"]
 @click.option("--max-bandwidth", help="The job's total bandwidth, e.g. 200MB.")
 def sbatch_command(
     job: Path,
-    out: Path,
+    out: str,
     shards: int,
     time_limit: str,
     cpus: int,
@@ -58,7 +62,7 @@ def sbatch_command(
         text = render_sbatch(
             ArrayScript(
                 job=job,
-                out=out,
+                out=parse_destination(out, source="--out"),
                 shards=shards,
                 time=time_limit,
                 cpus=cpus,

@@ -60,7 +60,6 @@ from tcia_fetch.engine.run import (
     _as_job,
     _first_fatal,
     _new_run_id,
-    _path,
     _retry_policy,
     close_books,
     journal_bad_rows,
@@ -78,6 +77,7 @@ from tcia_fetch.plan.shard import split_rate
 from tcia_fetch.plan.suggest import unmatched_tables
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.journal import Journal
+from tcia_fetch.store.location import BucketLocation, parse_destination
 from tcia_fetch.store.reconcile import reconcile
 from tcia_fetch.store.runlock import acquire_run_lock
 from tcia_fetch.store.seriespath import blocked_root_outputs, recorded_damaged_paths
@@ -108,9 +108,7 @@ async def fetch_on_cluster(
     spec = _as_job(job, options)
     stats = stats or RunStats()
     clock = SystemClock()
-    out = _path(options.out) or (Path(spec.output.dest) if spec.output.dest else None)
-    if out is None:
-        raise InputError("no destination: give --out DIR or set [output].dest in the job file")
+    out = _cluster_destination(options, spec)
     settings = await anyio.to_thread.run_sync(resolve_client_settings, spec, options, dict(os.environ))
     concurrency = options.concurrency or spec.download.concurrency
     if concurrency < 1:
@@ -224,6 +222,29 @@ async def fetch_on_cluster(
             await _finish(report, stats, planner, failures, journal, destination, spec, options, started)
             await anyio.to_thread.run_sync(lock.release)
     return report
+
+
+def _cluster_destination(options: RunOptions, spec: JobSpec) -> Path:
+    """The run's directory; a bucket is refused (exit 2) before any connection.
+
+    A Dask run's workers publish, adopt a killed worker's series and probe that they share the
+    destination through a filesystem; on a bucket none of that is built yet, and sending the
+    URL down the directory path would create a local folder named ``s3:``. Shards do write to
+    a bucket, so the message points there.
+    """
+    value = options.out if options.out is not None else spec.output.dest
+    source = "--out" if options.out is not None else "output.dest"
+    if value is None:
+        raise InputError("no destination: give --out DIR or set [output].dest in the job file")
+    location = parse_destination(value, source=source)
+    if isinstance(location, BucketLocation):
+        raise InputError(
+            f"a Dask run (--scheduler) cannot write to {location.url} yet: give a directory every "
+            "worker mounts, or run the job as shards (--shard K/N, see `tcia-fetch sbatch`), which "
+            "write to a bucket",
+            source=source,
+        )
+    return location
 
 
 async def _first_planned(planned: ObjectReceiveStream[PlannedSeries]) -> PlannedSeries | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from tcia_fetch.errors import InputError
+from tcia_fetch.store.location import DestinationLocation
 
 __all__ = ["ArrayScript", "render_sbatch"]
 
@@ -27,7 +28,8 @@ class ArrayScript:
     """What the array script asks of Slurm and of tcia-fetch."""
 
     job: Path
-    out: Path
+    #: A directory (made absolute: the tasks start elsewhere) or a bucket URL, passed on as is.
+    out: DestinationLocation
     shards: int
     time: str = "24:00:00"
     cpus: int = 2
@@ -75,7 +77,7 @@ def render_sbatch(script: ArrayScript, *, executable: str = "tcia-fetch") -> str
         "run",
         str(script.job.resolve()),
         "--out",
-        str(script.out.resolve()),
+        str(script.out.resolve()) if isinstance(script.out, Path) else script.out.url,
         *script.run_options,
     ]
     concurrency = _option_value(script.run_options, "--concurrency")

@@ -81,3 +81,23 @@ def test_a_bad_value_exits_2(tmp_path: Path) -> None:
     done = _sbatch(str(job), "--out", str(tmp_path), "--shards", "0")
     assert done.returncode == 2
     assert "--shards" in done.stderr
+
+
+def test_a_bucket_destination_reaches_every_task_as_the_url(tmp_path: Path) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text("[[query]]\ncollection = 'X'\n")
+    done = _sbatch(str(job), "--out", "s3://lake/tcia", "--shards", "4")
+    assert done.returncode == 0, done.stderr
+    run_line = next(line for line in done.stdout.splitlines() if line.startswith("tcia-fetch run"))
+    assert " --out s3://lake/tcia " in run_line
+    assert "s3:/lake" not in done.stdout.replace("s3://lake", "")
+
+
+@pytest.mark.parametrize("out", ["gs://lake/tcia", "s3:/lake/tcia", "s3://Bad_Bucket/x"])
+def test_a_destination_url_the_run_would_refuse_exits_2(tmp_path: Path, out: str) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text("")
+    done = _sbatch(str(job), "--out", out, "--shards", "4")
+    assert done.returncode == 2, done.stdout
+    assert "--out" in done.stderr
+    assert "#SBATCH" not in done.stdout

@@ -66,6 +66,33 @@ def test_bad_scheduler_options_exit_2_before_any_traffic(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("where", ["--out", "output.dest"])
+def test_a_bucket_destination_for_a_dask_run_exits_2_and_creates_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Never the local folder ``s3:/lake/tcia``: the run refuses the bucket before any traffic
+    and points to shards, which do write to a bucket."""
+    from click.testing import CliRunner
+
+    from tcia_fetch.cli.main import cli
+
+    monkeypatch.chdir(tmp_path)
+    job = tmp_path / "job.toml"
+    text = '[[query]]\ncollection = "X"\n'
+    args = ["run", str(job), "--base-url", "http://127.0.0.1:9/", "--scheduler", "local:1"]
+    if where == "--out":
+        args += ["--out", "s3://lake/tcia"]
+    else:
+        text = '[output]\ndest = "s3://lake/tcia"\n' + text
+    job.write_text(text)
+    done = CliRunner().invoke(cli, args)
+    assert done.exit_code == 2, done.output
+    assert where in done.stderr
+    assert "s3://lake/tcia" in done.stderr
+    assert "--shard" in done.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["job.toml"]
+
+
 def test_a_missing_dask_install_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(InputError, match=r"pip install 'tcia-fetch\[dask\]'"):
