@@ -176,17 +176,24 @@ def _local(figures: CampaignFigures, sizes: CampaignSizes, root: Path, say: Call
 def _scaleout(
     figures: CampaignFigures, sizes: CampaignSizes, root: Path, seed: int, say: Callable[[str], None]
 ) -> None:
+    from tcia_fetch.campaign.s3shards import run_bucket_shard_kills
     from tcia_fetch.campaign.scaleout import run_dask_worker_kill, run_shard_kills
 
     if sizes.shards > 1:
         place = root / "shards"
         place.mkdir(parents=True, exist_ok=True)
         figures.local.append(run_shard_kills(place, shards=sizes.shards, kills=sizes.shard_kills, seed=seed))
+        # The same on a bucket (needs moto: the test extra), where locks and uploads are objects.
+        figures.local.append(
+            run_bucket_shard_kills(
+                root / "bucket-shards", shards=sizes.shards, kills=sizes.shard_kills, seed=seed
+            )
+        )
     for index in range(sizes.dask_kills):
         place = root / f"dask-{index}"
         place.mkdir(parents=True, exist_ok=True)
         figures.local.append(run_dask_worker_kill(place))
-    say("scaleout: " + ", ".join(f"{o.name}: {'pass' if o.passed else 'FAIL'}" for o in figures.local[-3:]))
+    say("scaleout: " + ", ".join(f"{o.name}: {'pass' if o.passed else 'FAIL'}" for o in figures.local[-4:]))
 
 
 def _hostile(

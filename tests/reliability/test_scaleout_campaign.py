@@ -1,7 +1,8 @@
 """The scale-out part of the campaign: shards killed and rerun, a Dask worker killed mid-series.
 
 CI runs ``TCIA_FETCH_CAMPAIGN_SHARDS`` shards (default 3) with ``TCIA_FETCH_CAMPAIGN_SHARD_KILLS``
-kills (default 1) and one Dask worker kill; the release campaign runs more (``--full``).
+kills (default 1), on a directory and on a bucket (moto on loopback), and one Dask worker kill;
+the release campaign runs more (``--full``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tcia_fetch.campaign.s3shards import run_bucket_shard_kills
 from tcia_fetch.campaign.scaleout import run_dask_worker_kill, run_shard_kills
 
 from .conftest import env_int
@@ -27,6 +29,21 @@ def test_shards_on_one_destination_survive_a_killed_shard(tmp_path: Path) -> Non
     assert outcome.problems == []
     assert outcome.loss.counts() == dict.fromkeys(outcome.loss.counts(), 0)
     assert set(outcome.exit_codes) == {0}
+    assert outcome.passed
+
+
+def test_shards_on_one_bucket_survive_a_killed_shard(tmp_path: Path) -> None:
+    outcome = run_bucket_shard_kills(
+        tmp_path,
+        shards=env_int("TCIA_FETCH_CAMPAIGN_SHARDS", 3),
+        kills=env_int("TCIA_FETCH_CAMPAIGN_SHARD_KILLS", 1),
+        seed=env_int("TCIA_FETCH_CAMPAIGN_SEED", 3),
+    )
+    assert outcome.problems == []
+    assert outcome.loss.counts() == dict.fromkeys(outcome.loss.counts(), 0)
+    assert set(outcome.exit_codes) == {0}
+    # The kill landed on a shard still at work (not on one that had already finished its share).
+    assert any(message.startswith("killed shard") for message in outcome.messages), outcome.messages
     assert outcome.passed
 
 

@@ -1,0 +1,184 @@
+"""Shards of one job on one bucket, one of them SIGKILLed mid-run and started again.
+
+The directory twin is :func:`tcia_fetch.campaign.scaleout.run_shard_kills`; this one checks what
+a lister of the bucket sees, because a bucket has no rename and its locks, journal segments and
+multipart uploads are objects: N ``tcia-fetch run --shard K/N --out s3://... --keep tar.zst``
+processes write one prefix at once, and ``kills`` times a shard that has committed part of its
+share is SIGKILLed (so it may die with an upload open) and started again while the others go on.
+
+Judged from the bucket and the fake server's request log (each must be 0 / empty):
+
+* every series of the job is stored exactly once, as a whole archive (``lost``,
+  ``unverified_published`` for an archive visible but not whole);
+* a rerun fetches none of the series its shard had committed before it started;
+* no multipart upload is left open and no lock object is left behind (``leftovers``);
+* metadata.csv in the bucket lists every series once; ``status`` shows the whole job done and
+  every shard done; ``verify`` (which re-reads and re-hashes every archive) passes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tcia_fetch.campaign.local import LocalOutcome
+from tcia_fetch.campaign.process import serve_in_thread, start_cli
+from tcia_fetch.campaign.scaleout import scaleout_catalog
+from tcia_fetch.plan.shard import shard_of
+from tcia_fetch.series.archive import check_tar_zst
+from tcia_fetch.testing import FakeNBIA, LoadModel
+
+__all__ = ["run_bucket_shard_kills"]
+
+_RUN_TIMEOUT_S = 300.0
+_PREFIX = "lake"
+
+
+def run_bucket_shard_kills(workdir: Path, *, shards: int = 3, kills: int = 1, seed: int = 7) -> LocalOutcome:
+    """``shards`` shard processes on one bucket prefix; ``kills`` times one is SIGKILLed and rerun."""
+    from tcia_fetch.testing.s3 import MotoS3, list_keys, open_uploads, s3_env
+
+    outcome = LocalOutcome(f"{shards} shards on one bucket, {kills} shard kill(s)")
+    rng = random.Random(seed)
+    catalog = scaleout_catalog()
+    uids = [entry.uid for entry in catalog.series]
+    workdir.mkdir(parents=True, exist_ok=True)
+    job = workdir / "list.tcia"
+    job.write_text("manifestVersion=3.0\nListOfSeriesToDownload=\n" + "\n".join(uids) + "\n")
+    moto = MotoS3()
+    try:
+        client = moto.client()
+        bucket = f"shards-{seed}"
+        client.create_bucket(Bucket=bucket)
+        env = s3_env(moto.endpoint, workdir / "work", workdir)
+        dest = f"s3://{bucket}/{_PREFIX}"
+        fake = FakeNBIA(catalog, load=LoadModel(bytes_per_s_per_connection=150_000))
+
+        def committed() -> Counter[str]:
+            return Counter(
+                key.rsplit("/", 1)[-1].removesuffix(".tar.zst")
+                for key in list_keys(client, bucket, _PREFIX + "/")
+                if key.endswith(".tar.zst")
+            )
+
+        with serve_in_thread(fake) as server:
+
+            def start(k: int) -> subprocess.Popen[bytes]:
+                args = ["run", str(job), "--out", dest, "--base-url", server.base_url, "--keep", "tar.zst"]
+                args += ["--concurrency", str(2 * shards), "--quiet", "--shard", f"{k}/{shards}"]
+                return start_cli(args, env=env, stderr=subprocess.PIPE)
+
+            procs = {k: start(k) for k in range(shards)}
+            for _ in range(kills):
+                shares = {k: {uid for uid in uids if shard_of(uid, shards) == k} for k in range(shards)}
+                # The shard with the most work left (a kill of a finished shard tests nothing).
+                left = {k: len(shares[k] - set(committed())) for k in range(shards)}
+                victim = rng.choice([k for k in range(shards) if left[k] == max(left.values())])
+                share = shares[victim]
+                deadline = time.monotonic() + _RUN_TIMEOUT_S
+                while (
+                    not set(committed()) & share
+                    and procs[victim].poll() is None
+                    and time.monotonic() < deadline
+                ):
+                    time.sleep(0.05)
+                time.sleep(rng.uniform(0.0, 0.3))  # the rest of its share is still streaming
+                if procs[victim].poll() is None:
+                    procs[victim].send_signal(signal.SIGKILL)
+                    outcome.messages.append(
+                        f"killed shard {victim}/{shards} with {len(set(committed()) & share)} of "
+                        f"{len(share)} committed and {len(open_uploads(client, bucket))} upload(s) open"
+                    )
+                procs[victim].communicate(timeout=_RUN_TIMEOUT_S)
+                outcome.loss.unverified_published.extend(_broken_archives(client, bucket, list_keys))
+                before, start_at = set(committed()) & share, len(fake.request_log)
+                procs[victim] = start(victim)
+                procs[victim].communicate(timeout=_RUN_TIMEOUT_S)
+                refetched = {
+                    str(entry.query.get("SeriesInstanceUID"))
+                    for entry in fake.request_log[start_at:]
+                    if entry.endpoint == "getImage" and entry.query.get("SeriesInstanceUID") in before
+                }
+                if refetched:
+                    outcome.problems.append(
+                        f"the rerun of shard {victim} fetched {len(refetched)} committed series"
+                    )
+                procs[victim] = start(victim)  # finished: this run must find its share done
+            for k, proc in procs.items():
+                _, err = proc.communicate(timeout=_RUN_TIMEOUT_S)
+                outcome.exit_codes.append(proc.returncode)
+                if proc.returncode != 0:
+                    outcome.problems.append(
+                        f"shard {k}/{shards} exited {proc.returncode}: {err.decode()[-300:]!r}"
+                    )
+            _judge_bucket(outcome, client, bucket, uids, committed(), list_keys, open_uploads)
+            _judge_commands(outcome, dest, env, shards, len(uids))
+    finally:
+        moto.stop()
+    return outcome
+
+
+def _broken_archives(client: Any, bucket: str, list_keys: Any) -> list[str]:
+    """Archives a lister sees under the prefix that are not whole (never allowed, even mid-kill)."""
+    broken = []
+    for key in list_keys(client, bucket, _PREFIX + "/"):
+        if key.endswith(".tar.zst"):
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            if check_tar_zst(iter([body])).problems:
+                broken.append(key)
+    return broken
+
+
+def _judge_bucket(
+    outcome: LocalOutcome,
+    client: Any,
+    bucket: str,
+    uids: list[str],
+    stored: Counter[str],
+    list_keys: Any,
+    open_uploads: Any,
+) -> None:
+    outcome.loss.lost.extend(sorted(set(uids) - set(stored)))
+    outcome.problems.extend(f"{uid} is stored {n} times" for uid, n in stored.items() if n > 1)
+    outcome.loss.unverified_published.extend(_broken_archives(client, bucket, list_keys))
+    outcome.loss.leftovers.extend(f"open upload {key}" for key in open_uploads(client, bucket))
+    keys = list_keys(client, bucket, _PREFIX + "/.tcia-fetch/")
+    outcome.loss.leftovers.extend(key for key in keys if key.rsplit("/", 1)[-1].startswith("lock."))
+    try:
+        text = client.get_object(Bucket=bucket, Key=f"{_PREFIX}/metadata.csv")["Body"].read().decode()
+    except Exception as exc:  # any failure to read it is the finding
+        outcome.problems.append(f"metadata.csv unreadable in the bucket: {exc}")
+        return
+    rows = Counter(row["Series UID"] for row in csv.DictReader(io.StringIO(text)))
+    outcome.problems.extend(f"metadata.csv lists {uid} {n} times" for uid, n in rows.items() if n > 1)
+    missing = sorted(set(uids) - set(rows))
+    if missing:
+        outcome.problems.append(f"metadata.csv lacks {len(missing)} series, e.g. {missing[0]}")
+
+
+def _judge_commands(outcome: LocalOutcome, dest: str, env: dict[str, str], shards: int, series: int) -> None:
+    """``status`` shows the whole job and every shard done; ``verify`` re-hashes and passes."""
+    shown = start_cli(["status", dest, "--format", "json"], env=env, stdout=subprocess.PIPE)
+    text, _ = shown.communicate(timeout=_RUN_TIMEOUT_S)
+    try:
+        document = json.loads(text)
+    except ValueError:
+        outcome.problems.append(f"status exited {shown.returncode} without a JSON document")
+    else:
+        figures = (document.get("done"), document.get("pending"), document.get("failed"))
+        if figures != (series, 0, 0):
+            outcome.problems.append(f"status shows done, pending, failed = {figures}, not ({series}, 0, 0)")
+        states = [row.get("state") for row in document.get("shards", [])]
+        if states != ["done"] * shards:
+            outcome.problems.append(f"status shows the shards as {states}")
+    checked = start_cli(["verify", dest], env=env).wait(timeout=_RUN_TIMEOUT_S)
+    if checked != 0:
+        outcome.problems.append(f"verify of the bucket exited {checked}")
