@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -26,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tcia_fetch.cli._owner import owns_interpreter
+from tcia_fetch.cli._dest import open_inspected as _open
 from tcia_fetch.cli._show import cell, json_text, shown
 from tcia_fetch.cli.common import die
 from tcia_fetch.cli.progress import format_bytes
@@ -36,7 +34,6 @@ from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.digests import LAST_PLAN_DIGESTS, GrowingDigestSet, SortedDigests, uid_digest
 from tcia_fetch.store.home import home_lock
 from tcia_fetch.store.journal import Journal
-from tcia_fetch.store.location import BucketLocation, parse_destination
 from tcia_fetch.store.reconcile import DAMAGED_ON_DISK, Damage, DestinationStatus, iter_damage, summarize
 from tcia_fetch.store.records import SeriesRecord
 from tcia_fetch.store.shardstate import SplitStatus, read_bucket_split_status, read_split_status
@@ -45,7 +42,7 @@ from tcia_fetch.store.statestore import StateStorage
 if TYPE_CHECKING:
     from tcia_fetch.store.objhome import BucketDestination
 
-__all__ = ["catalog", "open_bucket_for_inspection", "status", "verify"]
+__all__ = ["status", "verify"]
 
 _T = TypeVar("_T")
 _READ_ATTEMPTS: Final = 5
@@ -57,32 +54,6 @@ _GENERIC_DAMAGE: Final = "files differ from the verified record (tcia-fetch veri
 _DAMAGE_ROUND: Final = 50_000
 #: How long a round waits for the compaction lease (a run cannot hold it: verify holds the lock).
 _DAMAGE_LEASE_WAIT_S: Final = 60.0
-
-
-def open_bucket_for_inspection(location: BucketLocation) -> tuple[BucketDestination, Journal]:
-    """An s3:// destination and its journal, read from the bucket (no lock; no local state kept)."""
-    from tcia_fetch.store.objhome import BucketDestination
-
-    destination = BucketDestination(location)
-    destination.store.check_bucket()
-    if not destination.state.list(""):
-        raise DestinationError(
-            f"{location.url} holds no tcia-fetch state (no .tcia-fetch/): nothing to inspect"
-        )
-    return destination, Journal.open(destination.state, run_id="inspect")
-
-
-def _open(dest_text: str | Path) -> tuple[Destination | BucketDestination, Journal]:
-    location = parse_destination(str(dest_text), source="DEST")
-    if isinstance(location, BucketLocation):
-        return open_bucket_for_inspection(location)
-    dest = location
-    destination = Destination(dest)
-    if not destination.state_dir.is_dir():
-        raise DestinationError(
-            f"{dest} holds no tcia-fetch state (no .tcia-fetch directory): nothing to inspect"
-        )
-    return destination, Journal.open(destination.state_dir, run_id="inspect")
 
 
 def _last_planned(destination: Destination | BucketDestination) -> SortedDigests | None:
@@ -325,42 +296,3 @@ def verify(dest: str, md5: bool, output_format: str) -> None:
             console.print(table)
             console.print("rerun the job with the same --out to re-download damaged series")
     sys.exit(EXIT_SOME_FAILED if damaged_count else EXIT_OK)
-
-
-@click.command("catalog")
-@click.argument("dest")
-def catalog(dest: str) -> None:
-    """(Re)write DEST's catalog.parquet and instances.parquet from its journal (no network to TCIA)."""
-    from tcia_fetch._parentdeath import die_with_parent
-    from tcia_fetch.store.catalog import CATALOG_NAME, INSTANCES_NAME, import_pyarrow_lean, write_catalogs
-
-    die_with_parent()  # a run's catalog child never outlives the run (a no-op for a user's command)
-    if owns_interpreter():
-        # This process only writes two tables, then exits: the C allocator keeps less resident
-        # than Arrow's default mimalloc pool here, and pyarrow needs no numpy for them (a
-        # user's own ARROW_DEFAULT_MEMORY_POOL wins).
-        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-        import_pyarrow_lean()
-
-    try:
-        destination, journal = _open(dest)
-        counted = journal.counts().done
-        records = journal.iter_latest("done")  # streamed: bounded memory however large the job
-        if isinstance(destination, Destination):
-            written = write_catalogs(records, destination.root)
-            where = [str(path) for path in written]
-        else:
-            scratch = Path(tempfile.mkdtemp(prefix="tcia-fetch-catalog-"))
-            try:
-                write_catalogs(records, scratch)
-                where = []
-                for name in (CATALOG_NAME, INSTANCES_NAME):
-                    key = destination.location.key(name)
-                    destination.store.upload_file(key, scratch / name)
-                    where.append(f"s3://{destination.store.bucket}/{key}")
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-    except TciaFetchError as exc:
-        die(exc)
-    click.echo(f"{counted} series: {', '.join(where)}")
-    sys.exit(EXIT_OK)

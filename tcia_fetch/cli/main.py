@@ -16,7 +16,7 @@ from tcia_fetch.errors import EXIT_INTERRUPTED
 # ``status`` and the catalog child a run starts need neither aiohttp nor the engine, and a
 # process that imports them all starts with ~30 MB more resident memory.
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "catalog": ("tcia_fetch.cli.inspect", "catalog"),
+    "catalog": ("tcia_fetch.cli.catalogcmd", "catalog"),
     "demo": ("tcia_fetch.cli.demo", "demo"),
     "plan": ("tcia_fetch.cli.runcmd", "plan_command"),
     "query": ("tcia_fetch.cli.query", "query"),

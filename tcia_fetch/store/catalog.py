@@ -56,13 +56,19 @@ _BATCH_ROWS: Final = 4096
 _BATCH_BYTES: Final = 2 << 20
 
 
-def _metadata_columns() -> tuple[str, ...]:
-    from tcia_fetch.api.models import SeriesMetadataRow
-
-    return tuple(str(field.alias) for field in SeriesMetadataRow.model_fields.values())
-
-
-METADATA_COLUMNS: Final = _metadata_columns()
+#: Every ``getSeriesMetadata`` column, in ``SeriesMetadataRow``'s order (its field aliases).
+#: Written out rather than read from the model: this module runs in the catalog child, and the
+#: model would load pydantic there for a list of names (a test keeps the two equal).
+METADATA_COLUMNS: Final = (
+    "SeriesInstanceUID", "StudyInstanceUID", "Collection", "PatientID", "Modality", "ProtocolName",
+    "SeriesDate", "SeriesDescription", "BodyPartExamined", "SeriesNumber", "AnnotationsFlag", "Site",
+    "PatientSex", "PatientAge", "AdmittingDiagnosisDescription", "Manufacturer",
+    "ManufacturerModelName", "SoftwareVersions", "ImageCount", "MaxSubmissionTimestamp",
+    "LicenseName", "LicenseURI", "DataDescriptionURI", "FileSize", "ReleasedStatus", "DateReleased",
+    "StudyDate", "ThirdPartyAnalysis", "Authorized", "StudyDesc", "PatientName", "EthnicGroup",
+    "Phantom", "SpeciesCode", "SpeciesDescription", "StudyID", "LongitudinalTemporalEventType",
+    "LongitudinalTemporalOffsetFromEvent", "PixelSpacing(mm)-Row", "SliceThickness(mm)",
+)  # fmt: skip
 
 
 def catalog_available() -> bool:

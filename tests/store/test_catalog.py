@@ -169,7 +169,8 @@ def test_the_catalog_command_loads_neither_numpy_pandas_nor_the_http_stack(tmp_p
         "    main()\n"
         "except SystemExit as exc:\n"
         "    assert exc.code == 0, exc.code\n"
-        "loaded = sorted({'numpy', 'pandas', 'aiohttp', 'tcia_fetch.engine.run'} & set(sys.modules))\n"
+        "heavy = {'numpy', 'pandas', 'aiohttp', 'tcia_fetch.engine.run', 'pydantic'}\n"
+        "loaded = sorted(heavy & set(sys.modules))\n"
         "assert not loaded, loaded\n"
     )
     done = subprocess.run(
@@ -178,6 +179,13 @@ def test_the_catalog_command_loads_neither_numpy_pandas_nor_the_http_stack(tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     assert pq.read_table(dest / CATALOG_NAME).num_rows == 45
     assert pq.read_table(dest / INSTANCES_NAME).num_rows == 90
+
+
+def test_the_catalog_columns_are_every_series_metadata_column_in_order() -> None:
+    """The catalog's literal column list (kept so the child never loads pydantic) is the model's."""
+    from tcia_fetch.api.models import SeriesMetadataRow
+
+    assert tuple(str(field.alias) for field in SeriesMetadataRow.model_fields.values()) == METADATA_COLUMNS
 
 
 def test_the_catalog_command_run_in_process_leaves_pyarrow_usable_with_numpy(tmp_path: Path) -> None:
