@@ -23,7 +23,12 @@ What the controller does, and why:
   streams deliver as much, the extra streams added nothing (a shared link is full), the limit
   stays lower and the next trial halves it, until fewer streams deliver less; the higher level
   is remembered like a cap (probed rarely, kept only if it really adds goodput). Epochs that
-  moved fewer than ``min_measured_bytes`` say nothing about goodput and are not compared.
+  moved fewer than ``min_measured_bytes`` say nothing about goodput and are not compared, nor
+  do epochs that began during the ramp. One epoch's goodput is noisy (a reader that fell behind
+  catches up on what the kernel buffered: ±10 % on a loaded machine), so a level is judged by
+  the mean of its last epochs against the pooled mean of the plateau above it, a trial that
+  falls only a little short is measured once more, and a trial is measured from the moment the
+  downloads admitted above its limit have finished rather than from the next epoch.
 * **Back off on trouble.** Timeouts and transient errors cut the limit to three quarters
   (rounded half up, always at least one slot) at most once per epoch, then freeze growth.
 
@@ -52,6 +57,11 @@ __all__ = ["AdaptiveLimiter", "AimdController", "CongestionKind", "LimiterStatis
 CongestionKind = Literal["throttle", "transient", "timeout"]
 
 _DECREASE_FACTORS: dict[str, float] = {"transient": 0.75, "timeout": 0.75}
+#: Measured epochs kept per limit for the no-gain comparison (older ones describe other times).
+_SAMPLES_PER_LEVEL = 4
+#: A trial short of its base by less than this many tolerances is measured for more epochs.
+_UNSURE_TOLERANCES = 3
+_TRIAL_EPOCHS_WHEN_UNSURE = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +149,7 @@ class AimdController:
         self._ramp_next_at = now
         self._durations: deque[float] = deque(maxlen=max(1, duration_window))
         self._epoch_start = now
+        self._epoch_began_ramping = self._ramping
         self._in_flight = 0
         self._streaming = 0
         self._epoch_peak = 0
@@ -148,10 +159,17 @@ class AimdController:
         self._congested_this_epoch = False
         self._decreased_this_epoch = False
         self._freeze_remaining = 0
-        #: Goodput (bytes/s) of the last valid epoch at each limit, for the no-gain comparison.
-        self._goodput: dict[int, float] = {}
+        #: Goodput (bytes/s) of the last few measured epochs at each limit, for the no-gain
+        #: comparison: one 2-second epoch is noisy (bytes buffered in the kernel arrive in bursts
+        #: when the reader catches up: ±10 % on a loaded 2-core machine), so levels are compared
+        #: by their means.
+        self._goodput: dict[int, deque[float]] = {}
         #: While trying a lower limit: the limit it was tried from.
         self._trial_from: int | None = None
+        #: The highest limit of the levels found to deliver no more than the ones below them.
+        self._plateau_top: int | None = None
+        #: Measured epochs of the trial under way.
+        self._trial_epochs = 0
         #: While probing one slot above a no-gain level: the limit it probed from.
         self._probe_from: int | None = None
         #: Measured epochs to wait before the next trial of a lower limit (0: right after the
@@ -198,7 +216,12 @@ class AimdController:
     def observe_in_flight(self, in_flight: int, now: float) -> None:
         """The number of series in flight changed (a start or a finish)."""
         self.tick(now)
-        self._in_flight = in_flight
+        previous, self._in_flight = self._in_flight, in_flight
+        if self._trial_from is not None and self._epoch_over_limit and previous > in_flight <= self._limit:
+            # A trial's lower limit is in force now that the downloads admitted above it have
+            # finished: measure it from here, instead of after the rest of an epoch that can
+            # measure nothing (it saves an epoch per trial; a short job has only a few).
+            self._start_epoch(now)
         self._epoch_peak = max(self._epoch_peak, in_flight)
         if in_flight > self._limit:
             self._epoch_over_limit = True
@@ -325,6 +348,8 @@ class AimdController:
 
     def _start_epoch(self, now: float) -> None:
         self._epoch_start = now
+        # An epoch that began while the limit still climbed measures the climb, not a level.
+        self._epoch_began_ramping = self._ramping
         self._epoch_peak = self._in_flight
         self._epoch_over_limit = self._in_flight > self._limit
         self._epoch_bytes = 0
@@ -354,6 +379,7 @@ class AimdController:
             and used
             and not self._epoch_over_limit
             and not self._ramping
+            and not self._epoch_began_ramping
             and length > 0
             and self._epoch_bytes >= self.min_measured_bytes
         )
@@ -368,8 +394,8 @@ class AimdController:
             self._freeze_remaining -= 1
             return
         if measured:
-            self._goodput[limit] = goodput
-            if self._judge_goodput(limit, goodput, end):
+            self._goodput.setdefault(limit, deque(maxlen=_SAMPLES_PER_LEVEL)).append(goodput)
+            if self._judge_goodput(limit, end):
                 return
         pending = self._trial_from is not None or self._probe_from is not None
         if self._ramping or not (clean and used) or pending:
@@ -396,7 +422,14 @@ class AimdController:
         self._increases += 1
         self._set_limit(limit + 1, end)
 
-    def _judge_goodput(self, limit: int, goodput: float, end: float) -> bool:
+    def _mean_goodput(self, low: int, high: int) -> float | None:
+        """Mean goodput of the measured epochs at limits in ``[low, high]`` (None: none measured)."""
+        samples = [
+            value for level, values in self._goodput.items() if low <= level <= high for value in values
+        ]
+        return sum(samples) / len(samples) if samples else None
+
+    def _judge_goodput(self, limit: int, end: float) -> bool:
         """The no-gain rule, after an epoch measured at ``limit``. True if it moved the limit.
 
         Applies only to servers that never throttled (a learned cap already says where to be).
@@ -405,7 +438,8 @@ class AimdController:
             return False
         tolerance = self.gain_tolerance
         if self._probe_from is not None:
-            base = self._goodput.get(self._probe_from)
+            base = self._mean_goodput(self._probe_from, self._probe_from)
+            goodput = self._mean_goodput(limit, limit) or 0.0
             source, self._probe_from = self._probe_from, None
             if base is not None and goodput <= base * (1 + tolerance):
                 # One more stream added nothing: back down, and probe that level more rarely.
@@ -416,13 +450,29 @@ class AimdController:
                 return True
             self._ceiling = None  # it did add goodput: no ceiling any more
             self._ceiling_from_goodput = False
+            self._plateau_top = None
             self._probe_wait_epochs = self.probe_after_epochs
             return False
         if self._trial_from is not None:
-            base = self._goodput.get(self._trial_from)
+            # Every level from just above this one up to where the trial started was found no
+            # better than the next one down (or is that start): their epochs are one plateau,
+            # and their pooled mean is a steadier base than the last epoch at the start alone.
+            top = max(self._trial_from, self._plateau_top or 0)
+            base = self._mean_goodput(limit + 1, top)
+            goodput = self._mean_goodput(limit, limit) or 0.0
+            self._trial_epochs += 1
+            if (
+                base is not None
+                and base * (1 - _UNSURE_TOLERANCES * tolerance) <= goodput < base * (1 - tolerance)
+                and self._trial_epochs < _TRIAL_EPOCHS_WHEN_UNSURE
+            ):
+                # A little short: within what one noisy epoch can be off by, where a level that
+                # really needs its streams falls short by a quarter or more. Measure again.
+                return True
             source, self._trial_from = self._trial_from, None
             if base is not None and goodput >= base * (1 - tolerance):
                 # A quarter fewer streams delivered as much: the extra ones added nothing.
+                self._plateau_top = top
                 self._ceiling = source
                 self._ceiling_from_goodput = True
                 self._probe_wait_epochs = self.probe_after_epochs
@@ -451,6 +501,7 @@ class AimdController:
         if limit <= 1:
             return False
         self._epochs_since_trial = 0
+        self._trial_epochs = 0
         self._trial_from = limit
         self._decreases += 1
         self._set_limit(max(1, limit - step), end)

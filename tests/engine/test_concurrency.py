@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -421,9 +422,56 @@ def test_on_a_shared_link_the_limit_settles_where_goodput_stops_growing() -> Non
     aimd = AimdController(32, initial=32, min_epoch_s=1.0, probe_after_epochs=4)
     _run_epochs(aimd, lambda streams: min(5e6 * streams, 40e6), epochs=80)
     late = [limit for at, limit in aimd.trace if at >= 40.0]
-    assert 8 <= aimd.limit <= 10
     assert all(limit <= 11 for limit in late)
+    # Where it holds: the limit in force longest in the second half (a one-epoch trial below it,
+    # rarer and rarer, may be under way when the run ends).
+    held = _time_at_each_limit(aimd.trace, since=40.0, until=80.0)
+    assert 8 <= max(held, key=held.__getitem__) <= 10, held
     assert aimd.statistics().no_gain_limit is not None
+
+
+def _run_bursty_epochs(
+    aimd: AimdController, goodput_at: Callable[[int], float], epochs: int, noise: random.Random
+) -> None:
+    """Like ``_run_epochs``, but up to 20 % of each epoch's bytes reach the reader only in the
+    next one: a busy reader catching up on what the kernel buffered (what a loaded 2-core
+    machine showed: epochs of 26-33 MB/s on a 30 MB/s link)."""
+    now, carry = 0.0, 0.0
+    for _ in range(epochs):
+        aimd.observe_in_flight(aimd.limit, now)
+        true = goodput_at(aimd.limit)
+        late = true * noise.uniform(0.0, 0.2)
+        moved, carry = true - late + carry, late
+        for _ in range(8):
+            aimd.on_bytes(int(moved * 0.125))
+            now += 0.125
+            aimd.tick(now)
+            aimd.observe_in_flight(aimd.limit, now)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_bursty_epochs_still_settle_on_a_shared_link_and_keep_streams_that_add(seed: int) -> None:
+    """A link full at 8 streams settles in 9-12 within a 30-epoch job whatever the bursts (one
+    epoch's outlier at a higher level once kept it at 18-25), and where every stream adds, the
+    limit holds the user's cap."""
+    noise = random.Random(seed)
+    link = AimdController(32, initial=32, min_epoch_s=1.0, probe_after_epochs=4)
+    _run_bursty_epochs(link, lambda streams: min(5e6 * streams, 40e6), 30, noise)
+    held = _time_at_each_limit(link.trace, since=15.0, until=30.0)
+    assert 8 <= max(held, key=held.__getitem__) <= 12, (held, link.trace)
+    every = AimdController(16, initial=16, min_epoch_s=1.0)
+    _run_bursty_epochs(every, lambda streams: 3e6 * streams, 30, noise)
+    held = _time_at_each_limit(every.trace, since=15.0, until=30.0)
+    assert max(held, key=held.__getitem__) == 16, (held, every.trace)
+
+
+def _time_at_each_limit(trace: Sequence[tuple[float, int]], since: float, until: float) -> dict[int, float]:
+    held: dict[int, float] = {}
+    for (at, limit), (later, _) in itertools.pairwise([*trace, (until, 0)]):
+        start, end = max(at, since), min(later, until)
+        if end > start:
+            held[limit] = held.get(limit, 0.0) + end - start
+    return held
 
 
 def test_where_every_stream_adds_goodput_the_limit_stays_at_the_user_cap() -> None:
