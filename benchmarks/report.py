@@ -290,6 +290,34 @@ def evaluate_targets(scenario: str, medians: dict[str, JsonDict]) -> list[JsonDi
         )
         rss = get("tcia-fetch", "peak_rss_mb")
         targets.append(_target("tcia-fetch peak RSS < 100 MB", rss, check(rss, (rss or 0) < 100), "MiB"))
+        # Issue 9's form of the same measurement: every tool 8 at a time.
+        ratio = _ratio(get("tcia-fetch@8", "wall_s"), get("tcia-utils@8", "wall_s"))
+        targets.append(
+            _target(
+                "tcia-fetch@8 time <= 0.77x tcia-utils@8",
+                ratio,
+                check(ratio, (ratio or 0) <= 0.77),
+                "tcia-fetch@8 wall / tcia-utils@8 wall",
+            )
+        )
+        ratio = _ratio(get("tcia-fetch@8", "wall_s"), get("curl@8", "wall_s"))
+        targets.append(
+            _target(
+                "tcia-fetch@8 no slower than curl@8 + parallel unzip",
+                ratio,
+                check(ratio, (ratio or 0) <= 1.0),
+                "tcia-fetch@8 wall / curl@8 wall",
+            )
+        )
+        ratio = _ratio(get("tcia-fetch@8", "cpu_s"), get("tcia-utils@8", "cpu_s"))
+        targets.append(
+            _target(
+                "tcia-fetch@8 CPU-seconds <= tcia-utils@8's own",
+                ratio,
+                check(ratio, (ratio or 0) <= 1.0),
+                "user+sys",
+            )
+        )
     elif scenario == "huge":
         rss = get("tcia-fetch", "peak_rss_mb")
         targets.append(
