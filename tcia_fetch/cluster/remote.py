@@ -435,8 +435,8 @@ def adopt_published(
     re-read against its MD5 before it is adopted (the completed multipart upload is atomic, so a
     key that exists is a whole archive; whether it is THIS series' verified one is the record's).
     """
-    relatives = _candidate_paths(layout, item, recorded_path)
-    if not _any_published(destination, relatives, _archive_name(item.series_uid, keep)):
+    candidates = _candidate_paths(destination, layout, item, recorded_path)
+    if not _any_published(destination, candidates, _archive_name(item.series_uid, keep)):
         return False
     reader = home_journal(destination, run_id)
     try:
@@ -458,32 +458,33 @@ def _archive_name(series_uid: str, keep: str) -> str:
     return f"{series_uid}{ARCHIVE_SUFFIX if keep == 'tar.zst' else '.zip'}"
 
 
-def _candidate_paths(layout: str, item: PlannedSeries, recorded_path: str | None) -> list[PurePosixPath]:
-    """Every path this run may publish ``item`` under (store/seriespath.py chooses among them)."""
+def _candidate_paths(
+    destination: Destination | BucketDestination, layout: str, item: PlannedSeries, recorded_path: str | None
+) -> list[PurePosixPath]:
+    """Every path this run may publish ``item`` under (store/seriespath.py chooses among them).
+
+    A bucket's keys end with the series UID, so they are never disambiguated: no HEAD is spent
+    on a ``<name>~<hash>`` key that cannot exist."""
     relative = PurePosixPath(render_series_path(layout, item.metadata).as_posix())
-    candidates = [relative, disambiguated(relative, item.series_uid)]
+    candidates = [relative]
+    if isinstance(destination, Destination):
+        candidates.append(disambiguated(relative, item.series_uid))
     if recorded_path:
         candidates.insert(0, PurePosixPath(recorded_path))
     return candidates
 
 
 def _any_published(
-    destination: Destination | BucketDestination, relatives: list[PurePosixPath], archive: str
+    destination: Destination | BucketDestination, candidates: list[PurePosixPath], archive: str
 ) -> bool:
     """Whether anything stands where this run could publish the series (cheap: no journal)."""
-    for relative in relatives:
-        try:
-            place = (
-                destination.final_path(relative)
-                if isinstance(destination, Destination)
-                else destination.final_key(relative, archive)
-            )
-        except TciaFetchError:
+    for relative in candidates:
+        if not _inside(destination, relative):
             continue  # a path outside the destination is never a place to publish
-        if isinstance(place, Path):
-            if os.path.lexists(place):
+        if isinstance(destination, Destination):
+            if os.path.lexists(destination.final_path(relative)):
                 return True
-        elif not isinstance(destination, Destination) and destination.store.head(place) is not None:
+        elif destination.store.head(destination.final_key(relative, archive)) is not None:
             return True
     return False
 
@@ -491,13 +492,22 @@ def _any_published(
 def _matches_record(destination: Destination | BucketDestination, record: SeriesRecord) -> bool:
     """The recorded series is there and exactly as recorded (rare path: worth a full re-hash)."""
     assert record.path is not None
-    try:
-        if isinstance(destination, Destination):
-            published = destination.final_path(PurePosixPath(record.path))
-        else:
-            destination.final_key(PurePosixPath(record.path), "")
-    except TciaFetchError:
+    relative = PurePosixPath(record.path)
+    if not _inside(destination, relative):
         return False  # a record naming a path outside the destination is never adopted
     if isinstance(destination, Destination):
+        published = destination.final_path(relative)
         return os.path.lexists(published) and not check_published(destination, record, check_md5=True)
     return not destination.published_problems(record, check_md5=True)
+
+
+def _inside(destination: Destination | BucketDestination, relative: PurePosixPath) -> bool:
+    """Whether ``relative`` is a safe path inside the destination (never ``..`` or absolute)."""
+    try:
+        if isinstance(destination, Destination):
+            destination.final_path(relative)
+        else:
+            destination.final_key(relative, "")
+    except TciaFetchError:
+        return False
+    return True
