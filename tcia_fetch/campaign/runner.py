@@ -176,7 +176,7 @@ def _local(figures: CampaignFigures, sizes: CampaignSizes, root: Path, say: Call
 def _scaleout(
     figures: CampaignFigures, sizes: CampaignSizes, root: Path, seed: int, say: Callable[[str], None]
 ) -> None:
-    from tcia_fetch.campaign.s3shards import run_bucket_shard_kills
+    from tcia_fetch.campaign.s3shards import run_bucket_dask_worker_kill, run_bucket_shard_kills
     from tcia_fetch.campaign.scaleout import run_dask_worker_kill, run_shard_kills
 
     if sizes.shards > 1:
@@ -193,6 +193,8 @@ def _scaleout(
         place = root / f"dask-{index}"
         place.mkdir(parents=True, exist_ok=True)
         figures.local.append(run_dask_worker_kill(place))
+    if sizes.dask_kills > 0:  # the same onto a bucket, where a killed worker leaves an open upload
+        figures.local.append(run_bucket_dask_worker_kill(root / "bucket-dask"))
     say("scaleout: " + ", ".join(f"{o.name}: {'pass' if o.passed else 'FAIL'}" for o in figures.local[-4:]))
 
 

@@ -14,6 +14,12 @@ Judged from the bucket and the fake server's request log (each must be 0 / empty
 * no multipart upload is left open and no lock object is left behind (``leftovers``);
 * metadata.csv in the bucket lists every series once; ``status`` shows the whole job done and
   every shard done; ``verify`` (which re-reads and re-hashes every archive) passes.
+
+:func:`run_bucket_dask_worker_kill` is the bucket twin of
+:func:`tcia_fetch.campaign.scaleout.run_dask_worker_kill`: a ``--scheduler`` run onto the bucket
+whose busiest worker process is SIGKILLed while uploads are open; judged the same way, and its
+rerun must fetch nothing. The workers read the loopback S3's endpoint and canary credentials from
+their own environment (set by their nanny), as real workers do; none travels in a task.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
 import signal
 import subprocess
@@ -36,7 +43,7 @@ from tcia_fetch.plan.shard import shard_of
 from tcia_fetch.series.archive import check_tar_zst
 from tcia_fetch.testing import FakeNBIA, LoadModel
 
-__all__ = ["run_bucket_shard_kills"]
+__all__ = ["run_bucket_dask_worker_kill", "run_bucket_shard_kills"]
 
 _RUN_TIMEOUT_S = 300.0
 _PREFIX = "lake"
@@ -63,11 +70,7 @@ def run_bucket_shard_kills(workdir: Path, *, shards: int = 3, kills: int = 1, se
         fake = FakeNBIA(catalog, load=LoadModel(bytes_per_s_per_connection=150_000))
 
         def committed() -> Counter[str]:
-            return Counter(
-                key.rsplit("/", 1)[-1].removesuffix(".tar.zst")
-                for key in list_keys(client, bucket, _PREFIX + "/")
-                if key.endswith(".tar.zst")
-            )
+            return _committed(client, bucket, list_keys)
 
         with serve_in_thread(fake) as server:
 
@@ -124,6 +127,93 @@ def run_bucket_shard_kills(workdir: Path, *, shards: int = 3, kills: int = 1, se
     finally:
         moto.stop()
     return outcome
+
+
+def run_bucket_dask_worker_kill(workdir: Path, *, workers: int = 2, concurrency: int = 2) -> LocalOutcome:
+    """A Dask run onto one bucket prefix whose busiest worker is SIGKILLed mid-series, then rerun."""
+    from tcia_fetch.cluster._distributed import local_cluster  # Dask is imported when it starts
+    from tcia_fetch.testing.s3 import MotoS3, list_keys, open_uploads, s3_env
+
+    outcome = LocalOutcome(f"dask on a bucket: {workers} workers, one killed mid-series")
+    catalog = scaleout_catalog(series_per_study=2)
+    uids = [entry.uid for entry in catalog.series]
+    workdir.mkdir(parents=True, exist_ok=True)
+    job = workdir / "list.tcia"
+    job.write_text("manifestVersion=3.0\nListOfSeriesToDownload=\n" + "\n".join(uids) + "\n")
+    moto = MotoS3()
+    try:
+        client = moto.client()
+        bucket = "dask-kill"
+        client.create_bucket(Bucket=bucket)
+        env = s3_env(moto.endpoint, workdir / "work", workdir)
+        dest = f"s3://{bucket}/{_PREFIX}"
+        fake = FakeNBIA(catalog, load=LoadModel(bytes_per_s_per_connection=150_000))
+        # More threads per worker than the cap: only the cluster-wide semaphore can hold it; a
+        # killed worker's lease returns after the (shortened) lease timeout.
+        with (
+            serve_in_thread(fake) as server,
+            local_cluster(
+                workers=workers, threads_per_worker=concurrency + 1, lease_timeout_s=4.0, env=env
+            ) as cluster,
+        ):
+            args = ["run", str(job), "--out", dest, "--base-url", server.base_url, "--keep", "tar.zst"]
+            args += ["--concurrency", str(concurrency), "--scheduler", cluster.address, "--quiet"]
+            run = start_cli(args, env=env, stderr=subprocess.PIPE)
+            deadline = time.monotonic() + _RUN_TIMEOUT_S
+            victim: str | None = None
+            while victim is None and run.poll() is None and time.monotonic() < deadline:
+                busy = cluster.busy_workers()
+                streaming = fake.stats().active_downloads > 0 and open_uploads(client, bucket)
+                if busy and streaming and _committed(client, bucket, list_keys):
+                    victim = max(busy, key=lambda worker: busy[worker])
+                else:
+                    time.sleep(0.05)
+            if victim is None:
+                outcome.problems.append("no worker was busy mid-run: the kill did not happen")
+            else:
+                pid = cluster.worker_pid(victim)
+                os.kill(pid, signal.SIGKILL)
+                outcome.messages.append(
+                    f"killed worker {victim} (pid {pid}) with {len(_committed(client, bucket, list_keys))} "
+                    f"committed and {len(open_uploads(client, bucket))} upload(s) open"
+                )
+                outcome.loss.unverified_published.extend(_broken_archives(client, bucket, list_keys))
+            _, err = run.communicate(timeout=_RUN_TIMEOUT_S)
+            outcome.exit_codes.append(run.returncode)
+            if run.returncode != 0:
+                outcome.problems.append(f"the run exited {run.returncode}: {err.decode()[-300:]!r}")
+            # Nothing left to do: the rerun downloads no series (and starts no cluster work).
+            start_at = len(fake.request_log)
+            again = start_cli(args, env=env, stderr=subprocess.PIPE)
+            _, err = again.communicate(timeout=_RUN_TIMEOUT_S)
+            if again.returncode != 0:
+                outcome.problems.append(f"the rerun exited {again.returncode}: {err.decode()[-300:]!r}")
+            refetched = [entry for entry in fake.request_log[start_at:] if entry.endpoint == "getImage"]
+            if refetched:
+                outcome.problems.append(f"the rerun fetched {len(refetched)} series again")
+        peak = fake.stats().peak_concurrent_downloads
+        outcome.messages.append(f"peak downloads in flight {peak} (cap {concurrency})")
+        if peak > concurrency:
+            outcome.problems.append(
+                f"{peak} downloads in flight at once, above the cluster-wide cap {concurrency}"
+            )
+        stored = _committed(client, bucket, list_keys)
+        _judge_bucket(outcome, client, bucket, uids, stored, list_keys, open_uploads)
+        # Every worker's own staging dir: removed when it closed, or (the killed one's) by the client.
+        outcome.loss.leftovers.extend(str(path) for path in (workdir / "work").glob("*/dask-*"))
+        _judge_commands(outcome, dest, env, 0, len(uids))
+    finally:
+        moto.stop()
+    return outcome
+
+
+def _committed(client: Any, bucket: str, list_keys: Any) -> Counter[str]:
+    """Series UID -> how many archives of it a lister of the prefix sees."""
+    return Counter(
+        key.rsplit("/", 1)[-1].removesuffix(".tar.zst")
+        for key in list_keys(client, bucket, _PREFIX + "/")
+        if key.endswith(".tar.zst")
+    )
 
 
 def _broken_archives(client: Any, bucket: str, list_keys: Any) -> list[str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -279,12 +279,18 @@ def _pid() -> int:
 
 @contextlib.contextmanager
 def local_cluster(
-    *, workers: int, threads_per_worker: int, lease_timeout_s: float | None = None
+    *,
+    workers: int,
+    threads_per_worker: int,
+    lease_timeout_s: float | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[LocalClusterHandle]:
     """A local cluster of worker processes for a ``tcp://`` run (tests, campaign, benchmarks).
 
     ``lease_timeout_s`` shortens how long a killed worker's semaphore leases stay held
-    (30 s by default in distributed).
+    (30 s by default in distributed). ``env`` is set in every worker process (by its nanny,
+    ``distributed.nanny.environ``; a variable of this process's own environment wins): the
+    campaign's workers reach its loopback S3 as real workers reach theirs, from their environment.
     """
     forkserver = _start_forkserver()
     distributed = _import()
@@ -296,6 +302,8 @@ def local_cluster(
             "distributed.scheduler.locks.lease-timeout": f"{lease_timeout_s}s",
             "distributed.scheduler.locks.lease-validation-interval": f"{max(0.2, lease_timeout_s / 4)}s",
         }
+    if env:
+        config |= {"distributed.nanny.environ": dict(env)}
     with (
         dask.config.set(config),
         distributed.LocalCluster(

@@ -16,12 +16,20 @@ rename that never replaces) and the scheduler runs the task again elsewhere. If 
 had already published, the retry finds the final directory, checks it against the journal's
 ``verified`` record and adopts it instead of downloading again: a series is never published twice.
 
+On a bucket (``s3://``) the same holds with the bucket home (store/objhome.py): the killed
+worker leaves an open multipart upload, invisible (the client aborts it at the end of the run),
+the publish is the upload's completion and refuses an existing key, and the retry adopts a key
+that exists and matches the journal's record. Each worker builds its home from the destination
+string with the AWS settings of its own environment (no credential travels in a task) and stages
+in a local work dir of its own.
+
 This module does not import Dask: the semaphore comes from a factory in the config.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Callable, Container, Mapping
@@ -29,7 +37,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.to_thread
@@ -46,13 +54,20 @@ from tcia_fetch.engine.space import SpaceGuard
 from tcia_fetch.engine.worker import SeriesJob, SeriesWorker
 from tcia_fetch.errors import ClusterError, TciaFetchError
 from tcia_fetch.plan.model import PlannedSeries
+from tcia_fetch.series.archive import ARCHIVE_SUFFIX
 from tcia_fetch.series.expectation import SeriesExpectation
 from tcia_fetch.store._fs import host_name
 from tcia_fetch.store.destination import Destination
+from tcia_fetch.store.home import close_home, home_journal, open_home, open_portal
 from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.layout import disambiguated, render_series_path
+from tcia_fetch.store.location import BucketLocation, parse_destination
 from tcia_fetch.store.reconcile import check_published
+from tcia_fetch.store.records import SeriesRecord
 from tcia_fetch.store.seriespath import SeriesPaths
+
+if TYPE_CHECKING:
+    from tcia_fetch.store.objhome import BucketDestination
 
 __all__ = [
     "WorkerConfig",
@@ -60,6 +75,7 @@ __all__ = [
     "close_runtime",
     "fetch_series",
     "open_runtime",
+    "probe_bucket",
     "probe_destination",
     "series_payload",
 ]
@@ -77,7 +93,10 @@ class WorkerConfig:
     """Everything a worker needs for a run (pickled once per task; small)."""
 
     run_id: str
-    root: str
+    #: The destination as ``parse_destination`` reads it: a directory every worker mounts, or
+    #: ``s3://bucket/prefix`` (each worker reaches it with the AWS settings of its own environment:
+    #: no credential travels in a task).
+    destination: str
     settings: ClientSettings
     series_job: SeriesJob
     retry_policy: RetryPolicy
@@ -122,7 +141,8 @@ def probe_destination(root: str, name: str, nonce: str) -> str | None:
     """Run on every worker: read the client's probe back and answer with one of our own.
 
     None when this worker sees the very destination the client wrote (shared filesystem); else
-    what it saw instead. The reply file proves the worker can also write there.
+    what it saw instead. The reply file proves the worker can also write there. (A bucket:
+    :func:`probe_bucket`.)
     """
     path = Path(root) / ".tcia-fetch" / name
     try:
@@ -136,6 +156,41 @@ def probe_destination(root: str, name: str, nonce: str) -> str | None:
         reply.write_text(nonce, encoding="utf-8")
     except OSError as exc:
         return f"cannot write {reply}: {exc.strerror or exc}"
+    return None
+
+
+async def probe_bucket(url: str, name: str, nonce: str, policy: RetryPolicy) -> str | None:
+    """:func:`probe_destination` for a bucket, run on every worker's event loop (Dask runs a
+    coroutine function there): read the client's probe object back through a client of this
+    worker's own and write a reply object beside it.
+
+    None when it reads the client's nonce: this worker reaches the same endpoint and bucket,
+    with credentials from its own environment that can read and write there. Else what it saw.
+    """
+    from tcia_fetch.store._objstore import ObjectStore
+    from tcia_fetch.store.objstate import STATE_PREFIX
+
+    location = parse_destination(url)
+    if not isinstance(location, BucketLocation):
+        return f"{url} is not a bucket"
+    key = location.key(f"{STATE_PREFIX}/{name}")
+    shown = f"s3://{location.bucket}/{key}"
+    try:
+        store = await ObjectStore.connect(location, policy=policy)
+    except TciaFetchError as exc:
+        return f"cannot reach {location.url}: {exc}"
+    try:
+        seen = await store.get(key)
+        if seen is None:
+            return f"{shown} does not exist here: this worker reaches another endpoint or bucket"
+        if seen.decode("utf-8", "replace").strip() != nonce:
+            return f"{shown} holds something else: this worker reaches another endpoint or bucket"
+        await store.put(f"{key}.{host_name()}.{os.getpid()}", nonce.encode("utf-8"))
+    except TciaFetchError as exc:
+        return f"cannot use {shown}: {exc}"
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.aclose()
     return None
 
 
@@ -215,10 +270,15 @@ class _Runtime:
             download_read_bytes=self._controls.budget.read_bytes,
         )
         await self._client.__aenter__()
-        self._destination = Destination(Path(config.root))
-        await anyio.to_thread.run_sync(self._destination.prepare)
-        # A writer: it appends to its own segment and never compacts (the client does, at the end).
-        self._journal = Journal.open(self._destination.state_dir, run_id=config.run_id, compact_every=2**62)
+        self._destination = await _open_worker_home(config)
+        try:
+            # A writer: it appends to its own segment and never compacts (the client does, at the end).
+            self._journal = await anyio.to_thread.run_sync(
+                functools.partial(home_journal, self._destination, config.run_id, compact_every=2**62)
+            )
+        except BaseException:
+            await _close_worker_home(self._destination)
+            raise
         # Staging lives beside the state directory; one guard for this process' series.
         self._space = SpaceGuard(self._destination.state_dir, reserve_bytes=config.min_free_bytes)
         # One chooser for every series of this process, as a single-process run has: a repair goes
@@ -282,6 +342,7 @@ class _Runtime:
             config.run_id,
             recorded_path=config.damaged_paths.get(item.series_uid),
             damaged=item.series_uid in config.damaged,
+            keep=config.series_job.keep,
         )
 
     def close(self) -> None:
@@ -296,11 +357,56 @@ class _Runtime:
         try:
             await self._client.__aexit__(None, None, None)
         finally:
-            await anyio.to_thread.run_sync(self._journal.close)
+            try:
+                await anyio.to_thread.run_sync(self._journal.close)
+            finally:
+                await _close_worker_home(self._destination)
+
+
+async def _open_worker_home(config: WorkerConfig) -> Destination | BucketDestination:
+    """This worker's home of the run's destination, prepared, on the runtime's loop.
+
+    A bucket's client lives on this loop (the data path awaits it; the journal and publish reach
+    it from threads through the portal) and stages in a work dir of this process's own.
+    """
+    location = parse_destination(config.destination)
+    portal = await open_portal(location)
+    work_dir: Path | None = None
+    if isinstance(location, BucketLocation):
+        from tcia_fetch.store.objhome import worker_work_dir
+
+        work_dir = worker_work_dir(location)
+    home = await anyio.to_thread.run_sync(
+        functools.partial(
+            open_home,
+            location,
+            keep=config.series_job.keep,
+            policy=config.retry_policy,
+            portal=portal,
+            work_dir=work_dir,
+        )
+    )
+    try:
+        await anyio.to_thread.run_sync(home.prepare)
+    except BaseException:
+        await _close_worker_home(home)
+        raise
+    return home
+
+
+async def _close_worker_home(home: Destination | BucketDestination) -> None:
+    """Close a bucket home's client and remove this worker's work dir (shielded: cleanup)."""
+    await close_home(home)
+    if isinstance(home, Destination):
+        return
+    from tcia_fetch.store.objhome import remove_worker_work_dir
+
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(remove_worker_work_dir, home.work_dir)
 
 
 def adopt_published(
-    destination: Destination,
+    destination: Destination | BucketDestination,
     writer: Journal,
     layout: str,
     item: PlannedSeries,
@@ -308,25 +414,31 @@ def adopt_published(
     *,
     recorded_path: str | None = None,
     damaged: bool = False,
+    keep: str = "tar.zst",
 ) -> bool:
     """A retried task whose series a killed worker already published: adopt it, never redo it.
 
     True (and a ``done`` record appended) only when the journal's ``verified`` (or ``done``)
-    record of the series names a published directory that matches it exactly; otherwise the
+    record of the series names a published series that matches it exactly; otherwise the
     caller fetches, and publish refuses to overwrite whatever is there.
 
-    The directory is the one the record names, not the one the layout renders: a killed worker
+    The place is the one the record names, not the one the layout renders: a killed worker
     may have published under ``<name>~<hash>`` (another series held the plain name) or, repairing
     a damaged series, back under the path it was recorded at (``recorded_path``), which today's
     layout may no longer render. Reading the journal costs a pass over it, so it is read only
-    when one of the paths this run can publish the series under exists. A damaged series' own
-    directory is there from the start: it is adopted only from a record of this run (a repair
-    that got as far as publishing), never from the record that described the damaged tree.
+    when one of the places this run can publish the series under exists. A damaged series' own
+    place is there from the start: it is adopted only from a record of this run (a repair that
+    got as far as publishing), never from the record that described the damaged tree.
+
+    On a bucket (``keep`` names the archive: ``<uid>.tar.zst`` or ``<uid>.zip``) the places are
+    keys: a HEAD says whether one exists, and the recorded object is checked by size and a full
+    re-read against its MD5 before it is adopted (the completed multipart upload is atomic, so a
+    key that exists is a whole archive; whether it is THIS series' verified one is the record's).
     """
-    candidates = _publishable_paths(destination, layout, item, recorded_path)
-    if not any(os.path.lexists(path) for path in candidates):
+    candidates = _candidate_paths(destination, layout, item, recorded_path)
+    if not _any_published(destination, candidates, _archive_name(item.series_uid, keep)):
         return False
-    reader = Journal.open(destination.state_dir, run_id=run_id)
+    reader = home_journal(destination, run_id)
     try:
         record = reader.get(item.series_uid)
     finally:
@@ -335,30 +447,67 @@ def adopt_published(
         return False
     if damaged and record.run_id != run_id:
         return False
-    try:
-        published = destination.final_path(PurePosixPath(record.path))
-    except TciaFetchError:
-        return False  # a record naming a path outside the destination is never adopted
-    if not os.path.lexists(published):
-        return False
-    if check_published(destination, record, check_md5=True):  # rare path: worth a full re-hash
+    if not _matches_record(destination, record):
         return False
     writer.append(record.with_status("done", run_id=run_id))
     return True
 
 
-def _publishable_paths(
-    destination: Destination, layout: str, item: PlannedSeries, recorded_path: str | None
-) -> list[Path]:
-    """Every place this run may publish ``item`` (store/seriespath.py chooses among them)."""
+def _archive_name(series_uid: str, keep: str) -> str:
+    """The one object a bucket stores a series as (engine/worker.py names it so)."""
+    return f"{series_uid}{ARCHIVE_SUFFIX if keep == 'tar.zst' else '.zip'}"
+
+
+def _candidate_paths(
+    destination: Destination | BucketDestination, layout: str, item: PlannedSeries, recorded_path: str | None
+) -> list[PurePosixPath]:
+    """Every path this run may publish ``item`` under (store/seriespath.py chooses among them).
+
+    A bucket's keys end with the series UID, so they are never disambiguated: no HEAD is spent
+    on a ``<name>~<hash>`` key that cannot exist."""
     relative = PurePosixPath(render_series_path(layout, item.metadata).as_posix())
-    candidates = [relative, disambiguated(relative, item.series_uid)]
+    candidates = [relative]
+    if isinstance(destination, Destination):
+        candidates.append(disambiguated(relative, item.series_uid))
     if recorded_path:
         candidates.insert(0, PurePosixPath(recorded_path))
-    paths = []
-    for candidate in candidates:
-        try:
-            paths.append(destination.final_path(candidate))
-        except TciaFetchError:
-            continue
-    return paths
+    return candidates
+
+
+def _any_published(
+    destination: Destination | BucketDestination, candidates: list[PurePosixPath], archive: str
+) -> bool:
+    """Whether anything stands where this run could publish the series (cheap: no journal)."""
+    for relative in candidates:
+        if not _inside(destination, relative):
+            continue  # a path outside the destination is never a place to publish
+        if isinstance(destination, Destination):
+            if os.path.lexists(destination.final_path(relative)):
+                return True
+        elif destination.store.head(destination.final_key(relative, archive)) is not None:
+            return True
+    return False
+
+
+def _matches_record(destination: Destination | BucketDestination, record: SeriesRecord) -> bool:
+    """The recorded series is there and exactly as recorded (rare path: worth a full re-hash)."""
+    assert record.path is not None
+    relative = PurePosixPath(record.path)
+    if not _inside(destination, relative):
+        return False  # a record naming a path outside the destination is never adopted
+    if isinstance(destination, Destination):
+        published = destination.final_path(relative)
+        return os.path.lexists(published) and not check_published(destination, record, check_md5=True)
+    return not destination.published_problems(record, check_md5=True)
+
+
+def _inside(destination: Destination | BucketDestination, relative: PurePosixPath) -> bool:
+    """Whether ``relative`` is a safe path inside the destination (never ``..`` or absolute)."""
+    try:
+        if isinstance(destination, Destination):
+            destination.final_path(relative)
+        else:
+            destination.final_key(relative, "")
+    except TciaFetchError:
+        return False
+    return True

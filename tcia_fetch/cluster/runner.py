@@ -12,11 +12,15 @@ the workers (remote.py). The politeness budget stays the job's:
   leases expire and return to the pool);
 * ``--max-rate`` and ``--max-bandwidth`` are split evenly over the workers connected at the start.
 
-The destination must be shared by every worker (a shared filesystem): before any series is
-submitted, the client writes a probe with a random nonce into the state directory and every
-worker must read it back and answer with a file of its own, or the run stops and says which
-worker sees something else. Tasks are submitted in a bounded window (a few per download slot),
-so a 600,000-series job does not put 600,000 tasks on the scheduler at once.
+The destination must be shared by every worker: a directory on a filesystem they all mount, or
+an ``s3://bucket/prefix`` they all reach (each with the AWS settings of its own environment; the
+destination goes to the workers as its URL, never with a credential). The client prepares it
+as a single-process run does (store/home.py: the same lock, journal and reconciliation for
+either home). Before any series is submitted, the client writes a probe with a random nonce into
+the state area (a file, or an object) and every worker must read it back and answer with one of
+its own, or the run stops and says which worker sees something else. Tasks are submitted in a
+bounded window (a few per download slot), so a 600,000-series job does not put 600,000 tasks on
+the scheduler at once.
 
 Time before the first byte is what made a Dask run slower than one process (issue 11): so the
 planner runs while Dask is imported and the local forkserver starts (one task group: the
@@ -29,14 +33,13 @@ nothing to download (the rerun of a finished job) never starts or reaches a clus
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.to_thread
@@ -50,11 +53,13 @@ from tcia_fetch.cluster.remote import (
     close_runtime,
     fetch_series,
     open_runtime,
+    probe_bucket,
     probe_destination,
     series_payload,
 )
 from tcia_fetch.engine.clock import SystemClock
 from tcia_fetch.engine.report import RunEvent, RunReport, RunStats, SeriesFailure
+from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.engine.run import (
     RunOptions,
     _as_job,
@@ -76,11 +81,22 @@ from tcia_fetch.plan.planner import Planner
 from tcia_fetch.plan.shard import split_rate
 from tcia_fetch.plan.suggest import unmatched_tables
 from tcia_fetch.store.destination import Destination
+from tcia_fetch.store.home import (
+    RunLock,
+    close_home,
+    home_journal,
+    home_lock,
+    open_home,
+    open_portal,
+    reconcile_home,
+)
 from tcia_fetch.store.journal import Journal
-from tcia_fetch.store.location import BucketLocation, parse_destination
-from tcia_fetch.store.reconcile import reconcile
+from tcia_fetch.store.location import DestinationLocation, parse_destination
 from tcia_fetch.store.runlock import acquire_run_lock
 from tcia_fetch.store.seriespath import blocked_root_outputs, recorded_damaged_paths
+
+if TYPE_CHECKING:
+    from tcia_fetch.store.objhome import BucketDestination
 
 __all__ = ["fetch_on_cluster", "run_on_cluster"]
 
@@ -132,17 +148,22 @@ async def fetch_on_cluster(
         duplicates=spec.duplicates,
         input_problems=[str(problem) for problem in spec.problems],
     )
-    destination = await anyio.to_thread.run_sync(Destination, out)
-    await anyio.to_thread.run_sync(destination.prepare)
-    lock = await anyio.to_thread.run_sync(
-        lambda: acquire_run_lock(destination.state_dir, run_id=run_id, shard=None)
+    # A bucket's client lives on this event loop, as in a single-process run (engine/run.py).
+    portal = await open_portal(out)
+    destination = await anyio.to_thread.run_sync(
+        lambda: open_home(out, keep=series_job.keep, policy=policy, portal=portal)
     )
+    try:
+        lock = await _lock_whole_destination(destination, run_id)
+    except BaseException:
+        await close_home(destination)
+        raise
     journal: Journal | None = None
     planner: Planner | None = None
     failures: list[SeriesFailure] = []
     try:
-        journal = await anyio.to_thread.run_sync(lambda: Journal.open(destination.state_dir, run_id=run_id))
-        reconciliation = await anyio.to_thread.run_sync(reconcile, destination, journal)
+        journal = await anyio.to_thread.run_sync(home_journal, destination, run_id)
+        reconciliation = await anyio.to_thread.run_sync(reconcile_home, destination, journal)
         done_uids, damaged, only = await journal_sets(
             journal, reconciliation.damaged, retry_failed=options.retry_failed
         )
@@ -184,7 +205,7 @@ async def fetch_on_cluster(
                     def config_for(workers: dict[str, int], semaphore: Callable[[], Any]) -> WorkerConfig:
                         return WorkerConfig(
                             run_id=run_id,
-                            root=str(destination.root),
+                            destination=_destination_text(destination),
                             settings=settings,
                             series_job=series_job,
                             retry_policy=policy,
@@ -201,7 +222,7 @@ async def fetch_on_cluster(
 
                     cluster_tasks = _Tasks(first, receive, window, stats, failures, on_event)
                     report.engine = await _download_on_cluster(
-                        address, run_id, destination, concurrency, config_for, cluster_tasks, group
+                        address, run_id, destination, policy, concurrency, config_for, cluster_tasks, group
                     )
                 group.cancel_scope.cancel()
             stats.concurrency_limit = concurrency
@@ -219,32 +240,40 @@ async def fetch_on_cluster(
         raise
     finally:
         with anyio.CancelScope(shield=True):
-            await _finish(report, stats, planner, failures, journal, destination, spec, options, started)
-            await anyio.to_thread.run_sync(lock.release)
+            try:
+                await _finish(report, stats, planner, failures, journal, destination, spec, options, started)
+                await anyio.to_thread.run_sync(lock.release)
+            finally:
+                await close_home(destination)
     return report
 
 
-def _cluster_destination(options: RunOptions, spec: JobSpec) -> Path:
-    """The run's directory; a bucket is refused (exit 2) before any connection.
-
-    A Dask run's workers publish, adopt a killed worker's series and probe that they share the
-    destination through a filesystem; on a bucket none of that is built yet, and sending the
-    URL down the directory path would create a local folder named ``s3:``. Shards do write to
-    a bucket, so the message points there.
-    """
+def _cluster_destination(options: RunOptions, spec: JobSpec) -> DestinationLocation:
+    """The run's directory or bucket (a bad URL is exit 2 before any connection)."""
     value = options.out if options.out is not None else spec.output.dest
     source = "--out" if options.out is not None else "output.dest"
     if value is None:
         raise InputError("no destination: give --out DIR or set [output].dest in the job file")
-    location = parse_destination(value, source=source)
-    if isinstance(location, BucketLocation):
-        raise InputError(
-            f"a Dask run (--scheduler) cannot write to {location.url} yet: give a directory every "
-            "worker mounts, or run the job as shards (--shard K/N, see `tcia-fetch sbatch`), which "
-            "write to a bucket",
-            source=source,
+    return parse_destination(value, source=source)
+
+
+async def _lock_whole_destination(destination: Destination | BucketDestination, run_id: str) -> RunLock:
+    """Prepare the destination (access checked before any traffic) and take the whole-job lock:
+    no shard, and no other run, may write beside a Dask run."""
+    await anyio.to_thread.run_sync(destination.prepare)
+    if isinstance(destination, Destination):
+        return await anyio.to_thread.run_sync(
+            lambda: acquire_run_lock(destination.state_dir, run_id=run_id, shard=None)
         )
-    return location
+    return await anyio.to_thread.run_sync(home_lock, destination, run_id)
+
+
+def _destination_text(destination: Destination | BucketDestination) -> str:
+    """The destination as the workers' ``parse_destination`` reads it: never a credential (an
+    s3:// URL names a bucket and a prefix only; each worker's AWS settings are its own)."""
+    if isinstance(destination, Destination):
+        return str(destination.root)
+    return destination.location.url
 
 
 async def _first_planned(planned: ObjectReceiveStream[PlannedSeries]) -> PlannedSeries | None:
@@ -271,7 +300,8 @@ class _Tasks:
 async def _download_on_cluster(
     address: SchedulerAddress,
     run_id: str,
-    destination: Destination,
+    destination: Destination | BucketDestination,
+    policy: RetryPolicy,
     concurrency: int,
     config_for: Callable[[dict[str, int], Callable[[], Any]], WorkerConfig],
     tasks: _Tasks,
@@ -288,7 +318,7 @@ async def _download_on_cluster(
         workers = await cluster.workers()
         if not workers:
             raise ClusterError(f"the Dask cluster at {scheduler_address} has no workers")
-        await _check_shared_destination(cluster, destination)
+        await _check_shared_destination(cluster, destination, policy)
         semaphore = await cluster.semaphore(f"tcia-fetch-{run_id}", concurrency)
         config = config_for(workers, semaphore)
         ready_s = time.monotonic() - began
@@ -317,14 +347,28 @@ async def _download_on_cluster(
     }
 
 
-async def _check_shared_destination(cluster: _distributed.Cluster, destination: Destination) -> None:
-    """Every worker must read the client's probe and write its reply, or the run stops here."""
+async def _check_shared_destination(
+    cluster: _distributed.Cluster,
+    destination: Destination | BucketDestination,
+    policy: RetryPolicy | None = None,
+) -> None:
+    """Every worker must read the client's probe and write its reply, or the run stops here.
+
+    A directory: a file in the state directory, read through each worker's filesystem (a shared
+    mount). A bucket: an object in the state area, read through each worker's own client, which
+    proves every worker reaches the same endpoint and bucket with working credentials from its
+    own environment before any series is sent.
+    """
     name = f"cluster-probe-{secrets.token_hex(8)}"
     nonce = secrets.token_hex(16)
-    probe = destination.state_dir / name
-    await anyio.to_thread.run_sync(functools.partial(probe.write_text, nonce, encoding="utf-8"))
+    await anyio.to_thread.run_sync(_write_probe, destination, name, nonce)
     try:
-        answers = await cluster.run_on_workers(probe_destination, str(destination.root), name, nonce)
+        if isinstance(destination, Destination):
+            answers = await cluster.run_on_workers(probe_destination, str(destination.root), name, nonce)
+        else:
+            answers = await cluster.run_on_workers(
+                probe_bucket, destination.location.url, name, nonce, policy or RetryPolicy()
+            )
         problems = {
             worker: (repr(answer) if isinstance(answer, BaseException) else answer)
             for worker, answer in answers.items()
@@ -332,17 +376,39 @@ async def _check_shared_destination(cluster: _distributed.Cluster, destination: 
         }
         if problems:
             listed = "; ".join(f"{worker}: {problem}" for worker, problem in sorted(problems.items()))
-            raise DestinationError(
-                f"the destination {destination.root} is not shared with every Dask worker ({listed}); "
-                "use a directory on a filesystem all workers mount (NFS, Lustre, GPFS)"
-            )
+            raise DestinationError(_not_shared_message(destination, listed))
     finally:
-        await anyio.to_thread.run_sync(_remove_probes, destination.state_dir, name)
+        await anyio.to_thread.run_sync(_remove_probes, destination, name)
 
 
-def _remove_probes(state_dir: Path, name: str) -> None:
-    for path in state_dir.glob(f"{name}*"):
-        path.unlink(missing_ok=True)
+def _not_shared_message(destination: Destination | BucketDestination, listed: str) -> str:
+    if isinstance(destination, Destination):
+        return (
+            f"the destination {destination.root} is not shared with every Dask worker ({listed}); "
+            "use a directory on a filesystem all workers mount (NFS, Lustre, GPFS)"
+        )
+    return (
+        f"the destination {destination.location.url} is not reachable alike from every Dask worker "
+        f"({listed}); every worker needs the same endpoint (AWS_ENDPOINT_URL), region and working "
+        "credentials for the bucket in its own environment"
+    )
+
+
+def _write_probe(destination: Destination | BucketDestination, name: str, nonce: str) -> None:
+    if isinstance(destination, Destination):
+        (destination.state_dir / name).write_text(nonce, encoding="utf-8")
+    else:
+        destination.state.write(name, nonce.encode("utf-8"))
+
+
+def _remove_probes(destination: Destination | BucketDestination, name: str) -> None:
+    """The probe and every worker's reply (named ``<probe>.<host>.<pid>``)."""
+    if isinstance(destination, Destination):
+        for path in destination.state_dir.glob(f"{name}*"):
+            path.unlink(missing_ok=True)
+        return
+    for found in destination.state.list(name):
+        destination.state.delete(found)
 
 
 async def _warm_up(cluster: _distributed.Cluster, config: WorkerConfig, warmed: anyio.Event) -> None:
@@ -473,7 +539,7 @@ async def _finish(
     planner: Planner | None,
     failures: list[SeriesFailure],
     journal: Journal | None,
-    destination: Destination,
+    destination: Destination | BucketDestination,
     spec: JobSpec,
     options: RunOptions,
     started: float,
@@ -504,13 +570,28 @@ async def _finish(
     report.duration_s = time.monotonic() - started
     if journal is not None:
         # Killed workers may have left staging behind; this host's dead ones are removed now.
-        await anyio.to_thread.run_sync(destination.cleanup_leftovers)
+        # On a bucket also every multipart upload still open under the prefix: this run holds
+        # the whole-destination lock and its workers' runtimes are closed, so each is a killed
+        # worker's (invisible, never completed) series.
+        await anyio.to_thread.run_sync(_cleanup_leftovers, destination)
         report.instances = await _close_books(journal, destination, report.run_id, spec, summary)
     await write_run_files(report, destination, options, planner)
 
 
+def _cleanup_leftovers(destination: Destination | BucketDestination) -> None:
+    destination.cleanup_leftovers()
+    if not isinstance(destination, Destination):
+        from tcia_fetch.store.objhome import remove_dead_worker_dirs
+
+        remove_dead_worker_dirs(destination.location)
+
+
 async def _close_books(
-    journal: Journal, destination: Destination, run_id: str, spec: JobSpec, summary: PlanSummary
+    journal: Journal,
+    destination: Destination | BucketDestination,
+    run_id: str,
+    spec: JobSpec,
+    summary: PlanSummary,
 ) -> int:
     """Bad server rows journaled, then compaction, metadata.csv and the catalog from a view that
     includes the workers' records.
@@ -522,7 +603,7 @@ async def _close_books(
     lost may still be alive somewhere and writing: its segment is merged, never folded.
     """
     await anyio.to_thread.run_sync(journal.close)
-    fresh = await anyio.to_thread.run_sync(lambda: Journal.open(destination.state_dir, run_id=run_id))
+    fresh = await anyio.to_thread.run_sync(home_journal, destination, run_id)
     try:
         # Records in segments are appends the snapshot (and so metadata.csv) may not reflect yet.
         workers_appended = fresh.statistics.segment_records > 0

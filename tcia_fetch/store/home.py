@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Protocol
 
 from tcia_fetch.store.destination import Destination
-from tcia_fetch.store.journal import Journal
+from tcia_fetch.store.journal import DEFAULT_COMPACT_EVERY, Journal
 from tcia_fetch.store.location import DestinationLocation
 from tcia_fetch.store.lock import acquire_destination
 from tcia_fetch.store.reconcile import Reconciliation, reconcile
@@ -73,18 +73,21 @@ def open_home(
     policy: RetryPolicy | None = None,
     portal: LoopCaller | None = None,
     shard: Shard | None = None,
+    work_dir: Path | None = None,
 ) -> Destination | BucketDestination:
     """The home of ``location``, not yet prepared (call ``prepare()``; it checks access).
 
     A bucket's client runs on ``portal``'s event loop (a run passes one on its own loop, see
-    :func:`open_portal`; call this from a worker thread then); ``shard`` picks its lock.
+    :func:`open_portal`; call this from a worker thread then); ``shard`` picks its lock;
+    ``work_dir`` is its local staging (default: per destination and shard, ``default_work_dir``;
+    a Dask worker passes one of its own so that processes on one host never share staging).
     """
     if isinstance(location, Path):
         return Destination(location)
     from tcia_fetch.store.objhome import BucketDestination, refuse_unsupported_keep
 
     refuse_unsupported_keep(keep)
-    return BucketDestination(location, policy=policy, portal=portal, shard=shard)
+    return BucketDestination(location, policy=policy, portal=portal, shard=shard, work_dir=work_dir)
 
 
 async def open_portal(location: DestinationLocation) -> LoopCaller | None:
@@ -112,10 +115,14 @@ def home_lock(home: Destination | BucketDestination, run_id: str) -> RunLock:
     return home.acquire_lock(run_id)
 
 
-def home_journal(home: Destination | BucketDestination, run_id: str) -> Journal:
+def home_journal(
+    home: Destination | BucketDestination, run_id: str, *, compact_every: int = DEFAULT_COMPACT_EVERY
+) -> Journal:
+    """The run journal of either home; ``compact_every`` as for :meth:`Journal.open` (a Dask
+    worker's writer passes a huge one: only the client compacts, at the end)."""
     if isinstance(home, Destination):
-        return Journal.open(home.state_dir, run_id=run_id)
-    return home.open_journal(run_id)
+        return Journal.open(home.state_dir, run_id=run_id, compact_every=compact_every)
+    return home.open_journal(run_id, compact_every=compact_every)
 
 
 def reconcile_home(home: Destination | BucketDestination, journal: Journal) -> Reconciliation:

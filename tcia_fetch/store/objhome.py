@@ -50,17 +50,25 @@ from tcia_fetch.store._objstore import (
 )
 from tcia_fetch.store.destination import Destination, _checked_parts
 from tcia_fetch.store.digests import LAST_PLAN_DIGESTS
-from tcia_fetch.store.journal import Journal
+from tcia_fetch.store.journal import DEFAULT_COMPACT_EVERY, Journal
 from tcia_fetch.store.location import BucketLocation
 from tcia_fetch.store.lock import DEFAULT_STALE_AFTER_S, LOCK_NAME, _process_start
 from tcia_fetch.store.objstate import STATE_PREFIX, ObjectStateStorage
 from tcia_fetch.store.reconcile import Damage, Reconciliation
+from tcia_fetch.store.records import SeriesRecord
 from tcia_fetch.store.runlock import lock_name_for
 
 if TYPE_CHECKING:
     from tcia_fetch.plan.shard import Shard
 
-__all__ = ["BucketDestination", "BucketLock", "refuse_unsupported_keep"]
+__all__ = [
+    "BucketDestination",
+    "BucketLock",
+    "refuse_unsupported_keep",
+    "remove_dead_worker_dirs",
+    "remove_worker_work_dir",
+    "worker_work_dir",
+]
 
 _SHARD_LOCK: Final = re.compile(r"^lock\.shard-(\d+)-of-(\d+)$")
 #: Files the run writes at the destination root and in the state area, uploaded at the end.
@@ -95,6 +103,46 @@ def default_work_dir(location: BucketLocation, shard: Shard | None = None) -> Pa
     return base / f"{location.bucket}-{digest}{suffix}"
 
 
+#: A Dask worker's own work dir under the destination's: ``dask-<pid>-<host>``.
+_WORKER_DIR: Final = re.compile(r"^dask-(\d+)-(.+)$")
+
+
+def worker_work_dir(location: BucketLocation) -> Path:
+    """This process's own local work dir as a Dask worker writing to ``location``.
+
+    Each worker process stages apart, under the destination's work dir: the client and workers
+    on one host (``local:N``) must never clean up or mix each other's staging, and a worker's
+    closed home removes its directory whole (:func:`remove_worker_work_dir`).
+    """
+    return default_work_dir(location) / f"dask-{os.getpid()}-{host_name()}"
+
+
+def remove_worker_work_dir(work_dir: Path) -> None:
+    """A worker's work dir, once its home is closed (its staging was discarded series by series)."""
+    shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def remove_dead_worker_dirs(location: BucketLocation) -> int:
+    """Work dirs of this host's Dask workers that were killed (their pid is gone); how many.
+
+    The client calls it at the end of a run, when it alone holds the destination: a SIGKILLed
+    worker never removed its own. Other hosts' directories are theirs to clean up.
+    """
+    base = default_work_dir(location)
+    removed = 0
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        match = _WORKER_DIR.match(entry.name)
+        if match is None or match.group(2) != host_name() or pid_is_alive(int(match.group(1))):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed += 1
+    return removed
+
+
 class BucketDestination:
     """One ``s3://`` destination. Same per-series methods as :class:`Destination`."""
 
@@ -117,6 +165,8 @@ class BucketDestination:
         self._streams_mutex = threading.Lock()
         self.state = ObjectStateStorage(self.store, location)
         work = work_dir or default_work_dir(location, shard)
+        #: The local work dir (staging, report mirrors).
+        self.work_dir = work
         self._local = Destination(work)
         #: Local mirrors: files written here by the run are uploaded by :meth:`upload_outputs`.
         self.root = self._local.root / "out"
@@ -238,9 +288,9 @@ class BucketDestination:
 
     # --- run state ---------------------------------------------------------------------------------
 
-    def open_journal(self, run_id: str) -> Journal:
+    def open_journal(self, run_id: str, *, compact_every: int = DEFAULT_COMPACT_EVERY) -> Journal:
         """The run journal, read from and appended to in the bucket (any machine can resume)."""
-        return Journal.open(self.state, run_id=run_id)
+        return Journal.open(self.state, run_id=run_id, compact_every=compact_every)
 
     def acquire_lock(self, run_id: str, *, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> BucketLock:
         """This run's lock: ``lock`` (whole job) or ``lock.shard-K-of-N``, as on disk (store.runlock).
@@ -398,6 +448,28 @@ class BucketDestination:
                 done.append(uid)
         journal.extend(to_adopt)  # after the streamed pass: never append to what is being read
         return Reconciliation(removed, tuple(done), tuple(adopted), tuple(damaged), tuple(pending))
+
+    def published_problems(self, record: SeriesRecord, *, check_md5: bool) -> tuple[str, ...]:
+        """The problems with one recorded series in the bucket (HEAD per object, then with
+        ``check_md5`` a full re-read); empty when it matches its record. For one series at a time
+        (a Dask retry deciding whether to adopt): :meth:`recheck` lists the bucket once instead."""
+        if record.path is None:
+            return ("no key recorded",)
+        files = tuple((f.name, f.size, f.md5) for f in record.files)
+        if not files:
+            return ("no object recorded",)
+        stored: dict[str, ObjectInfo] = {}
+        for name, _, _ in files:
+            key = self.final_key(PurePosixPath(record.path), name)
+            info = self.store.head(key)
+            if info is not None:
+                stored[key] = info
+        problems = list(self.inspect(record.path, files, stored)[0])
+        if check_md5 and not problems:
+            for name, _, md5 in files:
+                key = self.final_key(PurePosixPath(record.path), name)
+                problems += self._rehash(key, name, md5, record)
+        return tuple(problems)
 
     def recheck(self, journal: Journal, *, check_md5: bool) -> list[Damage]:
         """``verify``: sizes from one listing; with ``check_md5`` every object is re-read and re-hashed

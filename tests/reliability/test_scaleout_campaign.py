@@ -1,8 +1,8 @@
 """The scale-out part of the campaign: shards killed and rerun, a Dask worker killed mid-series.
 
 CI runs ``TCIA_FETCH_CAMPAIGN_SHARDS`` shards (default 3) with ``TCIA_FETCH_CAMPAIGN_SHARD_KILLS``
-kills (default 1), on a directory and on a bucket (moto on loopback), and one Dask worker kill;
-the release campaign runs more (``--full``).
+kills (default 1), on a directory and on a bucket (moto on loopback), and one Dask worker kill,
+on a directory and on a bucket; the release campaign runs more (``--full``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tcia_fetch.campaign.s3shards import run_bucket_shard_kills
+from tcia_fetch.campaign.s3shards import run_bucket_dask_worker_kill, run_bucket_shard_kills
 from tcia_fetch.campaign.scaleout import run_dask_worker_kill, run_shard_kills
 
 from .conftest import env_int
@@ -52,5 +52,16 @@ def test_a_dask_worker_killed_mid_series_costs_nothing(tmp_path: Path) -> None:
     assert outcome.skipped is None
     assert outcome.problems == []
     assert any(message.startswith("killed worker") for message in outcome.messages)
+    assert outcome.loss.counts() == dict.fromkeys(outcome.loss.counts(), 0)
+    assert outcome.exit_codes == [0]
+
+
+def test_a_dask_worker_killed_mid_series_into_a_bucket_costs_nothing(tmp_path: Path) -> None:
+    """Killed with uploads open: the series is redone elsewhere or adopted, stored once and whole,
+    no upload left open, status and verify pass, and the rerun fetches nothing."""
+    outcome = run_bucket_dask_worker_kill(tmp_path, workers=2, concurrency=2)
+    assert outcome.skipped is None
+    assert outcome.problems == []
+    assert any(message.startswith("killed worker") for message in outcome.messages), outcome.messages
     assert outcome.loss.counts() == dict.fromkeys(outcome.loss.counts(), 0)
     assert outcome.exit_codes == [0]
