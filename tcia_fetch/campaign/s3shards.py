@@ -24,6 +24,7 @@ their own environment (set by their nanny), as real workers do; none travels in 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -33,6 +34,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,24 +51,39 @@ _RUN_TIMEOUT_S = 300.0
 _PREFIX = "lake"
 
 
+def _write_job(workdir: Path, uids: list[str]) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    job = workdir / "list.tcia"
+    job.write_text("manifestVersion=3.0\nListOfSeriesToDownload=\n" + "\n".join(uids) + "\n")
+    return job
+
+
+@contextlib.contextmanager
+def _moto_bucket(workdir: Path, bucket: str) -> Iterator[tuple[Any, dict[str, str], str]]:
+    """moto on loopback with ``bucket`` in it: a boto3 client, the CLI's AWS environment (canary
+    credentials, never real ones) and the destination URL."""
+    from tcia_fetch.testing.s3 import MotoS3, s3_env
+
+    moto = MotoS3()
+    try:
+        client = moto.client()
+        client.create_bucket(Bucket=bucket)
+        yield client, s3_env(moto.endpoint, workdir / "work", workdir), f"s3://{bucket}/{_PREFIX}"
+    finally:
+        moto.stop()
+
+
 def run_bucket_shard_kills(workdir: Path, *, shards: int = 3, kills: int = 1, seed: int = 7) -> LocalOutcome:
     """``shards`` shard processes on one bucket prefix; ``kills`` times one is SIGKILLed and rerun."""
-    from tcia_fetch.testing.s3 import MotoS3, list_keys, open_uploads, s3_env
+    from tcia_fetch.testing.s3 import list_keys, open_uploads
 
     outcome = LocalOutcome(f"{shards} shards on one bucket, {kills} shard kill(s)")
     rng = random.Random(seed)
     catalog = scaleout_catalog()
     uids = [entry.uid for entry in catalog.series]
-    workdir.mkdir(parents=True, exist_ok=True)
-    job = workdir / "list.tcia"
-    job.write_text("manifestVersion=3.0\nListOfSeriesToDownload=\n" + "\n".join(uids) + "\n")
-    moto = MotoS3()
-    try:
-        client = moto.client()
-        bucket = f"shards-{seed}"
-        client.create_bucket(Bucket=bucket)
-        env = s3_env(moto.endpoint, workdir / "work", workdir)
-        dest = f"s3://{bucket}/{_PREFIX}"
+    job = _write_job(workdir, uids)
+    bucket = f"shards-{seed}"
+    with _moto_bucket(workdir, bucket) as (client, env, dest):
         fake = FakeNBIA(catalog, load=LoadModel(bytes_per_s_per_connection=150_000))
 
         def committed() -> Counter[str]:
@@ -124,29 +141,20 @@ def run_bucket_shard_kills(workdir: Path, *, shards: int = 3, kills: int = 1, se
                     )
             _judge_bucket(outcome, client, bucket, uids, committed(), list_keys, open_uploads)
             _judge_commands(outcome, dest, env, shards, len(uids))
-    finally:
-        moto.stop()
     return outcome
 
 
 def run_bucket_dask_worker_kill(workdir: Path, *, workers: int = 2, concurrency: int = 2) -> LocalOutcome:
     """A Dask run onto one bucket prefix whose busiest worker is SIGKILLed mid-series, then rerun."""
     from tcia_fetch.cluster._distributed import local_cluster  # Dask is imported when it starts
-    from tcia_fetch.testing.s3 import MotoS3, list_keys, open_uploads, s3_env
+    from tcia_fetch.testing.s3 import list_keys, open_uploads
 
     outcome = LocalOutcome(f"dask on a bucket: {workers} workers, one killed mid-series")
     catalog = scaleout_catalog(series_per_study=2)
     uids = [entry.uid for entry in catalog.series]
-    workdir.mkdir(parents=True, exist_ok=True)
-    job = workdir / "list.tcia"
-    job.write_text("manifestVersion=3.0\nListOfSeriesToDownload=\n" + "\n".join(uids) + "\n")
-    moto = MotoS3()
-    try:
-        client = moto.client()
-        bucket = "dask-kill"
-        client.create_bucket(Bucket=bucket)
-        env = s3_env(moto.endpoint, workdir / "work", workdir)
-        dest = f"s3://{bucket}/{_PREFIX}"
+    job = _write_job(workdir, uids)
+    bucket = "dask-kill"
+    with _moto_bucket(workdir, bucket) as (client, env, dest):
         fake = FakeNBIA(catalog, load=LoadModel(bytes_per_s_per_connection=150_000))
         # More threads per worker than the cap: only the cluster-wide semaphore can hold it; a
         # killed worker's lease returns after the (shortened) lease timeout.
@@ -202,8 +210,6 @@ def run_bucket_dask_worker_kill(workdir: Path, *, workers: int = 2, concurrency:
         # Every worker's own staging dir: removed when it closed, or (the killed one's) by the client.
         outcome.loss.leftovers.extend(str(path) for path in (workdir / "work").glob("*/dask-*"))
         _judge_commands(outcome, dest, env, 0, len(uids))
-    finally:
-        moto.stop()
     return outcome
 
 

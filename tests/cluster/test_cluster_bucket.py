@@ -24,28 +24,10 @@ from tcia_fetch.store.journal import SEGMENT_DIR, SNAPSHOT_NAME
 from tcia_fetch.store.location import BucketLocation
 from tcia_fetch.store.objhome import BucketDestination
 from tcia_fetch.store.records import FileEntry
-from tcia_fetch.testing.s3 import CANARY_KEY_ID, CANARY_SECRET, MotoS3, list_keys, open_uploads, s3_env
-
-pytest.importorskip("moto")
+from tcia_fetch.testing.s3 import CANARY_KEY_ID, CANARY_SECRET, MotoS3, list_keys, open_uploads
 
 FAST = RetryPolicy(attempts=3, integrity_attempts=3, base_s=0.01, cap_s=0.05, floor_s=0.0)
 _names = iter(range(10_000))
-
-
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[MotoS3]:
-    server = MotoS3()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def bucket(moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    name = f"cluster-{next(_names)}"
-    moto_s3.client().create_bucket(Bucket=name)
-    for key, value in s3_env(moto_s3.endpoint, tmp_path / "work", tmp_path).items():
-        monkeypatch.setenv(key, value)
-    return name
 
 
 def _restart_forkserver() -> None:

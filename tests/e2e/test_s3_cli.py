@@ -12,10 +12,7 @@ the reliability campaign: ``tests/reliability/test_s3_campaign.py``.
 from __future__ import annotations
 
 import json
-import os
-import random
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +28,6 @@ from tcia_fetch.testing.s3 import (
     FaultProxy,
     MotoS3,
     list_keys,
-    s3_env,
 )
 
 from .fixtures import cli
@@ -50,22 +46,6 @@ def catalog() -> Catalog:
         instances_per_series=(3, 6),
         instance_bytes=(30_000, 60_000),
     )
-
-
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[MotoS3]:
-    server = MotoS3()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def lake(moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    name = f"lake-{os.getpid()}-{random.randrange(1 << 30)}"
-    moto_s3.client().create_bucket(Bucket=name)
-    for key, value in s3_env(moto_s3.endpoint, tmp_path / "work", tmp_path).items():
-        monkeypatch.setenv(key, value)
-    return name
 
 
 def run_cli(*args: str, timeout: float = 180, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -112,11 +92,11 @@ def test_job_file_dest_with_an_unsupported_scheme_exits_2(
 
 
 def test_run_status_verify_on_a_bucket_find_damage_and_repair(
-    tmp_path: Path, moto_s3: MotoS3, lake: str
+    tmp_path: Path, moto_s3: MotoS3, bucket: str
 ) -> None:
     uids = [entry.uid for entry in catalog().series[:3]]
     job = manifest(tmp_path, uids)
-    dest = f"s3://{lake}/tcia"
+    dest = f"s3://{bucket}/tcia"
     with serve_in_background(catalog=catalog()) as server:
         base_url = server.base_url
         first = run_cli("run", str(job), "--out", dest, "--base-url", base_url, "--keep", "tar.zst")
@@ -129,10 +109,10 @@ def test_run_status_verify_on_a_bucket_find_damage_and_repair(
         assert invoke("verify", dest).exit_code == 0
         # Damage one archive in place, same size: only re-reading and re-hashing can notice.
         client = moto_s3.client()
-        key = next(k for k in list_keys(client, lake) if k.endswith(".tar.zst"))
-        data = bytearray(client.get_object(Bucket=lake, Key=key)["Body"].read())
+        key = next(k for k in list_keys(client, bucket) if k.endswith(".tar.zst"))
+        data = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
         data[len(data) // 2] ^= 0xFF
-        client.put_object(Bucket=lake, Key=key, Body=bytes(data))
+        client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
         damaged = invoke("verify", dest, "--format", "json")
         assert damaged.exit_code == 1, damaged.output
         rows = json.loads(damaged.stdout)["damaged"]
@@ -145,25 +125,25 @@ def test_run_status_verify_on_a_bucket_find_damage_and_repair(
 
 
 def test_refused_credentials_and_a_missing_bucket_exit_3_before_any_download(
-    tmp_path: Path, moto_s3: MotoS3, lake: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, moto_s3: MotoS3, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job = manifest(tmp_path, [entry.uid for entry in catalog().series[:2]])
-    proxy = FaultProxy(moto_s3.endpoint, [Fault("403", "HEAD", f"/{lake}", times=100)])
+    proxy = FaultProxy(moto_s3.endpoint, [Fault("403", "HEAD", f"/{bucket}", times=100)])
     try:
         with serve_in_background(catalog=catalog()) as server:
             monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)  # the store refuses these keys
             args = ["--base-url", server.base_url, "--keep", "tar.zst"]
-            refused = invoke("run", str(job), "--out", f"s3://{lake}/x", *args)
+            refused = invoke("run", str(job), "--out", f"s3://{bucket}/x", *args)
             monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint)
             missing = invoke("run", str(job), "--out", "s3://no-such-lake/x", *args)
             downloads = [entry for entry in server.fake.request_log if entry.endpoint == "getImage"]
     finally:
         proxy.stop()
     assert refused.exit_code == 3, refused.output
-    assert "refused the credentials" in refused.stderr and lake in refused.stderr
+    assert "refused the credentials" in refused.stderr and bucket in refused.stderr
     assert missing.exit_code == 3, missing.output
     assert "no-such-lake" in missing.stderr
     assert downloads == [], "a series was downloaded before the destination was known to work"
     for secret in (CANARY_KEY_ID, CANARY_SECRET, CANARY_TOKEN):
         assert secret not in refused.output + missing.output
-    assert list_keys(moto_s3.client(), lake) == {}
+    assert list_keys(moto_s3.client(), bucket) == {}

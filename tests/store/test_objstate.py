@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,23 +20,12 @@ from tcia_fetch.store.objhome import BucketDestination, BucketLock
 from tcia_fetch.store.objstate import ObjectStateStorage
 from tcia_fetch.store.records import SeriesRecord
 from tcia_fetch.store.statestore import StateStorage
-from tcia_fetch.testing.s3 import MotoS3, s3_env
-
-
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[MotoS3]:
-    server = MotoS3()
-    yield server
-    server.stop()
+from tcia_fetch.testing.s3 import MotoS3
 
 
 @pytest.fixture
-def location(moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BucketLocation:
-    name = f"state-{abs(hash(tmp_path)) % 10**9}"
-    moto_s3.client().create_bucket(Bucket=name)
-    for key, value in s3_env(moto_s3.endpoint, tmp_path / "work", tmp_path).items():
-        monkeypatch.setenv(key, value)
-    return BucketLocation(name, "lake/tcia")
+def location(bucket: str) -> BucketLocation:
+    return BucketLocation(bucket, "lake/tcia")
 
 
 def storage_for(location: BucketLocation) -> ObjectStateStorage:

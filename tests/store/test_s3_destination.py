@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +37,11 @@ from tcia_fetch.testing.s3 import (
     MotoS3,
     list_keys,
     open_uploads,
-    s3_env,
 )
 
 pytestmark = pytest.mark.anyio
 
 FAST = RetryPolicy(attempts=4, integrity_attempts=3, base_s=0.01, cap_s=0.05, floor_s=0.0)
-
-
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[MotoS3]:
-    server = MotoS3()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +57,6 @@ def catalog() -> Catalog:
 
 
 _bucket_counter = iter(range(10_000))
-
-
-@pytest.fixture
-def bucket(moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    name = f"lake-{next(_bucket_counter)}-{tmp_path.name[-8:].lower().replace('_', '-')}".strip("-")
-    moto_s3.client().create_bucket(Bucket=name)
-    for key, value in s3_env(moto_s3.endpoint, tmp_path / "work", tmp_path).items():
-        monkeypatch.setenv(key, value)
-    return name
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +24,10 @@ from tcia_fetch.store._objstore import open_object_store
 from tcia_fetch.store.location import BucketLocation
 from tcia_fetch.store.objhome import BucketDestination
 from tcia_fetch.testing import Catalog, FakeNBIA
-from tcia_fetch.testing.s3 import MotoS3, list_keys, open_uploads, s3_env
+from tcia_fetch.testing.s3 import MotoS3, list_keys, open_uploads
 
 FAST = RetryPolicy(attempts=4, integrity_attempts=3, base_s=0.01, cap_s=0.05, floor_s=0.0)
 _names = iter(range(10_000))
-
-
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[MotoS3]:
-    server = MotoS3()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def bucket(moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    name = f"shards-{next(_names)}"
-    moto_s3.client().create_bucket(Bucket=name)
-    for key, value in s3_env(moto_s3.endpoint, tmp_path / "work", tmp_path).items():
-        monkeypatch.setenv(key, value)
-    return name
 
 
 @pytest.mark.anyio
