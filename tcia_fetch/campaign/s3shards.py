@@ -28,7 +28,6 @@ import contextlib
 import csv
 import io
 import json
-import os
 import random
 import signal
 import subprocess
@@ -40,7 +39,7 @@ from typing import Any
 
 from tcia_fetch.campaign.local import LocalOutcome
 from tcia_fetch.campaign.process import serve_in_thread, start_cli
-from tcia_fetch.campaign.scaleout import scaleout_catalog
+from tcia_fetch.campaign.scaleout import kill_busiest_worker, scaleout_catalog
 from tcia_fetch.plan.shard import shard_of
 from tcia_fetch.series.archive import check_tar_zst
 from tcia_fetch.testing import FakeNBIA, LoadModel
@@ -167,24 +166,21 @@ def run_bucket_dask_worker_kill(workdir: Path, *, workers: int = 2, concurrency:
             args = ["run", str(job), "--out", dest, "--base-url", server.base_url, "--keep", "tar.zst"]
             args += ["--concurrency", str(concurrency), "--scheduler", cluster.address, "--quiet"]
             run = start_cli(args, env=env, stderr=subprocess.PIPE)
-            deadline = time.monotonic() + _RUN_TIMEOUT_S
-            victim: str | None = None
-            while victim is None and run.poll() is None and time.monotonic() < deadline:
-                busy = cluster.busy_workers()
-                streaming = fake.stats().active_downloads > 0 and open_uploads(client, bucket)
-                if busy and streaming and _committed(client, bucket, list_keys):
-                    victim = max(busy, key=lambda worker: busy[worker])
-                else:
-                    time.sleep(0.05)
-            if victim is None:
-                outcome.problems.append("no worker was busy mid-run: the kill did not happen")
-            else:
-                pid = cluster.worker_pid(victim)
-                os.kill(pid, signal.SIGKILL)
-                outcome.messages.append(
-                    f"killed worker {victim} (pid {pid}) with {len(_committed(client, bucket, list_keys))} "
-                    f"committed and {len(open_uploads(client, bucket))} upload(s) open"
-                )
+            killed = kill_busiest_worker(
+                cluster,
+                outcome,
+                ready=lambda: bool(
+                    fake.stats().active_downloads > 0
+                    and open_uploads(client, bucket)
+                    and _committed(client, bucket, list_keys)
+                ),
+                running=lambda: run.poll() is None,
+                progress=lambda: (
+                    f"{len(_committed(client, bucket, list_keys))} committed and "
+                    f"{len(open_uploads(client, bucket))} upload(s) open"
+                ),
+            )
+            if killed:
                 outcome.loss.unverified_published.extend(_broken_archives(client, bucket, list_keys))
             _, err = run.communicate(timeout=_RUN_TIMEOUT_S)
             outcome.exit_codes.append(run.returncode)

@@ -21,13 +21,18 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tcia_fetch.campaign.local import LocalOutcome
 from tcia_fetch.campaign.oracle import journal_statuses, judge_destination
 from tcia_fetch.campaign.process import serve_in_thread, start_cli
 from tcia_fetch.plan.shard import shard_of
 from tcia_fetch.testing import Catalog, FakeNBIA, LoadModel
+
+if TYPE_CHECKING:
+    from tcia_fetch.cluster._distributed import LocalClusterHandle
 
 __all__ = ["run_dask_worker_kill", "run_shard_kills", "scaleout_catalog"]
 
@@ -116,6 +121,30 @@ def run_shard_kills(workdir: Path, *, shards: int = 3, kills: int = 1, seed: int
     return outcome
 
 
+def kill_busiest_worker(
+    cluster: LocalClusterHandle,
+    outcome: LocalOutcome,
+    *,
+    ready: Callable[[], bool],
+    running: Callable[[], bool],
+    progress: Callable[[], str],
+) -> bool:
+    """SIGKILL the local cluster's busiest worker process once ``ready()`` (the run has done some
+    of its work and is mid-series), while ``running()``; False (a problem noted) if it never was."""
+    deadline = time.monotonic() + _RUN_TIMEOUT_S
+    while running() and time.monotonic() < deadline:
+        busy = cluster.busy_workers()
+        if busy and ready():
+            victim = max(busy, key=lambda worker: busy[worker])
+            pid = cluster.worker_pid(victim)
+            os.kill(pid, signal.SIGKILL)
+            outcome.messages.append(f"killed worker {victim} (pid {pid}) with {progress()}")
+            return True
+        time.sleep(0.05)
+    outcome.problems.append("no worker was busy mid-run: the kill did not happen")
+    return False
+
+
 def run_dask_worker_kill(workdir: Path, *, workers: int = 2, concurrency: int = 2) -> LocalOutcome:
     """A run on a local Dask cluster whose busiest worker is SIGKILLed mid-series."""
     from tcia_fetch.cluster._distributed import local_cluster  # Dask is imported when it starts
@@ -136,20 +165,13 @@ def run_dask_worker_kill(workdir: Path, *, workers: int = 2, concurrency: int = 
     ):
         options = RunOptions(out=out, base_url=server.base_url, scheduler=cluster.address)
         running = pool.submit(run, job, options)
-        deadline = time.monotonic() + _RUN_TIMEOUT_S
-        victim: str | None = None
-        while victim is None and not running.done() and time.monotonic() < deadline:
-            busy = cluster.busy_workers()
-            if busy and _done(out) and fake.stats().active_downloads > 0:
-                victim = max(busy, key=lambda worker: busy[worker])
-            else:
-                time.sleep(0.05)
-        if victim is None:
-            outcome.problems.append("no worker was busy mid-run: the kill did not happen")
-        else:
-            pid = cluster.worker_pid(victim)
-            os.kill(pid, signal.SIGKILL)
-            outcome.messages.append(f"killed worker {victim} (pid {pid}) with {len(_done(out))} series done")
+        kill_busiest_worker(
+            cluster,
+            outcome,
+            ready=lambda: bool(_done(out)) and fake.stats().active_downloads > 0,
+            running=lambda: not running.done(),
+            progress=lambda: f"{len(_done(out))} series done",
+        )
         report = running.result(timeout=_RUN_TIMEOUT_S)
     outcome.exit_codes.append(report.exit_code)
     if report.exit_code != 0 or report.done != len(uids):
