@@ -1,4 +1,12 @@
-"""Give freed heap memory back to the operating system before a helper process starts.
+"""Keep the downloader's heap small: few malloc arenas, and freed memory given back before a
+helper process starts.
+
+glibc gives each thread that meets a busy arena a new one, up to eight per core, and each arena
+keeps its own freed pages. A run's worker threads (inflate, hashing, file writes) need no more
+than two: nearly every large allocation happens with the GIL held, so they hardly ever contend.
+Limiting them is the CLI's choice for its own process (``limit_malloc_arenas``), never a
+library's; measured on the mem64 benchmark (96 series at concurrency 64): the downloader's peak
+fell from 102-105 MB to 97 MB on a 2-core machine. A user's own ``MALLOC_ARENA_MAX`` wins.
 
 At the end of a run the downloader's buffers are free again, but glibc keeps freed heap pages
 mapped: the process stays as large as its peak. A run then starts its Parquet catalog child
@@ -13,8 +21,29 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 
-__all__ = ["release_free_memory"]
+__all__ = ["limit_malloc_arenas", "release_free_memory"]
+
+#: glibc's ``mallopt`` parameter number for the arena limit (malloc.h: ``M_ARENA_MAX``).
+_M_ARENA_MAX = -8
+_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = _ARENAS) -> bool:
+    """At most ``arenas`` malloc arenas from now on (call before threads start); True when set.
+
+    A no-op outside glibc, and when the user set ``MALLOC_ARENA_MAX`` (glibc already obeys it).
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_ARENA_MAX, arenas))
 
 
 def release_free_memory() -> bool:

@@ -9,6 +9,7 @@ import sys
 import click
 
 from tcia_fetch import __version__
+from tcia_fetch._memory import limit_malloc_arenas
 from tcia_fetch.cli._owner import claim_interpreter
 from tcia_fetch.errors import EXIT_INTERRUPTED
 
@@ -68,6 +69,7 @@ def main() -> None:
     has been written yet, and the exit code is EXIT_INTERRUPTED. SIGTERM is handled like SIGINT.
     """
     claim_interpreter()  # a tcia-fetch process: its commands may tune it for themselves
+    limit_malloc_arenas()  # before any thread starts; a smaller heap (tcia_fetch/_memory.py)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         cli()
