@@ -179,6 +179,7 @@ def _scaleout(
     from tcia_fetch.campaign.s3shards import run_bucket_dask_worker_kill, run_bucket_shard_kills
     from tcia_fetch.campaign.scaleout import run_dask_worker_kill, run_shard_kills
 
+    first = len(figures.local)
     if sizes.shards > 1:
         place = root / "shards"
         place.mkdir(parents=True, exist_ok=True)
@@ -195,7 +196,7 @@ def _scaleout(
         figures.local.append(run_dask_worker_kill(place))
     if sizes.dask_kills > 0:  # the same onto a bucket, where a killed worker leaves an open upload
         figures.local.append(run_bucket_dask_worker_kill(root / "bucket-dask"))
-    say("scaleout: " + ", ".join(f"{o.name}: {'pass' if o.passed else 'FAIL'}" for o in figures.local[-4:]))
+    say("scaleout: " + ", ".join(f"{o.name}: {'pass' if o.passed else 'FAIL'}" for o in figures.local[first:]))
 
 
 def _hostile(
