@@ -196,7 +196,8 @@ def _scaleout(
         figures.local.append(run_dask_worker_kill(place))
     if sizes.dask_kills > 0:  # the same onto a bucket, where a killed worker leaves an open upload
         figures.local.append(run_bucket_dask_worker_kill(root / "bucket-dask"))
-    say("scaleout: " + ", ".join(f"{o.name}: {'pass' if o.passed else 'FAIL'}" for o in figures.local[first:]))
+    ran = figures.local[first:]
+    say("scaleout: " + ", ".join(f"{o.name}: {'pass' if o.passed else 'FAIL'}" for o in ran))
 
 
 def _hostile(
