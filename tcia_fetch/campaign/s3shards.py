@@ -29,6 +29,7 @@ import csv
 import io
 import json
 import random
+import secrets
 import signal
 import subprocess
 import time
@@ -39,7 +40,7 @@ from typing import Any
 
 from tcia_fetch.campaign.local import LocalOutcome
 from tcia_fetch.campaign.process import serve_in_thread, start_cli
-from tcia_fetch.campaign.scaleout import kill_busiest_worker, scaleout_catalog
+from tcia_fetch.campaign.scaleout import kill_busiest_worker, pick_victim, scaleout_catalog, wait_for_shards
 from tcia_fetch.plan.shard import shard_of
 from tcia_fetch.series.archive import check_tar_zst
 from tcia_fetch.testing import FakeNBIA, LoadModel
@@ -73,73 +74,79 @@ def _moto_bucket(workdir: Path, bucket: str) -> Iterator[tuple[Any, dict[str, st
 
 
 def run_bucket_shard_kills(workdir: Path, *, shards: int = 3, kills: int = 1, seed: int = 7) -> LocalOutcome:
-    """``shards`` shard processes on one bucket prefix; ``kills`` times one is SIGKILLed and rerun."""
+    """``shards`` shard processes on one bucket prefix, one SIGKILLed mid-share and rerun; one
+    kill per round, each round a fresh bucket (as the directory twin does)."""
     from tcia_fetch.testing.s3 import list_keys, open_uploads
 
-    outcome = LocalOutcome(f"{shards} shards on one bucket, {kills} shard kill(s)")
+    outcome = LocalOutcome(f"{shards} shards on one bucket")
     rng = random.Random(seed)
     catalog = scaleout_catalog()
     uids = [entry.uid for entry in catalog.series]
+    shares = {k: {uid for uid in uids if shard_of(uid, shards) == k} for k in range(shards)}
     job = _write_job(workdir, uids)
-    bucket = f"shards-{seed}"
-    with _moto_bucket(workdir, bucket) as (client, env, dest):
+    landed = 0
+    # moto keeps its buckets per process, across servers: a name of this call's own.
+    tag = secrets.token_hex(4)
+    with _moto_bucket(workdir, f"shards-{tag}-0") as (client, env, _):
         fake = FakeNBIA(catalog, load=LoadModel(bytes_per_s_per_connection=150_000))
-
-        def committed() -> Counter[str]:
-            return _committed(client, bucket, list_keys)
-
         with serve_in_thread(fake) as server:
+            for round_number in range(max(1, kills)):
+                bucket = f"shards-{tag}-{round_number}"
+                if round_number:
+                    client.create_bucket(Bucket=bucket)
+                dest = f"s3://{bucket}/{_PREFIX}"
 
-            def start(k: int) -> subprocess.Popen[bytes]:
-                args = ["run", str(job), "--out", dest, "--base-url", server.base_url, "--keep", "tar.zst"]
-                args += ["--concurrency", str(2 * shards), "--quiet", "--shard", f"{k}/{shards}"]
-                return start_cli(args, env=env, stderr=subprocess.PIPE)
+                def committed(bucket: str = bucket) -> Counter[str]:
+                    return _committed(client, bucket, list_keys)
 
-            procs = {k: start(k) for k in range(shards)}
-            for _ in range(kills):
-                shares = {k: {uid for uid in uids if shard_of(uid, shards) == k} for k in range(shards)}
-                # The shard with the most work left (a kill of a finished shard tests nothing).
-                left = {k: len(shares[k] - set(committed())) for k in range(shards)}
-                victim = rng.choice([k for k in range(shards) if left[k] == max(left.values())])
-                share = shares[victim]
-                deadline = time.monotonic() + _RUN_TIMEOUT_S
-                while (
-                    not set(committed()) & share
-                    and procs[victim].poll() is None
-                    and time.monotonic() < deadline
-                ):
-                    time.sleep(0.05)
-                time.sleep(rng.uniform(0.0, 0.3))  # the rest of its share is still streaming
-                if procs[victim].poll() is None:
-                    procs[victim].send_signal(signal.SIGKILL)
-                    outcome.messages.append(
-                        f"killed shard {victim}/{shards} with {len(set(committed()) & share)} of "
-                        f"{len(share)} committed and {len(open_uploads(client, bucket))} upload(s) open"
-                    )
-                procs[victim].communicate(timeout=_RUN_TIMEOUT_S)
-                outcome.loss.unverified_published.extend(_broken_archives(client, bucket, list_keys))
-                before, start_at = set(committed()) & share, len(fake.request_log)
-                procs[victim] = start(victim)
-                procs[victim].communicate(timeout=_RUN_TIMEOUT_S)
-                refetched = {
-                    str(entry.query.get("SeriesInstanceUID"))
-                    for entry in fake.request_log[start_at:]
-                    if entry.endpoint == "getImage" and entry.query.get("SeriesInstanceUID") in before
-                }
-                if refetched:
-                    outcome.problems.append(
-                        f"the rerun of shard {victim} fetched {len(refetched)} committed series"
-                    )
-                procs[victim] = start(victim)  # finished: this run must find its share done
-            for k, proc in procs.items():
-                _, err = proc.communicate(timeout=_RUN_TIMEOUT_S)
-                outcome.exit_codes.append(proc.returncode)
-                if proc.returncode != 0:
-                    outcome.problems.append(
-                        f"shard {k}/{shards} exited {proc.returncode}: {err.decode()[-300:]!r}"
-                    )
-            _judge_bucket(outcome, client, bucket, uids, committed(), list_keys, open_uploads)
-            _judge_commands(outcome, dest, env, shards, len(uids))
+                def start(k: int, dest: str = dest) -> subprocess.Popen[bytes]:
+                    args = [
+                        "run",
+                        str(job),
+                        "--out",
+                        dest,
+                        "--base-url",
+                        server.base_url,
+                        "--keep",
+                        "tar.zst",
+                    ]
+                    args += ["--concurrency", str(2 * shards), "--quiet", "--shard", f"{k}/{shards}"]
+                    return start_cli(args, env=env, stderr=subprocess.PIPE)
+
+                procs = {k: start(k) for k in range(shards)}
+                victim = pick_victim(procs, shares, lambda: set(committed()), rng) if kills else None
+                if victim is not None:
+                    time.sleep(rng.uniform(0.0, 0.3))  # the rest of its share is still streaming
+                    if procs[victim].poll() is None:
+                        procs[victim].send_signal(signal.SIGKILL)
+                        landed += 1
+                        stored, open_now = (
+                            len(set(committed()) & shares[victim]),
+                            len(open_uploads(client, bucket)),
+                        )
+                        outcome.messages.append(
+                            f"killed shard {victim}/{shards} with {stored} of {len(shares[victim])} "
+                            f"committed and {open_now} upload(s) open"
+                        )
+                    procs[victim].communicate(timeout=_RUN_TIMEOUT_S)
+                    outcome.loss.unverified_published.extend(_broken_archives(client, bucket, list_keys))
+                    before, start_at = set(committed()) & shares[victim], len(fake.request_log)
+                    procs[victim] = start(victim)
+                    procs[victim].communicate(timeout=_RUN_TIMEOUT_S)
+                    refetched = {
+                        str(entry.query.get("SeriesInstanceUID"))
+                        for entry in fake.request_log[start_at:]
+                        if entry.endpoint == "getImage" and entry.query.get("SeriesInstanceUID") in before
+                    }
+                    if refetched:
+                        outcome.problems.append(
+                            f"the rerun of shard {victim} fetched {len(refetched)} committed series"
+                        )
+                    procs[victim] = start(victim)  # finished: this run must find its share done
+                wait_for_shards(outcome, procs, shards)
+                _judge_bucket(outcome, client, bucket, uids, committed(), list_keys, open_uploads)
+                _judge_commands(outcome, dest, env, shards, len(uids))
+    outcome.name += f", {landed} shard kill(s)"
     return outcome
 
 
@@ -152,7 +159,7 @@ def run_bucket_dask_worker_kill(workdir: Path, *, workers: int = 2, concurrency:
     catalog = scaleout_catalog(series_per_study=2)
     uids = [entry.uid for entry in catalog.series]
     job = _write_job(workdir, uids)
-    bucket = "dask-kill"
+    bucket = f"dask-kill-{secrets.token_hex(4)}"  # moto keeps buckets per process, across servers
     with _moto_bucket(workdir, bucket) as (client, env, dest):
         fake = FakeNBIA(catalog, load=LoadModel(bytes_per_s_per_connection=150_000))
         # More threads per worker than the cap: only the cluster-wide semaphore can hold it; a

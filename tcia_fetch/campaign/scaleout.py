@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import functools
 import os
 import random
 import signal
@@ -34,7 +35,14 @@ from tcia_fetch.testing import Catalog, FakeNBIA, LoadModel
 if TYPE_CHECKING:
     from tcia_fetch.cluster._distributed import LocalClusterHandle
 
-__all__ = ["run_dask_worker_kill", "run_shard_kills", "scaleout_catalog"]
+__all__ = [
+    "kill_busiest_worker",
+    "pick_victim",
+    "run_dask_worker_kill",
+    "run_shard_kills",
+    "scaleout_catalog",
+    "wait_for_shards",
+]
 
 _RUN_TIMEOUT_S = 300.0
 
@@ -82,43 +90,75 @@ def _metadata_problems(out: Path, uids: list[str]) -> list[str]:
 
 
 def run_shard_kills(workdir: Path, *, shards: int = 3, kills: int = 1, seed: int = 7) -> LocalOutcome:
-    """``shards`` shard processes on one destination; ``kills`` times one is SIGKILLed and rerun."""
-    outcome = LocalOutcome(f"{shards} shards on one destination, {kills} shard kill(s)")
+    """``shards`` shard processes on one destination, one of them SIGKILLed mid-share and rerun.
+
+    One kill per round, each round a fresh destination: a small job's shards finish in seconds,
+    so further kills in one round would land on shards with nothing left to do.
+    """
+    outcome = LocalOutcome(f"{shards} shards on one destination")
     rng = random.Random(seed)
     catalog = scaleout_catalog()
     uids = [entry.uid for entry in catalog.series]
+    shares = {k: {uid for uid in uids if shard_of(uid, shards) == k} for k in range(shards)}
     job = _job(workdir / "job.toml", catalog, concurrency=2 * shards)
-    out = workdir / "out"
     fake = FakeNBIA(catalog, load=LoadModel(bytes_per_s_per_connection=150_000))
+    landed = 0
     with serve_in_thread(fake) as server:
+        for round_number in range(max(1, kills)):
+            out = workdir / f"out-{round_number}"
 
-        def start(k: int) -> subprocess.Popen[bytes]:
-            args = ["run", str(job), "--out", str(out), "--base-url", server.base_url, "--quiet"]
-            return start_cli([*args, "--shard", f"{k}/{shards}"], stderr=subprocess.PIPE)
+            def start(k: int, out: Path = out) -> subprocess.Popen[bytes]:
+                args = ["run", str(job), "--out", str(out), "--base-url", server.base_url, "--quiet"]
+                return start_cli([*args, "--shard", f"{k}/{shards}"], stderr=subprocess.PIPE)
 
-        procs = {k: start(k) for k in range(shards)}
-        for _ in range(kills):
-            victim = rng.randrange(shards)
-            share = {uid for uid in uids if shard_of(uid, shards) == victim}
-            deadline = time.monotonic() + _RUN_TIMEOUT_S
-            while not _done(out) & share and procs[victim].poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 1.5))
-            if procs[victim].poll() is None:
-                procs[victim].send_signal(signal.SIGKILL)
-                outcome.messages.append(f"killed shard {victim}/{shards} with {len(_done(out) & share)} done")
-            procs[victim].communicate(timeout=_RUN_TIMEOUT_S)
-            procs[victim] = start(victim)
-        for k, proc in procs.items():
-            _, err = proc.communicate(timeout=_RUN_TIMEOUT_S)
-            outcome.exit_codes.append(proc.returncode)
-            if proc.returncode != 0:
-                outcome.problems.append(
-                    f"shard {k}/{shards} exited {proc.returncode}: {err.decode()[-300:]!r}"
-                )
-    outcome.loss.add(judge_destination(out, catalog, planned=uids, reported=[]))
-    outcome.problems.extend(_metadata_problems(out, uids))
+            procs = {k: start(k) for k in range(shards)}
+            victim = pick_victim(procs, shares, functools.partial(_done, out), rng) if kills else None
+            if victim is not None:
+                time.sleep(rng.uniform(0.0, 0.3))  # the rest of its share is still streaming
+                if procs[victim].poll() is None:
+                    procs[victim].send_signal(signal.SIGKILL)
+                    landed += 1
+                    done = len(_done(out) & shares[victim])
+                    outcome.messages.append(
+                        f"killed shard {victim}/{shards} with {done} of {len(shares[victim])} done"
+                    )
+                procs[victim].communicate(timeout=_RUN_TIMEOUT_S)
+                procs[victim] = start(victim)
+            wait_for_shards(outcome, procs, shards)
+            outcome.loss.add(judge_destination(out, catalog, planned=uids, reported=[]))
+            outcome.problems.extend(_metadata_problems(out, uids))
+    outcome.name += f", {landed} shard kill(s)"
     return outcome
+
+
+def pick_victim(
+    procs: dict[int, subprocess.Popen[bytes]],
+    shares: dict[int, set[str]],
+    done_now: Callable[[], set[str]],
+    rng: random.Random,
+) -> int | None:
+    """The running shard with the most work left, once it has finished part of its share (so a
+    rerun has something to leave alone); None if every shard ends before one qualifies."""
+    deadline = time.monotonic() + _RUN_TIMEOUT_S
+    while time.monotonic() < deadline and any(proc.poll() is None for proc in procs.values()):
+        done = done_now()
+        left = {
+            k: len(share - done)
+            for k, share in shares.items()
+            if procs[k].poll() is None and share & done and share - done
+        }
+        if left:
+            return rng.choice([k for k, count in left.items() if count == max(left.values())])
+        time.sleep(0.05)
+    return None
+
+
+def wait_for_shards(outcome: LocalOutcome, procs: dict[int, subprocess.Popen[bytes]], shards: int) -> None:
+    for k, proc in procs.items():
+        _, err = proc.communicate(timeout=_RUN_TIMEOUT_S)
+        outcome.exit_codes.append(proc.returncode)
+        if proc.returncode != 0:
+            outcome.problems.append(f"shard {k}/{shards} exited {proc.returncode}: {err.decode()[-300:]!r}")
 
 
 def kill_busiest_worker(

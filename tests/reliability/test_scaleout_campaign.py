@@ -7,6 +7,7 @@ on a directory and on a bucket; the release campaign runs more (``--full``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,15 +36,16 @@ def _assert_nothing_lost(outcome: LocalOutcome) -> None:
     assert outcome.passed
 
 
-def test_shards_on_one_destination_survive_a_killed_shard(tmp_path: Path) -> None:
-    _assert_nothing_lost(run_shard_kills(tmp_path, **_sizes()))
-
-
-def test_shards_on_one_bucket_survive_a_killed_shard(tmp_path: Path) -> None:
-    outcome = run_bucket_shard_kills(tmp_path, **_sizes())
+@pytest.mark.parametrize("run_kills", [run_shard_kills, run_bucket_shard_kills], ids=["directory", "bucket"])
+def test_shards_on_one_destination_survive_a_killed_shard(
+    tmp_path: Path, run_kills: Callable[..., LocalOutcome]
+) -> None:
+    sizes = _sizes()
+    outcome = run_kills(tmp_path, **sizes)
     _assert_nothing_lost(outcome)
-    # The kill landed on a shard still at work (not on one that had already finished its share).
-    assert any(message.startswith("killed shard") for message in outcome.messages), outcome.messages
+    # Every kill landed on a shard still at work (one round, and one fresh destination, each).
+    kills = [message for message in outcome.messages if message.startswith("killed shard")]
+    assert len(kills) == sizes["kills"], outcome.messages
 
 
 def test_a_dask_worker_killed_mid_series_costs_nothing(tmp_path: Path) -> None:
