@@ -48,6 +48,8 @@ from tcia_fetch.testing import FakeNBIA, LoadModel
 __all__ = ["run_bucket_dask_worker_kill", "run_bucket_shard_kills"]
 
 _RUN_TIMEOUT_S = 300.0
+#: How long the Dask kill waits for an upload to be open before it kills mid-series anyway.
+_OPEN_UPLOAD_WAIT_S = 2.0
 _PREFIX = "lake"
 
 
@@ -173,14 +175,22 @@ def run_bucket_dask_worker_kill(workdir: Path, *, workers: int = 2, concurrency:
             args = ["run", str(job), "--out", dest, "--base-url", server.base_url, "--keep", "tar.zst"]
             args += ["--concurrency", str(concurrency), "--scheduler", cluster.address, "--quiet"]
             run = start_cli(args, env=env, stderr=subprocess.PIPE)
+            # An upload is open only while a series' archive streams (about an eighth of this
+            # run's time): the kill waits for one at most _OPEN_UPLOAD_WAIT_S after the first
+            # commit, then lands mid-series anyway, so a loaded machine cannot make it miss.
+            first_commit: list[float] = []
+
+            def ready() -> bool:
+                if fake.stats().active_downloads == 0 or not _committed(client, bucket, list_keys):
+                    return False
+                first_commit[:] = first_commit or [time.monotonic()]
+                waited = time.monotonic() - first_commit[0] > _OPEN_UPLOAD_WAIT_S
+                return waited or bool(open_uploads(client, bucket))
+
             killed = kill_busiest_worker(
                 cluster,
                 outcome,
-                ready=lambda: bool(
-                    fake.stats().active_downloads > 0
-                    and open_uploads(client, bucket)
-                    and _committed(client, bucket, list_keys)
-                ),
+                ready=ready,
                 running=lambda: run.poll() is None,
                 progress=lambda: (
                     f"{len(_committed(client, bucket, list_keys))} committed and "

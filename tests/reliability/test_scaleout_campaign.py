@@ -56,8 +56,9 @@ def test_a_dask_worker_killed_mid_series_costs_nothing(tmp_path: Path) -> None:
 
 
 def test_a_dask_worker_killed_mid_series_into_a_bucket_costs_nothing(tmp_path: Path) -> None:
-    """Killed with uploads open: the series is redone elsewhere or adopted, stored once and whole,
-    no upload left open, status and verify pass, and the rerun fetches nothing."""
+    """Killed mid-series (with an upload open when one opens within 2 s of the first commit): the
+    series is redone elsewhere or adopted, stored once and whole, no upload left open, status and
+    verify pass, and the rerun fetches nothing."""
     outcome = run_bucket_dask_worker_kill(tmp_path, workers=2, concurrency=2)
     _assert_nothing_lost(outcome)
     assert outcome.exit_codes == [0]
