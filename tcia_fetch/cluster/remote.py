@@ -54,7 +54,7 @@ from tcia_fetch.engine.space import SpaceGuard
 from tcia_fetch.engine.worker import SeriesJob, SeriesWorker
 from tcia_fetch.errors import ClusterError, TciaFetchError
 from tcia_fetch.plan.model import PlannedSeries
-from tcia_fetch.series.archive import ARCHIVE_SUFFIX
+from tcia_fetch.series.archive import archive_name
 from tcia_fetch.series.expectation import SeriesExpectation
 from tcia_fetch.store._fs import host_name
 from tcia_fetch.store.destination import Destination
@@ -436,7 +436,7 @@ def adopt_published(
     key that exists is a whole archive; whether it is THIS series' verified one is the record's).
     """
     candidates = _candidate_paths(destination, layout, item, recorded_path)
-    if not _any_published(destination, candidates, _archive_name(item.series_uid, keep)):
+    if not _any_published(destination, candidates, archive_name(item.series_uid, keep)):
         return False
     reader = home_journal(destination, run_id)
     try:
@@ -451,11 +451,6 @@ def adopt_published(
         return False
     writer.append(record.with_status("done", run_id=run_id))
     return True
-
-
-def _archive_name(series_uid: str, keep: str) -> str:
-    """The one object a bucket stores a series as (engine/worker.py names it so)."""
-    return f"{series_uid}{ARCHIVE_SUFFIX if keep == 'tar.zst' else '.zip'}"
 
 
 def _candidate_paths(

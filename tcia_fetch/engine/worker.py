@@ -60,7 +60,7 @@ from tcia_fetch.errors import (
     TciaFetchError,
 )
 from tcia_fetch.plan.model import PlannedSeries
-from tcia_fetch.series.archive import ARCHIVE_SUFFIX
+from tcia_fetch.series.archive import archive_name
 from tcia_fetch.series.expectation import SeriesExpectation
 from tcia_fetch.series.extract import SeriesExtractor, VerifiedSeries
 from tcia_fetch.series.plausible import check_plausible
@@ -541,7 +541,7 @@ class _Target:
             job = self._job
             stream_archive = getattr(self._destination, "stream_archive", None)
             if stream_archive is not None and job.keep != "dicom" and self._metadata is not None:
-                name = f"{self._series_uid}{ARCHIVE_SUFFIX if job.keep == 'tar.zst' else '.zip'}"
+                name = archive_name(self._series_uid, job.keep)
                 # The key the series will be published under: a bucket path is never disambiguated
                 # (keys end with the UID), so choosing now is choosing what publishing will use.
                 paths = self._paths or SeriesPaths(job.layout, self._destination)

@@ -31,10 +31,26 @@ import zstandard
 
 from tcia_fetch.errors import ArchiveCorruptError
 
-__all__ = ["ARCHIVE_SUFFIX", "MD5SUMS_NAME", "ArchiveCheck", "TarZstWriter", "check_tar_zst", "md5sums_text"]
+__all__ = [
+    "ARCHIVE_SUFFIX",
+    "MD5SUMS_NAME",
+    "ArchiveCheck",
+    "TarZstWriter",
+    "archive_name",
+    "check_tar_zst",
+    "md5sums_text",
+]
 
 ARCHIVE_SUFFIX: Final = ".tar.zst"
 MD5SUMS_NAME: Final = "MD5SUMS"
+
+
+def archive_name(series_uid: str, keep: str) -> str:
+    """The one file a series is kept as with ``keep`` zip or tar.zst: ``<uid>.zip``,
+    ``<uid>.tar.zst`` (what a worker writes and publishes, and what a Dask retry looks for)."""
+    return f"{series_uid}{ARCHIVE_SUFFIX if keep == 'tar.zst' else '.zip'}"
+
+
 _LEVEL: Final = 3
 _BLOCK: Final = 1 << 20
 #: A member of a stored archive is read in blocks of this size when re-hashed.

@@ -51,7 +51,7 @@ from tcia_fetch.errors import (
     TciaFetchError,
     UnsafeArchiveError,
 )
-from tcia_fetch.series.archive import ARCHIVE_SUFFIX, MD5SUMS_NAME, TarZstWriter, md5sums_text
+from tcia_fetch.series.archive import MD5SUMS_NAME, TarZstWriter, archive_name, md5sums_text
 from tcia_fetch.series.dicom_meta import (
     DICOM_HEAD_BYTES,
     DICOM_MAGIC_END,
@@ -160,7 +160,7 @@ class SeriesExtractor:
                 f"instances, less than {MIN_DICOM_FILE_BYTES} bytes each",
                 series_uid=uid,
             )
-        zip_name = f"{uid}.zip"
+        zip_name = archive_name(uid, "zip")
         if member_name_problem(zip_name) is not None:
             raise InputError(f"series UID {uid[:80]!r} cannot name a file")
         self.expectation = expectation
@@ -190,7 +190,7 @@ class SeriesExtractor:
         self._unsynced: list[str] = []
         self._archive: TarZstWriter | None = None
         self._archive_fd: int | None = None
-        self._archive_name = f"{uid}{ARCHIVE_SUFFIX}"
+        self._archive_name = archive_name(uid, "tar.zst")
         #: keep zip/tar.zst into an object store: the archive's bytes go to this sink as they are
         #: produced (a streamed upload) instead of a file in the staging directory.
         self._archive_sink = archive_sink if keep in ("zip", "tar.zst") else None
