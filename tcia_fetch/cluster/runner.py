@@ -92,7 +92,6 @@ from tcia_fetch.store.home import (
 )
 from tcia_fetch.store.journal import Journal
 from tcia_fetch.store.location import DestinationLocation, parse_destination
-from tcia_fetch.store.runlock import acquire_run_lock
 from tcia_fetch.store.seriespath import blocked_root_outputs, recorded_damaged_paths
 
 if TYPE_CHECKING:
@@ -261,10 +260,6 @@ async def _lock_whole_destination(destination: Destination | BucketDestination, 
     """Prepare the destination (access checked before any traffic) and take the whole-job lock:
     no shard, and no other run, may write beside a Dask run."""
     await anyio.to_thread.run_sync(destination.prepare)
-    if isinstance(destination, Destination):
-        return await anyio.to_thread.run_sync(
-            lambda: acquire_run_lock(destination.state_dir, run_id=run_id, shard=None)
-        )
     return await anyio.to_thread.run_sync(home_lock, destination, run_id)
 
 

@@ -14,6 +14,7 @@ consistent and a rerun of the same command resumes.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -73,7 +74,6 @@ from tcia_fetch.store.location import looks_like_url, parse_destination
 from tcia_fetch.store.metadata_csv import metadata_csv_row, write_metadata_csv
 from tcia_fetch.store.reconcile import Damage
 from tcia_fetch.store.records import SeriesRecord
-from tcia_fetch.store.runlock import acquire_run_lock
 from tcia_fetch.store.seriespath import SeriesPaths, blocked_root_outputs, recorded_damaged_paths
 from tcia_fetch.transport import QUERY_CONNECTIONS
 
@@ -297,12 +297,9 @@ async def fetch(
     )
     try:
         await anyio.to_thread.run_sync(destination.prepare)
-        if isinstance(destination, Destination):
-            lock: RunLock = await anyio.to_thread.run_sync(
-                lambda: acquire_run_lock(destination.state_dir, run_id=run_id, shard=shard)
-            )
-        else:
-            lock = await anyio.to_thread.run_sync(home_lock, destination, run_id)
+        lock: RunLock = await anyio.to_thread.run_sync(
+            functools.partial(home_lock, destination, run_id, shard=shard)
+        )
     except BaseException:
         await close_home(destination)
         raise

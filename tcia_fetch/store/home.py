@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Protocol
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.journal import DEFAULT_COMPACT_EVERY, Journal
 from tcia_fetch.store.location import DestinationLocation
-from tcia_fetch.store.lock import acquire_destination
 from tcia_fetch.store.reconcile import Reconciliation, reconcile
+from tcia_fetch.store.runlock import acquire_run_lock
 
 if TYPE_CHECKING:
     from tcia_fetch.engine.retry import RetryPolicy
@@ -109,9 +109,12 @@ async def close_home(home: Destination | BucketDestination) -> None:
             await anyio.to_thread.run_sync(home.close)
 
 
-def home_lock(home: Destination | BucketDestination, run_id: str) -> RunLock:
+def home_lock(home: Destination | BucketDestination, run_id: str, *, shard: Shard | None = None) -> RunLock:
+    """The lock of a whole-job run, or of ``shard``, refused (DestinationBusyError) while a run of
+    the other kind holds one, alike on a directory (store/runlock.py) and on a bucket (whose home
+    was opened for its shard)."""
     if isinstance(home, Destination):
-        return acquire_destination(home.state_dir, run_id=run_id)
+        return acquire_run_lock(home.state_dir, run_id=run_id, shard=shard)
     return home.acquire_lock(run_id)
 
 
