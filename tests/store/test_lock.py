@@ -351,3 +351,21 @@ def test_waiting_for_a_takeover_is_bounded_and_says_what_blocks(
     _plant_lock(tmp_path, host=host_name(), pid=os.getpid(), name=f"{LOCK_NAME}.takeover")
     with pytest.raises(DestinationBusyError, match=r"takeover mutex .*lock\.takeover is held by pid"):
         acquire_destination(tmp_path, run_id="new-run")
+
+
+def test_a_whole_destination_lock_of_either_home_is_refused_while_a_shard_runs(tmp_path: Path) -> None:
+    """``verify`` and a Dask client lock a directory through ``home_lock``: while a shard holds its
+    lock they are refused, naming the shard, as on a bucket; afterwards the lock is theirs."""
+    from tcia_fetch.plan.shard import Shard
+    from tcia_fetch.store.destination import Destination
+    from tcia_fetch.store.home import home_lock
+
+    destination = Destination(tmp_path / "dest")
+    destination.prepare()
+    shard = home_lock(destination, "shard-run", shard=Shard(0, 2))
+    try:
+        with pytest.raises(DestinationBusyError, match="shard"):
+            home_lock(destination, "verify-run")
+    finally:
+        shard.release()
+    home_lock(destination, "verify-run").release()
