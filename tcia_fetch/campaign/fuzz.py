@@ -211,8 +211,13 @@ _QUERY_KEYS = ["collection", "modality", "patient_id", "body_part", "date_releas
 
 @st.composite
 def _job_text(draw: st.DrawFn) -> str:
-    if draw(st.integers(0, 9)) == 0:
+    branch = draw(st.integers(0, 9))
+    if branch == 0:
         return draw(st.text(max_size=300))
+    if branch <= 3:  # valid by construction: the accepting path is exercised in every run
+        uids = draw(st.lists(_VALID_UID, min_size=1, max_size=6))
+        head = f"[download]\nconcurrency = {draw(st.integers(1, 64))}\n" if draw(st.booleans()) else ""
+        return head + "[series]\nuids = [" + ", ".join(json.dumps(uid) for uid in uids) + "]\n"
     if draw(st.booleans()):  # near-valid: a job that should load, with one list of mixed UIDs
         uids = draw(
             st.lists(
