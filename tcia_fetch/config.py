@@ -132,7 +132,7 @@ class ClientSettings(BaseModel):
     max_compression_ratio: float = Field(
         default=DEFAULT_MAX_COMPRESSION_RATIO,
         ge=2,
-        description="refuse a gzip/deflate body inflating more than this (past its first 4 MiB)",
+        description="refuse a gzip/deflate body inflating more than this (past its first MiB)",
     )
     cross_origin_redirects: bool = Field(
         default=False,

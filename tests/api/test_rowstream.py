@@ -126,6 +126,19 @@ def test_decoder_refuses_a_bomb_after_a_few_mib_and_never_buffers_it() -> None:
     assert decoder.decoded_bytes < 8 * 2**20 and biggest <= 256 * 1024
 
 
+@pytest.mark.parametrize("step", [64, 1024, 65536])
+def test_a_bomb_is_named_a_bomb_before_the_row_bound_whatever_the_reads(step: int) -> None:
+    # The decoder's ratio rule must fire before the CSV parser's row bound, or the user reads
+    # "a CSV record longer than ..." when the socket delivered the bomb in small reads.
+    bomb = gzip.compress(bytes(8 * 2**20), compresslevel=9)
+    decoder = BodyDecoder("gzip", limit=None, max_ratio=200, what="getSeriesMetadata")
+    parser = CsvRowStream(what="getSeriesMetadata")
+    with pytest.raises(BodyTooLargeError, match="decompression bomb"):
+        for start in range(0, len(bomb), step):
+            for piece in decoder.feed(bomb[start : start + step]):
+                parser.feed(piece)
+
+
 def test_decoder_ceiling_and_declared_length() -> None:
     decoder = BodyDecoder(None, limit=1000, max_ratio=200, what="getSeries", limit_hint="max_body_bytes")
     with pytest.raises(BodyTooLargeError, match="declares"):
