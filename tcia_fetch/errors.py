@@ -128,12 +128,31 @@ _SECRET_QUERY_KEYS = frozenset(
 )
 
 
+#: Every secret query key holds one of these (lower case): a URL without any of them, without
+#: user info and without percent-escapes (which could spell a key) has nothing to redact.
+_SECRET_KEY_MARKERS = ("token", "password", "secret", "api_key")
+
+
+def _plainly_secret_free(url: str) -> bool:
+    """True when ``url`` visibly carries no credential (checked per request: kept cheap).
+
+    ASCII only and without brackets: urlsplit refuses some such URLs (a bad IPv6 literal, a
+    full-width at sign that NFKC turns into user info), and those take the full path.
+    """
+    if not url.isascii() or "@" in url or "%" in url or "[" in url or "]" in url:
+        return False
+    lowered = url.lower()
+    return not any(marker in lowered for marker in _SECRET_KEY_MARKERS)
+
+
 def redact_url(url: str) -> str:
     """Return ``url`` with user info and secret-bearing query values replaced by ``REDACTED``.
 
     Every URL that reaches a message, log line or report goes through here, so credentials
     given in a base URL (``https://user:pw@host/``) or a query string never leak.
     """
+    if _plainly_secret_free(url):
+        return url
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -9,7 +9,7 @@ from urllib.parse import quote, quote_plus, urlencode
 import pytest
 from pydantic import SecretStr
 
-from tcia_fetch.errors import RequestRejectedError, ServerError
+from tcia_fetch.errors import RequestRejectedError, ServerError, redact_url
 from tcia_fetch.redaction import (
     REDACTED,
     register_environment_secrets,
@@ -112,3 +112,22 @@ def test_error_bodies_are_scrubbed_before_they_are_cut() -> None:
     error = error_for_status(400, body_text=body, headers={}, url="http://h/q")
     assert error is not None
     assert "TTTTTTTTTT" not in error.body_excerpt and "TTTTTTTTTT" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        # Nothing to hide: returned as given (the per-request fast path).
+        ("http://h:1/v4/getImage?SeriesInstanceUID=1.2.3", "http://h:1/v4/getImage?SeriesInstanceUID=1.2.3"),
+        ("https://u:pw@h/x?a=1", "https://REDACTED@h/x?a=1"),
+        ("https://h/x?Token=abc&b=2", "https://h/x?Token=REDACTED&b=2"),
+        ("https://h/x?%74oken=abc", "https://h/x?token=REDACTED"),  # an escaped key is still a key
+        ("https://h/x?API_KEY=k", "https://h/x?API_KEY=REDACTED"),
+        ("https://h/x?api_\u212aey=k", "https://h/x?api_%E2%84%AAey=REDACTED"),  # Kelvin sign lowers to k
+        ("https://user:pw\uff20h/x", "<unparseable URL>"),  # a full-width at sign is user info to NFKC
+        ("http://[::1/x", "<unparseable URL>"),
+        ("http://[::1]:8080/x?password=p", "http://[::1]:8080/x?password=REDACTED"),
+    ],
+)
+def test_urls_lose_user_info_and_secret_query_values(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
