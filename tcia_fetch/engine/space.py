@@ -17,13 +17,18 @@ small reserve and minus what the series already in flight may still write. Then:
   which ends the run with exit 3 exactly as an ENOSPC while writing does.
 
 Free space is read with ``shutil.disk_usage`` in a worker thread (it is a ``statvfs`` on what
-may be an NFS or Lustre mount). The check is a guard, not an accounting system: other programs
-may fill the disk meanwhile, which the ENOSPC handling still catches.
+may be an NFS or Lustre mount). A reading is reused for :data:`READING_FRESH_S`, less the whole
+claim of every attempt that ended since (its bytes may now be on disk): a job of many tiny
+series then pays a thread hand-off and a ``statvfs`` per second, not per series. A cached
+reading only ever admits; a refusal or a deferral is decided on a fresh one. The check is a
+guard, not an accounting system: other programs may fill the disk meanwhile, which the ENOSPC
+handling still catches.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -48,6 +53,8 @@ __all__ = [
 DEFAULT_RESERVE_BYTES = 256 << 20
 #: ...but never more than this share of the filesystem, so a small scratch volume stays usable.
 RESERVE_FRACTION = 0.01
+#: How long a free-space reading stands in for a new one (see the module docstring).
+READING_FRESH_S = 1.0
 #: A file occupies whole blocks; 4 KiB per file covers the last partial block on common filesystems.
 _BLOCK_SLACK_BYTES = 4 << 10
 
@@ -80,8 +87,8 @@ class SpaceGuard:
     """Admits a series only when its staging bytes fit; shared by every worker of a run.
 
     ``path`` is any directory on the staging filesystem. ``reserve_bytes`` overrides the reserve
-    (default: 256 MiB or 1 % of the filesystem, whichever is smaller). ``usage`` is injectable for
-    tests; it runs in a worker thread.
+    (default: 256 MiB or 1 % of the filesystem, whichever is smaller). ``usage`` and ``clock``
+    are injectable for tests; ``usage`` runs in a worker thread.
     """
 
     def __init__(
@@ -90,6 +97,7 @@ class SpaceGuard:
         *,
         reserve_bytes: int | None = None,
         usage: Callable[[Path], tuple[int, int, int]] = shutil.disk_usage,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if reserve_bytes is not None and reserve_bytes < 0:
             raise ValueError("reserve_bytes must be >= 0")
@@ -100,7 +108,16 @@ class SpaceGuard:
         #: also already missing from the free space, so this errs on the safe side).
         self.held_bytes = 0
         self.deferred = 0
+        #: Free-space readings taken (the rest were served from the last one).
+        self.readings = 0
         self._released = anyio.Event()
+        self._clock = clock
+        self._reading: _Usage | None = None
+        self._read_at = 0.0
+        #: The claims of every attempt that ended, and their sum when the reading was taken: at
+        #: most the difference less is free than the reading says.
+        self._spent = 0
+        self._spent_at_reading = 0
 
     def reserve_for(self, total_bytes: int) -> int:
         """The reserve on a filesystem of ``total_bytes``."""
@@ -114,7 +131,11 @@ class SpaceGuard:
         while True:
             # Taken before reading: a release during the read then wakes us at once.
             released = self._released
-            usage = _Usage(*await anyio.to_thread.run_sync(self._read_usage))
+            usage = self._recent_usage()
+            if usage is not None and need > usage.free - self.reserve_for(usage.total) - self.held_bytes:
+                usage = None  # a cached reading only admits: decide anything else on a fresh one
+            if usage is None:
+                usage = await self._fresh_usage()
             reserve = self.reserve_for(usage.total)
             usable = usage.free - reserve
             if usable <= 0:
@@ -140,8 +161,26 @@ class SpaceGuard:
             yield
         finally:
             self.held_bytes -= need
+            self._spent += need
             released, self._released = self._released, anyio.Event()
             released.set()
+
+    def _recent_usage(self) -> _Usage | None:
+        """The last reading less what ended since, while it is fresh; else None."""
+        reading = self._reading
+        if reading is None or self._clock() - self._read_at >= READING_FRESH_S:
+            return None
+        spent = self._spent - self._spent_at_reading
+        return _Usage(reading.total, reading.used + spent, reading.free - spent)
+
+    async def _fresh_usage(self) -> _Usage:
+        read_at, spent_before = self._clock(), self._spent
+        usage = _Usage(*await anyio.to_thread.run_sync(self._read_usage))
+        # Attempts that ended while statvfs ran may or may not be in it: count them as not.
+        self._reading, self._read_at, self._spent_at_reading = usage, read_at, spent_before
+        self.readings += 1
+        recent = self._recent_usage()
+        return usage if recent is None else recent
 
     def _read_usage(self) -> tuple[int, int, int]:
         try:

@@ -117,6 +117,34 @@ async def test_a_series_that_fits_after_the_others_waits_for_them(tmp_path: Path
     assert order == ["first in", "first out", "second in"]
 
 
+async def test_a_reading_serves_a_second_less_what_ended_and_never_refuses_alone(tmp_path: Path) -> None:
+    disk = Disk(10 * GIB, 4 * GIB)
+    now = [100.0]
+    guard = SpaceGuard(tmp_path, reserve_bytes=0, usage=disk, clock=lambda: now[0])
+    for _ in range(50):  # many tiny series within a second: one statvfs
+        async with guard.hold("tiny", 1 << 20):
+            pass
+    assert guard.readings == 1
+    async with guard.hold("big", 3 * GIB):  # the cached 4 GiB less 50 MiB that ended: admitted
+        pass
+    assert guard.readings == 1
+    disk.free = 4 * GIB  # meanwhile another program freed what "big" used
+    # The cache now says under 1 GiB: not enough for 2 GiB, so the guard reads again and admits.
+    async with guard.hold("next", 2 * GIB):
+        pass
+    assert guard.readings == 2
+    disk.free = GIB  # "next" wrote its 2 GiB, and another program 1 GiB more
+    with pytest.raises(InsufficientSpaceError) as caught:  # the cache says 2 GiB: read afresh
+        async with guard.hold("too-big", 3 * GIB):
+            pass
+    assert "1,073,741,824 bytes free" in caught.value.message  # decided on the fresh reading
+    assert guard.readings == 3
+    now[0] += 1.5  # a stale reading is read again even for a series that would fit
+    async with guard.hold("tiny", 1):
+        pass
+    assert guard.readings == 4
+
+
 def test_series_set_aside_end_the_run_as_disk_full() -> None:
     refused = [
         InsufficientSpaceError(f"needs {n} bytes; not enough free space", series_uid=f"1.{n}") for n in (5, 6)
