@@ -368,7 +368,9 @@ class SeriesWorker:
     async def _publish(self, item: PlannedSeries, verified: VerifiedSeries, staging: Path) -> None:
         paths = self.paths
         assert paths is not None
-        relative = await anyio.to_thread.run_sync(paths.choose, item.series_uid, item.metadata)
+        relative = paths.known(item.series_uid, item.metadata)
+        if relative is None:
+            relative = await anyio.to_thread.run_sync(paths.choose, item.series_uid, item.metadata)
         try:
             await self._publish_at(item, verified, staging, relative)
         finally:

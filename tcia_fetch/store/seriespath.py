@@ -42,18 +42,29 @@ class SeriesPaths:
         self._claimed: set[str] = set()
         self._lock = threading.Lock()
 
-    def choose(self, series_uid: str, row: Mapping[str, object]) -> PurePosixPath:
-        """The path to publish ``series_uid`` under; call :meth:`release` once it is published.
+    def known(self, series_uid: str, row: Mapping[str, object]) -> PurePosixPath | None:
+        """The path when choosing it needs no look at the destination; None when it does.
 
-        Blocking (``lstat`` on the destination): call it from a worker thread.
+        Non-blocking: the worker calls it on the event loop and saves a thread hand-off per
+        series for every layout but the descriptive one on a directory.
         """
         recorded = self._recorded.get(series_uid)
         # ...unless an older version put it where our own files belong (a collection "metadata.csv")
         if recorded and not is_reserved_root_name(PurePosixPath(recorded).parts[0]):
             return PurePosixPath(recorded)
-        planned = self._layout.render(row)
         if self._home is None or self._layout.unique_per_series:
-            return planned
+            return self._layout.render(row)
+        return None
+
+    def choose(self, series_uid: str, row: Mapping[str, object]) -> PurePosixPath:
+        """The path to publish ``series_uid`` under; call :meth:`release` once it is published.
+
+        Blocking (``lstat`` on the destination): call it from a worker thread.
+        """
+        known = self.known(series_uid, row)
+        if known is not None:
+            return known
+        planned = self._layout.render(row)
         with self._lock:
             for candidate in (planned, disambiguated(planned, series_uid)):
                 key = candidate.as_posix()
