@@ -148,6 +148,7 @@ class AimdController:
         self._ramping = self._limit < max_limit
         self._ramp_next_at = now
         self._durations: deque[float] = deque(maxlen=max(1, duration_window))
+        self._epoch_len: float | None = None
         self._epoch_start = now
         self._epoch_began_ramping = self._ramping
         self._in_flight = 0
@@ -200,9 +201,10 @@ class AimdController:
 
     def epoch_s(self) -> float:
         """The current epoch length: the median recent series time, within the configured bounds."""
-        if not self._durations:
-            return self.min_epoch_s
-        return min(self.max_epoch_s, max(self.min_epoch_s, stats.median(self._durations)))
+        if self._epoch_len is None:  # a median per series, not per tick (tick runs per start and end)
+            median = stats.median(self._durations) if self._durations else self.min_epoch_s
+            self._epoch_len = min(self.max_epoch_s, max(self.min_epoch_s, median))
+        return self._epoch_len
 
     def next_growth_at(self) -> float | None:
         """When the ramp may next add a slot (None unless ramping with every slot busy).
@@ -243,6 +245,7 @@ class AimdController:
         self._bytes_completed += max(0, nbytes)
         if math.isfinite(duration_s) and duration_s >= 0:
             self._durations.append(duration_s)
+            self._epoch_len = None
 
     def on_congestion(self, now: float, kind: CongestionKind, *, others_in_flight: int | None = None) -> bool:
         """The server pushed back. Returns True if this signal lowered the limit.
