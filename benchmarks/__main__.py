@@ -12,6 +12,7 @@ from pathlib import Path
 from benchmarks.report import git_commit, machine_info, results_document, write_markdown
 from benchmarks.runner import run_scenario
 from benchmarks.scenarios import SCENARIOS
+from benchmarks.server import compile_project
 from benchmarks.setup_env import bench_python, setup_environment
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         [item.strip() for item in args.contenders.split(",") if item.strip()] if args.contenders else None
     )
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    compile_project()
     machine = machine_info()
     commit = git_commit()
     for name in names:

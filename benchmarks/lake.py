@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import git_commit, machine_info
+from benchmarks.server import compile_project
 from tcia_fetch.campaign.process import serve_in_thread, start_cli
 from tcia_fetch.testing import Catalog, FakeNBIA
 from tcia_fetch.testing.s3 import MotoS3, MotoS3Process, list_keys, s3_env
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "--code", type=Path, default=None, help="run the CLI from this source tree (before/after)"
     )
     args = parser.parse_args(argv)
+    compile_project()  # measured runs use bytecode, as an installed copy does
     targets = tuple(t for t in TARGETS if t[0] == "s3") if args.only_s3 else TARGETS
     catalog = _catalog(args.series)
     dicom_bytes = sum(series.total_bytes for series in catalog.series)

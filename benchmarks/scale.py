@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.server import compile_project
 from tcia_fetch.campaign.process import peak_rss_kb
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -435,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     parser.add_argument("--temp-dir", type=Path, default=Path(tempfile.gettempdir()))
     args = parser.parse_args(argv)
+    compile_project()  # measured runs use bytecode, as an installed copy does
     sizes = []
     plan = [(run_size, text) for text in args.series.split(",") if text]
     plan += [(run_finished_size, text) for text in args.finished.split(",") if text]

@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.server import FakeServer, ServerOptions, project_env
+from benchmarks.server import FakeServer, ServerOptions, compile_project, project_env
 from tcia_fetch.testing import Catalog
 
 RATE = 100_000
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     parser.add_argument("--name", default="scaleout-latest", help="file name of the results, without suffix")
     args = parser.parse_args(argv)
+    compile_project()  # measured runs use bytecode, as an installed copy does
     options = _options(args.series_per_study)
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="tcia-scaleout-") as scratch:
