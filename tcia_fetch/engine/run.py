@@ -46,7 +46,7 @@ from tcia_fetch.engine.controls import pacing_controls
 from tcia_fetch.engine.report import RunEvent, RunReport, RunStats, SeriesFailure
 from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.engine.space import SpaceGuard, space_refusal_error
-from tcia_fetch.engine.worker import SeriesJob, SeriesWorker
+from tcia_fetch.engine.worker import SeriesJob, SeriesWorker, pool_size
 from tcia_fetch.errors import DestinationError, InputError, TciaFetchError, redact_url
 from tcia_fetch.job.jobfile import JobSpec, load_job
 from tcia_fetch.plan.model import PlannedSeries, PlanSummary
@@ -410,10 +410,15 @@ async def _run_pool(
     heartbeat: Callable[[], None],
     stats: RunStats,
 ) -> None:
-    """The one task group of a run: planner → bounded channel → ``concurrency`` workers."""
+    """The one task group of a run: planner → bounded channel → workers.
+
+    ``concurrency`` download slots (the limiter's), and :func:`pool_size` workers: a few more,
+    which verify and publish finished bodies while the slots serve the next downloads.
+    """
     send, receive = anyio.create_memory_object_stream[PlannedSeries](max_buffer_size=concurrency)
     finished = anyio.Event()
-    active_workers = concurrency
+    workers = pool_size(concurrency)
+    active_workers = workers
 
     async def produce(send_end: ObjectSendStream[PlannedSeries]) -> None:
         async with send_end:
@@ -447,7 +452,7 @@ async def _run_pool(
     async with anyio.create_task_group() as group:
         group.start_soon(keep_lock_alive)
         group.start_soon(produce, send)
-        for _ in range(concurrency):
+        for _ in range(workers):
             group.start_soon(consume, receive.clone())
         receive.close()
     stats.concurrency_limit = concurrency

@@ -69,7 +69,7 @@ from tcia_fetch.store.journal import FileEntry, Journal, SeriesRecord
 from tcia_fetch.store.records import json_safe_metadata
 from tcia_fetch.store.seriespath import SeriesPaths
 
-__all__ = ["FEED_BATCH_BYTES", "ImageSource", "SeriesJob", "SeriesWorker"]
+__all__ = ["FEED_BATCH_BYTES", "FINISHING_WORKERS", "ImageSource", "SeriesJob", "SeriesWorker", "pool_size"]
 
 #: Network chunks are gathered into batches of about this size before one hop to a thread:
 #: large enough that thread hand-offs cost nothing next to inflating and hashing.
@@ -77,6 +77,17 @@ FEED_BATCH_BYTES = 1 << 20
 
 #: See ``SeriesWorker.extractors``: a few more than the cores, so that fsync waits overlap work.
 EXTRACTOR_THREADS = max(6, 2 * (os.cpu_count() or 1) + 2)
+
+#: Workers beyond ``--concurrency``: they verify, fsync and publish series whose bodies are in
+#: while the download slots serve the next ones (a tiny series spends as long on its fsyncs as
+#: on the network). Few: each may hold a staged series and an extractor.
+FINISHING_WORKERS = 8
+
+
+def pool_size(concurrency: int) -> int:
+    """How many workers a run of ``concurrency`` download slots starts."""
+    return concurrency + min(concurrency, FINISHING_WORKERS)
+
 
 #: Verification failures that may mean the series changed on the server after planning: the
 #: worker asks ``getSeriesSize`` once more before spending its integrity budget on them.
@@ -252,25 +263,48 @@ class SeriesWorker:
         self, item: PlannedSeries, expectation: SeriesExpectation, progress: _Progress
     ) -> None:
         await self.breaker.wait_closed()
-        # The slot is one download in flight on the server: it is given back once the body is in
-        # and verified, before publishing (local renames, fsyncs, the journal's group commit), so
-        # the next download starts while this one is recorded. At most one series per worker is
-        # between the two, so staged series stay bounded by the pool.
-        async with self.limiter.slot() as slot:
-            await self.pacer.wait_turn()
-            started = self.clock.monotonic()
-            self.stats.in_flight += 1
-            try:
-                verified, staging = await self._download(item, expectation, progress, slot)
-            except TciaFetchError as exc:
-                # Before the slot is given back: a waiting worker must not start into the same
-                # 429, and the limiter must count what the server took alongside this one.
-                self._signal(exc, slot)
-                raise
-            finally:
-                self.stats.in_flight -= 1
-            self.limiter.on_success(self.clock.monotonic() - started, verified.archive_bytes)
-            self.pacer.on_success()
+        assert self.paths is not None
+        target = _Target(self.destination, item.series_uid, expectation, self.job, item.metadata, self.paths)
+        received = _Received()
+        try:
+            # The slot is one download in flight on the server: it is given back as soon as the
+            # body is in, before the last checks and fsyncs and before publishing (renames,
+            # fsyncs, the journal's group commit). The pool has more workers than slots
+            # (pool_size), so the next download starts while this one is made durable; staged
+            # series stay bounded by the pool, their bytes by the budget.
+            async with self.limiter.slot() as slot:
+                await self.pacer.wait_turn()
+                started = self.clock.monotonic()
+                self.stats.in_flight += 1
+                try:
+                    await self._receive(item, target, received, progress, slot)
+                except TciaFetchError as exc:
+                    # Before the slot is given back: a waiting worker must not start into the
+                    # same 429, and the limiter must count what the server took alongside this one.
+                    self._signal(exc, slot)
+                    raise
+                finally:
+                    self.stats.in_flight -= 1
+                self.limiter.on_success(self.clock.monotonic() - started, received.body_bytes)
+                self.pacer.on_success()
+            # The last batch and the final checks share one thread hand-off: for the many tiny
+            # series of a big manifest that is one of the few per-series costs left to trim.
+            verified = await anyio.to_thread.run_sync(
+                target.feed_and_finish, received.take_batch(), limiter=self.extractors
+            )
+            await target.seal()
+            self.budget.release(received.give_back())
+            received.counted = self._count_progress(target, received.counted)
+        except BaseException:
+            self.budget.release(received.give_back())
+            self.stats.dicom_bytes -= received.counted
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(target.discard)
+            raise
+        finally:
+            target.close()
+        assert target.staging is not None
+        staging = target.staging
         try:
             await self._publish(item, verified, staging)
         except BaseException:
@@ -278,87 +312,63 @@ class SeriesWorker:
                 await anyio.to_thread.run_sync(self.destination.discard, staging)
             raise
 
-    async def _download(
-        self, item: PlannedSeries, expectation: SeriesExpectation, progress: _Progress, slot: Slot
-    ) -> tuple[VerifiedSeries, Path]:
-        # The staging directory and the extractor are made in the first thread hop, together with
-        # the first batch: a refused request (429) costs no directory, and a tiny series costs one
-        # hop for staging, bytes and final checks together.
-        assert self.paths is not None
-        target = _Target(self.destination, item.series_uid, expectation, self.job, item.metadata, self.paths)
+    async def _receive(
+        self, item: PlannedSeries, target: _Target, received: _Received, progress: _Progress, slot: Slot
+    ) -> None:
+        """Read the body into ``target`` in batches; the last batch is left in ``received``.
+
+        The staging directory and the extractor are made in the first thread hop, together with
+        the first batch: a refused request (429) costs no directory.
+        """
         budget = self.budget
         read_bytes = budget.read_bytes
-        counted = 0
-        held = 0
-        batch: list[bytes] = []
-        try:
-            if self.md5_via_legacy_endpoint:
-                stream_cm = self.source.stream_image_with_md5(item.series_uid, collection=item.collection)
-            else:
-                stream_cm = self.source.stream_image(
-                    item.series_uid,
-                    new_file_names=self.job.new_file_names,
-                    include_md5=self.job.verify_md5,
-                    collection=item.collection,
-                )
-            async with stream_cm as stream:
-                self.breaker.on_success()  # response headers arrived: the server is alive
-                slot.admitted()
-                chunks = aiter(stream)
-                while True:
-                    # Reserve the next read before making it, so that the bytes every stream
-                    # holds stay within one global budget (a read returns at most read_bytes).
-                    if not budget.try_acquire(read_bytes):
-                        if batch:  # hand over what we hold before waiting for others to
-                            await anyio.to_thread.run_sync(target.feed, batch, limiter=self.extractors)
-                            await target.drain()
-                            budget.release(held)
-                            batch, held = [], 0
-                            counted = self._count_progress(target, counted)
-                            progress.dicom_bytes = counted
-                        await budget.acquire(read_bytes)
-                    try:
-                        chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        budget.release(read_bytes)
-                        break
-                    except BaseException:
-                        budget.release(read_bytes)
-                        raise
-                    size = len(chunk)
-                    kept = min(size, read_bytes)  # a transport set to read more is still bounded
-                    budget.release(read_bytes - kept)
-                    held += kept
-                    self.limiter.on_bytes(size)
-                    if self.bandwidth is not None:
-                        await self.bandwidth.consume(size)
-                    batch.append(chunk)
-                    if held >= FEED_BATCH_BYTES:
-                        await anyio.to_thread.run_sync(target.feed, batch, limiter=self.extractors)
-                        await target.drain()
-                        budget.release(held)
-                        batch, held = [], 0
-                        counted = self._count_progress(target, counted)
-                        progress.dicom_bytes = counted
-            # The last batch and the final checks share one thread hand-off: for the many tiny
-            # series of a big manifest that is one of the few per-series costs left to trim.
-            verified = await anyio.to_thread.run_sync(target.feed_and_finish, batch, limiter=self.extractors)
-            await target.seal()
-            budget.release(held)
-            batch, held = [], 0
-            self._count_progress(target, counted)
-            assert target.staging is not None
-            return verified, target.staging
-        except BaseException:
-            if held:
-                budget.release(held)
-            batch.clear()
-            self.stats.dicom_bytes -= counted
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(target.discard)
-            raise
-        finally:
-            target.close()
+        if self.md5_via_legacy_endpoint:
+            stream_cm = self.source.stream_image_with_md5(item.series_uid, collection=item.collection)
+        else:
+            stream_cm = self.source.stream_image(
+                item.series_uid,
+                new_file_names=self.job.new_file_names,
+                include_md5=self.job.verify_md5,
+                collection=item.collection,
+            )
+        async with stream_cm as stream:
+            self.breaker.on_success()  # response headers arrived: the server is alive
+            slot.admitted()
+            chunks = aiter(stream)
+            while True:
+                # Reserve the next read before making it, so that the bytes every stream
+                # holds stay within one global budget (a read returns at most read_bytes).
+                if not budget.try_acquire(read_bytes):
+                    if received.batch:  # hand over what we hold before waiting for others to
+                        await self._feed(target, received, progress)
+                    await budget.acquire(read_bytes)
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    budget.release(read_bytes)
+                    break
+                except BaseException:
+                    budget.release(read_bytes)
+                    raise
+                size = len(chunk)
+                kept = min(size, read_bytes)  # a transport set to read more is still bounded
+                budget.release(read_bytes - kept)
+                received.held += kept
+                received.body_bytes += size
+                self.limiter.on_bytes(size)
+                if self.bandwidth is not None:
+                    await self.bandwidth.consume(size)
+                received.batch.append(chunk)
+                if received.held >= FEED_BATCH_BYTES:
+                    await self._feed(target, received, progress)
+
+    async def _feed(self, target: _Target, received: _Received, progress: _Progress) -> None:
+        """Hand the batch to the extractor in a thread, then give its bytes back to the budget."""
+        await anyio.to_thread.run_sync(target.feed, received.take_batch(), limiter=self.extractors)
+        await target.drain()
+        self.budget.release(received.give_back())
+        received.counted = self._count_progress(target, received.counted)
+        progress.dicom_bytes = received.counted
 
     def _count_progress(self, target: _Target, counted: int) -> int:
         dicom_bytes = target.dicom_bytes
@@ -504,6 +514,32 @@ class SeriesWorker:
     def _emit(self, event: RunEvent) -> None:
         if self.on_event is not None:
             self.on_event(event)
+
+
+class _Received:
+    """One download's body between the network and the extractor.
+
+    ``batch`` is what was read but not yet handed to the extractor, ``held`` the budget bytes it
+    holds, ``counted`` the DICOM bytes already added to the run's progress, ``body_bytes`` the
+    whole body so far (what the limiter credits the download with).
+    """
+
+    __slots__ = ("batch", "body_bytes", "counted", "held")
+
+    def __init__(self) -> None:
+        self.batch: list[bytes] = []
+        self.held = 0
+        self.counted = 0
+        self.body_bytes = 0
+
+    def take_batch(self) -> list[bytes]:
+        batch, self.batch = self.batch, []
+        return batch
+
+    def give_back(self) -> int:
+        """The budget bytes held, now owed back to the budget (zero afterwards)."""
+        held, self.held = self.held, 0
+        return held
 
 
 class _Target:
