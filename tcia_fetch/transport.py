@@ -4,7 +4,9 @@ One :class:`Transport` wraps one ``aiohttp.ClientSession``. What a caller may re
 
 * TLS is always verified; there is no switch to turn it off.
 * Every request sends ``Accept: */*`` and ``User-Agent: tcia-fetch/<version>``; proxies
-  from the environment are honoured (``trust_env``).
+  from the environment (``HTTP(S)_PROXY``, ``NO_PROXY``) and ``~/.netrc`` credentials are
+  honoured as aiohttp's ``trust_env`` honours them, but looked up once per origin
+  (:class:`_EnvironmentRoutes`) instead of on every request.
 * Timeouts are separate values, never one total: ``connect_timeout_s`` (TCP+TLS),
   ``first_byte_timeout_s`` (until the response headers), ``stall_timeout_s`` (no bytes at
   all while reading a streamed body → :class:`StallError`; a slow live stream is fine) and
@@ -50,7 +52,10 @@ from typing import Literal, Self
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
+import aiohttp.helpers
 import anyio
+import anyio.to_thread
+import yarl
 
 from tcia_fetch.api.status import error_for_status
 from tcia_fetch.bodylimit import ACCEPT_ENCODING, BodyDecoder
@@ -334,6 +339,72 @@ def _redirect_target(current: str, location: str | None, *, status: int) -> str:
     return target
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What the environment says about requests to one origin."""
+
+    proxy: yarl.URL | None
+    #: Headers of a CONNECT to the proxy (https): its ``Proxy-Authorization``, if any.
+    proxy_headers: Mapping[str, str] | None
+    #: Headers added to each request: ``Authorization`` for the origin from ``~/.netrc`` (or
+    #: ``$NETRC``) unless the caller sends its own, and, through a proxy to plain http (no
+    #: CONNECT, the request itself goes to the proxy), its ``Proxy-Authorization``.
+    headers: Mapping[str, str]
+
+
+_DIRECT = _Route(None, None, {})
+
+
+class _EnvironmentRoutes:
+    """Proxy settings and .netrc credentials from the environment, looked up once per origin.
+
+    aiohttp's ``trust_env`` looks both up again for every request: two thread hand-offs, two
+    scans of the whole environment and two parses of ``~/.netrc`` per request, which cost a
+    tiny series more CPU than its download. The environment of a run does not change, so each
+    origin's answer is kept. The rules are aiohttp's own (its helpers decide): ``NO_PROXY``,
+    ``http_proxy``/``https_proxy``, proxy credentials in the proxy URL or in .netrc, and
+    credentials for the server's host in .netrc.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str | None, int | None], _Route] = {}
+
+    def known(self, url: str) -> _Route | None:
+        """The route of ``url``'s origin when it was looked up already (or cannot be)."""
+        try:
+            return self._known.get(_origin_of(url))
+        except ValueError:
+            return _DIRECT  # not a URL: the request itself fails and says why
+
+    def look_up(self, url: str) -> _Route:
+        """Read the environment and .netrc for ``url``'s origin (blocking: call from a thread)."""
+        try:
+            parsed = yarl.URL(url)
+            origin = _origin_of(url)
+        except ValueError:
+            return _DIRECT
+        try:
+            proxy, proxy_auth = aiohttp.helpers.get_env_proxy_for_url(parsed)
+        except LookupError:
+            proxy, proxy_auth = None, None
+        headers: dict[str, str] = {}
+        if parsed.host is not None:
+            try:
+                netrc = aiohttp.helpers.netrc_from_env()
+                headers["Authorization"] = aiohttp.helpers.basicauth_from_netrc(netrc, parsed.host).encode()
+            except LookupError:
+                pass
+        proxy_headers = None
+        if proxy_auth is not None:
+            if parsed.scheme == "https":
+                proxy_headers = {"Proxy-Authorization": proxy_auth.encode()}
+            else:
+                headers["Proxy-Authorization"] = proxy_auth.encode()
+        route = _Route(proxy, proxy_headers, headers)
+        self._known[origin] = route
+        return route
+
+
 class Transport:
     """One aiohttp session with tcia-fetch's timeouts, headers, bounds and error mapping.
 
@@ -387,6 +458,7 @@ class Transport:
         self._session: aiohttp.ClientSession | None = None
         self._slots = anyio.Semaphore(max_connections)
         self._query_slots = anyio.Semaphore(query_connections)
+        self._routes = _EnvironmentRoutes()
 
     @property
     def pool_size(self) -> int:
@@ -423,7 +495,7 @@ class Transport:
                 },
                 # BodyDecoder inflates, counting every byte: aiohttp's own inflating is unbounded.
                 auto_decompress=False,
-                trust_env=True,
+                trust_env=False,  # the environment is read once per origin: _EnvironmentRoutes
                 raise_for_status=False,
             )
         return self._session
@@ -467,9 +539,7 @@ class Transport:
         session = self._open()
         with map_aiohttp_errors(url=display_url, series_uid=series_uid, phase="request"):
             with anyio.fail_after(self._connect_timeout_s + self._first_byte_timeout_s):
-                response = await session.request(
-                    method, url, params=params, data=form, headers=headers, allow_redirects=False
-                )
+                response = await self._send(session, method, url, params=params, form=form, headers=headers)
         origin = _origin_of(str(response.url))
         hops = 0
         while response.status in _REDIRECT_STATUSES:
@@ -508,8 +578,8 @@ class Transport:
                 try:
                     with map_aiohttp_errors(url=hop_url, series_uid=series_uid, phase="request"):
                         with anyio.fail_after(self._connect_timeout_s + self._first_byte_timeout_s):
-                            response = await session.request(
-                                method, target, data=form, headers=headers, allow_redirects=False
+                            response = await self._send(
+                                session, method, target, params=None, form=form, headers=headers
                             )
                 except (InputError, ValueError) as exc:
                     raise RedirectError(f"HTTP {status} redirect to an unusable URL ({exc})") from None
@@ -518,6 +588,36 @@ class Transport:
                 exc.series_uid = exc.series_uid or series_uid
                 raise
         return response
+
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None,
+        form: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+    ) -> aiohttp.ClientResponse:
+        """One request, without redirects, through the proxy the environment names."""
+        route = self._routes.known(url)
+        if route is None:
+            route = await anyio.to_thread.run_sync(self._routes.look_up, url)
+        if route.headers:
+            given = headers or {}
+            names = {name.lower() for name in given}
+            # A caller's own Authorization (the v2 bearer token) wins over .netrc.
+            headers = {**{k: v for k, v in route.headers.items() if k.lower() not in names}, **given}
+        return await session.request(
+            method,
+            url,
+            params=params,
+            data=form,
+            headers=headers,
+            allow_redirects=False,
+            proxy=route.proxy,
+            proxy_headers=route.proxy_headers,
+        )
 
     async def _raise_for_status(
         self, response: aiohttp.ClientResponse, *, display_url: str, series_uid: str | None

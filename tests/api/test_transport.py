@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import shutil
 import socket
 import ssl
@@ -471,3 +473,68 @@ async def test_streams_fill_every_slot_and_queries_still_get_through() -> None:
             assert peak == 12  # all 12 stream slots in use, never more
             gate.set()
     assert answered == [b"[]"]
+
+
+async def _forward_proxy(request: web.Request) -> web.StreamResponse:
+    """A forward proxy that answers for every origin itself: what it was asked, and by whom."""
+    return web.json_response(
+        {"url": str(request.url), "proxy_auth": request.headers.get("Proxy-Authorization")}
+    )
+
+
+@pytest.fixture
+async def forward_proxy() -> AsyncIterator[TestServer]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", _forward_proxy)
+    test_server = TestServer(app, host="127.0.0.1")
+    async with test_server:
+        yield test_server
+
+
+def _basic(login: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode()
+
+
+def _clear_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for scheme in ("http", "https", "all", "no"):
+        monkeypatch.delenv(f"{scheme}_proxy", raising=False)
+        monkeypatch.delenv(f"{scheme.upper()}_PROXY", raising=False)
+
+
+async def test_the_environment_proxy_carries_every_request_and_no_proxy_bypasses_it(
+    forward_proxy: TestServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _clear_proxy_environment(monkeypatch)
+    monkeypatch.setenv("NETRC", str(tmp_path / "absent-netrc"))
+    monkeypatch.setenv("http_proxy", f"http://squid:pw@127.0.0.1:{forward_proxy.port}")
+    async with _transport() as transport:
+        answers = [
+            await transport.request("GET", f"http://tcia-fetch-test.invalid/v4/getSeries?n={n}")
+            for n in range(3)
+        ]
+    for n, answer in enumerate(answers):
+        seen = json.loads(answer.body)
+        # Only the proxy could answer for a host that does not resolve.
+        assert seen["url"] == f"http://tcia-fetch-test.invalid/v4/getSeries?n={n}"
+        assert seen["proxy_auth"] == _basic("squid", "pw")
+    monkeypatch.setenv("no_proxy", "tcia-fetch-test.invalid")
+    async with _transport(connect_timeout_s=5) as transport:
+        with pytest.raises(NameResolutionError):
+            await transport.request("GET", "http://tcia-fetch-test.invalid/x")
+
+
+async def test_netrc_credentials_reach_their_host_and_a_bearer_token_wins(
+    server: TestServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _clear_proxy_environment(monkeypatch)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login alice password s3cret\n", encoding="utf-8")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    async with _transport() as transport:
+        plain = await transport.request("GET", str(server.make_url("/headers")))
+        bearer = await transport.request(
+            "GET", str(server.make_url("/headers")), headers={"Authorization": "Bearer t0ken"}
+        )
+    assert json.loads(plain.body)["auth"] == _basic("alice", "s3cret")
+    assert json.loads(bearer.body)["auth"] == "Bearer t0ken"
