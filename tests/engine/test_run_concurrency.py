@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import time
+from pathlib import Path, PurePosixPath
 
 import pytest
 
 from tcia_fetch.engine.report import RunEvent
 from tcia_fetch.engine.run import RunOptions, fetch
+from tcia_fetch.store.destination import Destination
 from tcia_fetch.testing import Catalog, FakeNBIA, LoadModel
 
 pytestmark = pytest.mark.anyio
@@ -53,6 +55,32 @@ async def test_concurrency_32_reaches_32_in_flight_despite_a_lower_config_pool(
     warnings = [event.message for event in events if event.kind == "warning"]
     assert len(warnings) == 1 and "max_connections = 8" in warnings[0] and "32" in warnings[0]
     assert report.engine["warnings"] == warnings
+
+
+async def test_the_server_keeps_every_slot_busy_while_finished_series_are_published(
+    tmp_path: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Publishing (renames, fsyncs, journal) is made slow: a worker that holds its download slot
+    # until its series is durable would leave the server with 3 of 4 downloads meanwhile.
+    fake = FakeNBIA(catalog, load=LoadModel(first_byte_delay_s=0.3))
+    seen_while_publishing: list[int] = []
+    original = Destination.publish
+
+    def slow_publish(self: Destination, staging: Path, relative: PurePosixPath) -> Path:
+        time.sleep(0.2)
+        seen_while_publishing.append(fake.state.stats.active_downloads)
+        return original(self, staging, relative)
+
+    monkeypatch.setattr(Destination, "publish", slow_publish)
+    async with fake.serve() as server:
+        report = await fetch(
+            _job(tmp_path, catalog),
+            RunOptions(out=tmp_path / "out", base_url=server.base_url, concurrency=4),
+        )
+        stats = server.stats()
+    assert report.done == len(catalog.series)
+    assert stats.peak_concurrent_downloads == 4  # --concurrency is still the server's bound
+    assert max(seen_while_publishing) == 4
 
 
 async def test_no_warning_without_a_conflicting_config(tmp_path: Path, catalog: Catalog) -> None:
