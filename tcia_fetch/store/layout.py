@@ -101,17 +101,21 @@ _WINDOWS_DEVICES = frozenset(
 _HASH_SUFFIX_CHARS = 10
 # Control, format (RTL override, zero-width), separators, and lone surrogates (not encodable).
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+#: Characters that the per-character rules keep as they are, for a fast path.
+_PLAIN_CHARACTERS = re.compile(r"[A-Za-z0-9 _.,+()\-]*")
 
 
 def sanitize_component(value: str) -> str:
     """Turn any string into one safe path component (see the module docstring for the rules)."""
-    characters = []
-    for char in value:
-        if char in "/\\" or char in _WINDOWS_FORBIDDEN or unicodedata.category(char) in _UNSAFE_CATEGORIES:
-            characters.append("_")
-        else:
-            characters.append(char)
-    text = "".join(characters)
+    if _PLAIN_CHARACTERS.fullmatch(value):
+        text = value  # UIDs, IDs and names: no character to replace (saves a lookup per character)
+    else:
+        text = "".join(
+            "_"
+            if char in "/\\" or char in _WINDOWS_FORBIDDEN or unicodedata.category(char) in _UNSAFE_CATEGORIES
+            else char
+            for char in value
+        )
     if not text:
         return MISSING
     if text[0] == ".":

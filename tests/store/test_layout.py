@@ -215,3 +215,17 @@ def test_series_number_renders_the_same_from_every_endpoint() -> None:
     }
     assert rendered == {"2.000000"}
     assert render_series_path(template, dict(LIDC_ROW, SeriesNumber="A12")).parts[0] == "A12"
+
+
+def test_the_fast_path_alphabet_holds_only_characters_the_rules_keep() -> None:
+    # sanitize_component skips the per-character rules for names made of these characters only.
+    from tcia_fetch.store import layout
+
+    plain = [chr(code) for code in range(0x110000) if layout._PLAIN_CHARACTERS.fullmatch(chr(code))]
+    assert len(plain) == 26 * 2 + 10 + len(" _.,+()-")
+    for char in plain:
+        assert char not in "/\\" and char not in layout._WINDOWS_FORBIDDEN
+        assert unicodedata.category(char) not in layout._UNSAFE_CATEGORIES
+    assert sanitize_component("1.3.6.1.4.1.14519.5.2.1.6279.6001.1") == "1.3.6.1.4.1.14519.5.2.1.6279.6001.1"
+    assert sanitize_component(".hidden.") == "_hidden_"  # the rules after the characters still apply
+    assert sanitize_component("con") == "_con"
