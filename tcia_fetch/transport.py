@@ -4,9 +4,10 @@ One :class:`Transport` wraps one ``aiohttp.ClientSession``. What a caller may re
 
 * TLS is always verified; there is no switch to turn it off.
 * Every request sends ``Accept: */*`` and ``User-Agent: tcia-fetch/<version>``; proxies
-  from the environment (``HTTP(S)_PROXY``, ``NO_PROXY``) and ``~/.netrc`` credentials are
-  honoured as aiohttp's ``trust_env`` honours them, but looked up once per origin
-  (:class:`_EnvironmentRoutes`) instead of on every request.
+  from the environment (``HTTP(S)_PROXY``, ``NO_PROXY``, proxy credentials in the proxy URL or
+  in ``~/.netrc``) are honoured as aiohttp's ``trust_env`` honours them, but looked up once per
+  origin (:class:`_EnvironmentRoutes`) instead of on every request. ``~/.netrc`` never supplies
+  credentials for the server itself: they come only from tcia-fetch's own settings.
 * Timeouts are separate values, never one total: ``connect_timeout_s`` (TCP+TLS),
   ``first_byte_timeout_s`` (until the response headers), ``stall_timeout_s`` (no bytes at
   all while reading a streamed body → :class:`StallError`; a slow live stream is fine) and
@@ -346,9 +347,8 @@ class _Route:
     proxy: yarl.URL | None
     #: Headers of a CONNECT to the proxy (https): its ``Proxy-Authorization``, if any.
     proxy_headers: Mapping[str, str] | None
-    #: Headers added to each request: ``Authorization`` for the origin from ``~/.netrc`` (or
-    #: ``$NETRC``) unless the caller sends its own, and, through a proxy to plain http (no
-    #: CONNECT, the request itself goes to the proxy), its ``Proxy-Authorization``.
+    #: Headers added to each request: through a proxy to plain http (no CONNECT: the request
+    #: itself goes to the proxy), its ``Proxy-Authorization``.
     headers: Mapping[str, str]
 
 
@@ -356,14 +356,15 @@ _DIRECT = _Route(None, None, {})
 
 
 class _EnvironmentRoutes:
-    """Proxy settings and .netrc credentials from the environment, looked up once per origin.
+    """Proxy settings from the environment, looked up once per origin.
 
-    aiohttp's ``trust_env`` looks both up again for every request: two thread hand-offs, two
-    scans of the whole environment and two parses of ``~/.netrc`` per request, which cost a
-    tiny series more CPU than its download. The environment of a run does not change, so each
-    origin's answer is kept. The rules are aiohttp's own (its helpers decide): ``NO_PROXY``,
-    ``http_proxy``/``https_proxy``, proxy credentials in the proxy URL or in .netrc, and
-    credentials for the server's host in .netrc.
+    aiohttp's ``trust_env`` looks them up again for every request, and ``~/.netrc`` too: two
+    thread hand-offs, two scans of the whole environment and two parses of .netrc per request,
+    which cost a tiny series more CPU than its download. The environment of a run does not
+    change, so each origin's answer is kept. The rules are aiohttp's own (its helper decides):
+    ``NO_PROXY``, ``http_proxy``/``https_proxy``, proxy credentials in the proxy URL or .netrc.
+    Unlike ``trust_env``, .netrc credentials for the server itself are not sent: the v4 API
+    needs none, and the legacy API's come from tcia-fetch's settings alone.
     """
 
     def __init__(self) -> None:
@@ -377,7 +378,7 @@ class _EnvironmentRoutes:
             return _DIRECT  # not a URL: the request itself fails and says why
 
     def look_up(self, url: str) -> _Route:
-        """Read the environment and .netrc for ``url``'s origin (blocking: call from a thread)."""
+        """Read the environment for ``url``'s origin (blocking, .netrc: call from a thread)."""
         try:
             parsed = yarl.URL(url)
             origin = _origin_of(url)
@@ -388,12 +389,6 @@ class _EnvironmentRoutes:
         except LookupError:
             proxy, proxy_auth = None, None
         headers: dict[str, str] = {}
-        if parsed.host is not None:
-            try:
-                netrc = aiohttp.helpers.netrc_from_env()
-                headers["Authorization"] = aiohttp.helpers.basicauth_from_netrc(netrc, parsed.host).encode()
-            except LookupError:
-                pass
         proxy_headers = None
         if proxy_auth is not None:
             if parsed.scheme == "https":
@@ -604,10 +599,7 @@ class Transport:
         if route is None:
             route = await anyio.to_thread.run_sync(self._routes.look_up, url)
         if route.headers:
-            given = headers or {}
-            names = {name.lower() for name in given}
-            # A caller's own Authorization (the v2 bearer token) wins over .netrc.
-            headers = {**{k: v for k, v in route.headers.items() if k.lower() not in names}, **given}
+            headers = {**route.headers, **(headers or {})}
         return await session.request(
             method,
             url,

@@ -523,9 +523,11 @@ async def test_the_environment_proxy_carries_every_request_and_no_proxy_bypasses
             await transport.request("GET", "http://tcia-fetch-test.invalid/x")
 
 
-async def test_netrc_credentials_reach_their_host_and_a_bearer_token_wins(
+async def test_netrc_credentials_never_reach_the_server(
     server: TestServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    # aiohttp's trust_env would send them; the v4 API needs none, and tcia-fetch's own
+    # credentials come from its settings alone (a v2 bearer token still goes out).
     _clear_proxy_environment(monkeypatch)
     netrc = tmp_path / "netrc"
     netrc.write_text("machine 127.0.0.1 login alice password s3cret\n", encoding="utf-8")
@@ -536,5 +538,5 @@ async def test_netrc_credentials_reach_their_host_and_a_bearer_token_wins(
         bearer = await transport.request(
             "GET", str(server.make_url("/headers")), headers={"Authorization": "Bearer t0ken"}
         )
-    assert json.loads(plain.body)["auth"] == _basic("alice", "s3cret")
+    assert json.loads(plain.body)["auth"] is None
     assert json.loads(bearer.body)["auth"] == "Bearer t0ken"
