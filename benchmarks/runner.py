@@ -436,6 +436,9 @@ def run_scenario(
                         row["time_over_limit"] = round(float(row["wall_s"]) / limit_s, 3)  # type: ignore[arg-type]
                 rows.append(row)
                 kept.append(scratch / f"{contender.name}-{run_index}")
+                # Whatever a contender left unwritten is written now, between measured runs, not
+                # by the kernel's background flush during the next contender's run.
+                os.sync()
                 if _free_bytes(scratch) < _KEEP_FREE_FACTOR * dicom_bytes:
                     _remove_outputs(kept)
         _remove_outputs(kept)
