@@ -67,7 +67,7 @@ async def test_the_server_keeps_every_slot_busy_while_finished_series_are_publis
     original = Destination.publish
 
     def slow_publish(self: Destination, staging: Path, relative: PurePosixPath) -> Path:
-        time.sleep(0.2)
+        time.sleep(0.05)
         seen_while_publishing.append(fake.state.stats.active_downloads)
         return original(self, staging, relative)
 
