@@ -633,27 +633,50 @@ async def close_books(
     return books.instances
 
 
-def _write_catalog_in_child(destination: Destination | BucketDestination) -> None:
+class _CatalogChild:
     """catalog.parquet and instances.parquet, written by a short-lived ``tcia-fetch catalog DEST``.
 
     Why a child process: importing pyarrow alone adds about 45 MB of resident memory, which would
     double the downloader's peak on a shared login node (tests/e2e/test_memory.py). The child reads
     the journal compacted just before (streamed, bounded memory), writes both tables and exits; it
-    runs while this process holds the compaction lease, so no other writer races it. Credentials
+    runs while this process holds the compaction lease, so no other writer races it. It is started
+    before metadata.csv is written from the same journal, and waited for after: both only read, so
+    the child's start-up (an interpreter and pyarrow) and its writing overlap the CSV's. Credentials
     for a bucket reach it through the environment, never its command line.
     """
-    target = str(destination.root) if isinstance(destination, Destination) else destination.location.url
-    command = [sys.executable, "-m", "tcia_fetch", "catalog", target]
-    release_free_memory()  # the child's memory adds to this process's while it runs
-    try:
-        result = subprocess.run(  # child_env: the child dies with this process (_parentdeath.py)
-            command, capture_output=True, text=True, timeout=_CATALOG_TIMEOUT_S, check=False, env=child_env()
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DestinationError(f"cannot write the Parquet catalog of {target}: {exc}") from exc
-    if result.returncode != 0:
-        detail = result.stderr.strip()[-_CATALOG_ERROR_CHARS:]
-        raise DestinationError(f"cannot write the Parquet catalog of {target}: {detail}")
+
+    def __init__(self, destination: Destination | BucketDestination) -> None:
+        if isinstance(destination, Destination):
+            self._target = str(destination.root)
+        else:
+            self._target = destination.location.url
+        command = [sys.executable, "-m", "tcia_fetch", "catalog", self._target]
+        release_free_memory()  # the child's memory adds to this process's while it runs
+        try:
+            self._process = subprocess.Popen(  # child_env: the child dies with this process (_parentdeath.py)
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env()
+            )
+        except OSError as exc:
+            raise self._failed(str(exc)) from exc
+
+    def wait(self) -> None:
+        """Wait for the tables; a child that failed or ran past the timeout is a DestinationError."""
+        try:
+            _, stderr = self._process.communicate(timeout=_CATALOG_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:
+            self.stop()
+            raise self._failed(str(exc)) from exc
+        if self._process.returncode != 0:
+            raise self._failed(stderr.strip()[-_CATALOG_ERROR_CHARS:])
+
+    def stop(self) -> None:
+        """Kill the child (metadata.csv failed, or the run is being cancelled) and reap it."""
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.communicate()
+
+    def _failed(self, detail: str) -> DestinationError:
+        return DestinationError(f"cannot write the Parquet catalog of {self._target}: {detail}")
 
 
 class _UidUnion:
@@ -717,16 +740,24 @@ class _Books:
                     root=self._destination.root if isinstance(self._destination, Destination) else None,
                 )
 
-        if write_csv:
-            write_metadata_csv(csv_path, rows())
-            stamp = time.time_ns()  # the snapshot's clock (fine-grained), not the filesystem's
-            os.utime(csv_path, ns=(stamp, stamp))
-        else:
-            for _ in rows():
-                pass
+        child = None
         if self._catalog and catalog_available() and not blocked.keys() & {CATALOG_NAME, INSTANCES_NAME}:
-            # the Parquet catalog, derived from the same (compacted) journal
-            _write_catalog_in_child(self._destination)
+            # the Parquet catalog, derived from the same (compacted) journal, beside metadata.csv
+            child = _CatalogChild(self._destination)
+        try:
+            if write_csv:
+                write_metadata_csv(csv_path, rows())
+                stamp = time.time_ns()  # the snapshot's clock (fine-grained), not the filesystem's
+                os.utime(csv_path, ns=(stamp, stamp))
+            else:
+                for _ in rows():
+                    pass
+        except BaseException:
+            if child is not None:
+                child.stop()
+            raise
+        if child is not None:
+            child.wait()
 
     def _csv_is_current(self, csv_path: Path) -> bool:
         snapshot = self._destination.state_dir / SNAPSHOT_NAME
