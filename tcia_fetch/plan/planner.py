@@ -108,6 +108,10 @@ class SeriesSource(Protocol):
     async def series_size(self, series_uid: str) -> _SizeRow | None: ...
 
 
+#: The most UIDs in the first ``getSeriesMetadata`` of a job (see ``Planner._plan_explicit``).
+FIRST_METADATA_CHUNK = 32
+
+
 @dataclass(frozen=True, slots=True)
 class PlannerOptions:
     """How hard the planner may push the server.
@@ -209,6 +213,9 @@ class Planner:
         # The job's UIDs are read from their list files as they are needed (blocking reads:
         # in a worker thread, a chunk at a time), never held whole.
         size = max(1, self._options.metadata_chunk)
+        # The first chunk is small: the first downloads wait for its answer, which the server
+        # builds (and we parse) far sooner for a few dozen series than for hundreds.
+        limit = min(size, FIRST_METADATA_CHUNK)
         origins = iter(self._job.explicit_uids)
         try:
             async with anyio.create_task_group() as tg:
@@ -217,10 +224,10 @@ class Planner:
                     for origin in batch:
                         if self._claim(origin.uid):
                             chunk.append((origin.uid, origin.origin))
-                        if len(chunk) >= size:
+                        if len(chunk) >= limit:
                             await ahead.acquire()
                             tg.start_soon(one_chunk, chunk)
-                            chunk = []
+                            chunk, limit = [], size
                 if chunk:
                     await ahead.acquire()
                     tg.start_soon(one_chunk, chunk)

@@ -17,7 +17,7 @@ from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.job.jobfile import JobSpec, UidOrigin, load_job
 from tcia_fetch.job.manifest import read_manifest
 from tcia_fetch.plan.model import PlannedSeries
-from tcia_fetch.plan.planner import Planner, PlannerOptions
+from tcia_fetch.plan.planner import FIRST_METADATA_CHUNK, Planner, PlannerOptions
 from tcia_fetch.testing import Catalog, FakeNBIA, FaultKind, FaultPlan, FaultRule, LoadModel
 
 pytestmark = pytest.mark.anyio
@@ -113,6 +113,16 @@ async def test_metadata_is_fetched_in_chunks(catalog: Catalog) -> None:
     assert len(items) == len(catalog.series)
     assert len(posts) == -(-len(catalog.series) // 4)
     assert not [record for record in fake.request_log if record.endpoint == "getSeriesSize"]
+
+
+async def test_the_first_metadata_lookup_is_small_so_downloads_start_early() -> None:
+    wide = Catalog.generate(seed=6, collections=2, patients_per_collection=10, series_per_study=3)
+    uids = [entry.uid for entry in wide.series]
+    items, _, fake = await plan_all(wide, uid_job(uids))
+    posts = [record for record in fake.request_log if record.endpoint == "getSeriesMetadata"]
+    sizes = [len(dict(post.form_items)["list"].split(",")) for post in posts]
+    assert len(items) == len(uids) == 60
+    assert sizes == [FIRST_METADATA_CHUNK, 60 - FIRST_METADATA_CHUNK]  # then chunks of metadata_chunk
 
 
 async def test_first_series_is_handed_over_before_planning_ends(catalog: Catalog) -> None:
