@@ -118,7 +118,8 @@ async def test_metadata_is_fetched_in_chunks(catalog: Catalog) -> None:
 async def test_the_first_metadata_lookup_is_small_so_downloads_start_early() -> None:
     wide = Catalog.generate(seed=6, collections=2, patients_per_collection=10, series_per_study=3)
     uids = [entry.uid for entry in wide.series]
-    items, _, fake = await plan_all(wide, uid_job(uids))
+    # One query at a time, so the log (in order of completion) is also the order of asking.
+    items, _, fake = await plan_all(wide, uid_job(uids), query_concurrency=1)
     posts = [record for record in fake.request_log if record.endpoint == "getSeriesMetadata"]
     sizes = [len(dict(post.form_items)["list"].split(",")) for post in posts]
     assert len(items) == len(uids) == 60
