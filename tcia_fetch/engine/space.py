@@ -179,8 +179,8 @@ class SpaceGuard:
         # Attempts that ended while statvfs ran may or may not be in it: count them as not.
         self._reading, self._read_at, self._spent_at_reading = usage, read_at, spent_before
         self.readings += 1
-        recent = self._recent_usage()
-        return usage if recent is None else recent
+        spent = self._spent - spent_before
+        return _Usage(usage.total, usage.used + spent, usage.free - spent)
 
     def _read_usage(self) -> tuple[int, int, int]:
         try:
