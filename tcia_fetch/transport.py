@@ -209,6 +209,7 @@ class _DecodedBody:
     Each read waits at most ``stall_timeout_s`` for some bytes (and never past ``deadline``,
     a value of :func:`anyio.current_time`); one raw read may decode into several pieces, which
     are handed out one at a time. No cancel scope spans a yield: the object is its own iterator.
+    ``url`` is the request's display URL, already redacted (:meth:`Transport._display_url`).
     """
 
     def __init__(
@@ -232,7 +233,7 @@ class _DecodedBody:
         self._ended = False
         self.status: int = response.status
         self.headers: Mapping[str, str] = response.headers
-        self.url: str = redact_url(url)
+        self.url: str = url
         #: Decoded bytes handed out so far.
         self.bytes_received = 0
         decoder.check_declared_length(_content_length(response.headers))
