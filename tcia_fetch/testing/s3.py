@@ -195,6 +195,11 @@ class FaultProxy:
                     self.close_connection = True
                     return
                 body = self.rfile.read(length) if length else b""
+                if len(body) < length:
+                    # The client died mid-body (a campaign SIGKILL): forwarding the part with the
+                    # full Content-Length would leave moto waiting for the rest until a timeout.
+                    self.close_connection = True
+                    return
                 if fault is not None and fault.kind == "stall":
                     time.sleep(fault.delay_s)
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -214,11 +219,14 @@ class FaultProxy:
                     if self.command != "HEAD":  # a HEAD answer has no body (aiohttp is strict)
                         self.wfile.write(payload)
                     return
-                connection = http.client.HTTPConnection(host, int(port), timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
-                connection.request(self.command, self.path, body=body, headers=headers)
-                answer = connection.getresponse()
-                data = answer.read()
+                connection = http.client.HTTPConnection(host, int(port), timeout=30)
+                try:  # closed whatever happens: a socket left to the GC fails the test that owns it
+                    connection.request(self.command, self.path, body=body, headers=headers)
+                    answer = connection.getresponse()
+                    data = answer.read()
+                finally:
+                    connection.close()
                 self.send_response(answer.status)
                 for key, value in answer.getheaders():
                     if key.lower() not in _HOP_HEADERS:
@@ -227,7 +235,6 @@ class FaultProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
-                connection.close()
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle  # noqa: N815
 
