@@ -21,8 +21,9 @@ Everything else lives in private modules and may change; ``tests/test_exports.py
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
+
+from tcia_fetch._version import __version__
 
 if TYPE_CHECKING:
     from tcia_fetch.api.client import NBIAClient
@@ -135,11 +136,6 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-try:
-    __version__ = version("tcia-fetch")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+source"
 
 __all__ = [
     "ClientSettings",

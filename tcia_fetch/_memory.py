@@ -15,15 +15,23 @@ mapped: the process stays as large as its peak. A run then starts its Parquet ca
 benchmark, 96 series at concurrency 64: the process tree's peak fell from 176 to 148 MB).
 
 Only glibc has ``malloc_trim``; elsewhere (musl, macOS) this is a no-op.
+
+A command's imports (aiohttp, pydantic, the engine: some 200,000 objects, none of them ever
+garbage) are made with the cycle collector off and then frozen (``frozen_imports``): otherwise
+the collector runs dozens of times while they load and every full collection of the run walks them
+all again. Measured on the tiny600 benchmark (600 small series): the collector's time in a run
+fell from 0.12 s to 0.03 s, most of it before the first request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
+from collections.abc import Iterator
 
-__all__ = ["limit_malloc_arenas", "release_free_memory"]
+__all__ = ["frozen_imports", "limit_malloc_arenas", "release_free_memory"]
 
 #: glibc's ``mallopt`` parameter number for the arena limit (malloc.h: ``M_ARENA_MAX``).
 _M_ARENA_MAX = -8
@@ -57,3 +65,22 @@ def release_free_memory() -> bool:
     trim.restype = ctypes.c_int
     trim(0)
     return True
+
+
+@contextlib.contextmanager
+def frozen_imports(*, enabled: bool) -> Iterator[None]:
+    """Import inside with the cycle collector off; afterwards move every object alive into the
+    collector's permanent generation, which it never scans again (``gc.freeze``).
+
+    Only for a process the CLI owns (``enabled``): freezing a host's objects (a notebook's) would
+    keep their garbage cycles alive for good. A collector the host turned off stays off.
+    """
+    if not enabled or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()

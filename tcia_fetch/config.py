@@ -19,7 +19,6 @@ import re
 import stat
 import tomllib
 from collections.abc import Mapping
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
@@ -34,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from tcia_fetch._version import __version__
 from tcia_fetch.errors import InputError, redact_url
 from tcia_fetch.redaction import register_environment_secrets, register_secret
 
@@ -77,12 +77,9 @@ def parse_byte_size(text: str) -> int:
 
 
 def default_user_agent() -> str:
-    """``tcia-fetch/<version>``. Read from package metadata here (not ``tcia_fetch.__version__``)
+    """``tcia-fetch/<version>``, from ``tcia_fetch._version`` (not ``tcia_fetch.__version__``)
     so that this module can be imported while the package itself is still initialising."""
-    try:
-        return f"tcia-fetch/{version('tcia-fetch')}"
-    except PackageNotFoundError:
-        return "tcia-fetch/0.0.0+source"
+    return f"tcia-fetch/{__version__}"
 
 
 def _infer_api_version(base_url: str) -> ApiVersionSetting:

@@ -9,8 +9,8 @@ import sys
 import click
 
 from tcia_fetch import __version__
-from tcia_fetch._memory import limit_malloc_arenas
-from tcia_fetch.cli._owner import claim_interpreter
+from tcia_fetch._memory import frozen_imports, limit_malloc_arenas
+from tcia_fetch.cli._owner import claim_interpreter, owns_interpreter
 from tcia_fetch.errors import EXIT_INTERRUPTED
 
 # Each command's module is imported only when that command runs (or ``--help`` lists them):
@@ -38,7 +38,8 @@ class _LazyGroup(click.Group):
         home = _COMMANDS.get(cmd_name)
         if home is None:
             return None
-        command = getattr(importlib.import_module(home[0]), home[1])
+        with frozen_imports(enabled=owns_interpreter()):
+            command = getattr(importlib.import_module(home[0]), home[1])
         assert isinstance(command, click.Command) and command.name == cmd_name, home
         return command
 
