@@ -40,7 +40,14 @@ from typing import Final, final
 
 from tcia_fetch._crashpoint import crash_point
 from tcia_fetch.errors import DestinationError, FinalPathExistsError
-from tcia_fetch.store._fs import fsync_directory, host_name, pid_is_alive, rename_no_replace, storage_error
+from tcia_fetch.store._fs import (
+    DirectorySyncs,
+    fsync_directory,
+    host_name,
+    pid_is_alive,
+    rename_no_replace,
+    storage_error,
+)
 from tcia_fetch.store.atomic import temporary_owner_pid
 
 __all__ = [
@@ -220,12 +227,21 @@ class Destination:
 
     # --- publishing ------------------------------------------------------------------------------
 
-    def publish(self, staging: Path, relative: PurePosixPath) -> Path:
+    def publish(
+        self, staging: Path, relative: PurePosixPath, *, deferred: DirectorySyncs | None = None
+    ) -> Path:
         """Move a complete staging directory to its final place atomically; return the final path.
 
         Raises FinalPathExistsError if anything exists there already (never overwrites, never
         merges into an existing directory), DestinationError if a parent component is a symlink
         or not a directory.
+
+        With ``deferred``, the fsyncs that make the new mode and the rename durable (the series
+        directory and its parent) are left to ``deferred.run()``, which the caller must complete
+        before recording the series as done: a batch of series then shares them. The files and
+        their directory entries are already durable (the extractor fsynced them), so a crash
+        before that run leaves at worst a renamed directory with a ``verified`` record, which
+        reconciliation checks like any interrupted publication.
         """
         self._require_staging(staging, must_exist=True)
         parent = self._ensure_parents(relative)
@@ -233,23 +249,32 @@ class Destination:
         self._refuse_existing(final_path)
         try:
             os.chmod(staging, self._published_mode)
-            fsync_directory(staging)
+            if deferred is None:
+                fsync_directory(staging)
             rename_no_replace(staging, final_path)
         except OSError as exc:
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 raise FinalPathExistsError(f"{final_path} appeared while publishing; left untouched") from exc
             raise storage_error(exc, action="publish into", path=final_path) from exc
         crash_point("publish.after_rename")
-        self._sync(parent)
+        if deferred is None:
+            self._sync(parent)
+        else:
+            deferred.add(final_path)
+            deferred.add(parent)
         return final_path
 
-    def replace(self, staging: Path, relative: PurePosixPath) -> Path:
+    def replace(
+        self, staging: Path, relative: PurePosixPath, *, deferred: DirectorySyncs | None = None
+    ) -> Path:
         """Swap a damaged published series for a freshly verified one (``--repair``).
 
         The old tree is renamed into the trash first, then the new one is renamed in, then the
         trash is removed. A crash in between leaves the old tree in the trash (cleaned by
         :meth:`cleanup_leftovers`) and no final directory, which reconciliation reports as
         damaged, so the series is fetched again. If no old tree exists this is :meth:`publish`.
+        Otherwise ``deferred`` is not used: the old tree leaves the trash only once the new one is
+        durably in place.
         """
         self._require_staging(staging, must_exist=True)
         parent = self._ensure_parents(relative)
@@ -257,7 +282,7 @@ class Destination:
         try:
             old_mode = os.lstat(final_path).st_mode
         except FileNotFoundError:
-            return self.publish(staging, relative)
+            return self.publish(staging, relative, deferred=deferred)
         except OSError as exc:
             raise storage_error(exc, action="inspect", path=final_path) from exc
         if not stat.S_ISDIR(old_mode):

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Protocol
 
+from tcia_fetch.store._fs import DirectorySyncs
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.journal import DEFAULT_COMPACT_EVERY, Journal
 from tcia_fetch.store.location import DestinationLocation
@@ -47,8 +48,12 @@ class SeriesHome(Protocol):
 
     def new_staging(self, series_uid: str) -> Path: ...
     def discard(self, staging: Path) -> None: ...
-    def publish(self, staging: Path, relative: PurePosixPath) -> object: ...
-    def replace(self, staging: Path, relative: PurePosixPath) -> object: ...
+    def publish(
+        self, staging: Path, relative: PurePosixPath, *, deferred: DirectorySyncs | None = None
+    ) -> object: ...
+    def replace(
+        self, staging: Path, relative: PurePosixPath, *, deferred: DirectorySyncs | None = None
+    ) -> object: ...
 
 
 class StreamedArchive(Protocol):

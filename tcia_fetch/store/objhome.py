@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Final
 from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.errors import DestinationBusyError, FinalPathExistsError, InputError
 from tcia_fetch.series.archive import ARCHIVE_SUFFIX, check_tar_zst
-from tcia_fetch.store._fs import host_name, pid_is_alive
+from tcia_fetch.store._fs import DirectorySyncs, host_name, pid_is_alive
 from tcia_fetch.store._objstore import (
     BlockingObjectStore,
     LoopCaller,
@@ -219,11 +219,18 @@ class BucketDestination:
             self._streams[staging] = stream
         return stream
 
-    def publish(self, staging: Path, relative: PurePosixPath) -> str:
-        """Put the verified archive at its final key (never over an existing one); return the key."""
+    def publish(
+        self, staging: Path, relative: PurePosixPath, *, deferred: DirectorySyncs | None = None
+    ) -> str:
+        """Put the verified archive at its final key (never over an existing one); return the key.
+
+        ``deferred`` is unused: an object is durable once its upload completes; a bucket has no
+        directories to sync."""
         return self._upload(staging, relative, overwrite=False)
 
-    def replace(self, staging: Path, relative: PurePosixPath) -> str:
+    def replace(
+        self, staging: Path, relative: PurePosixPath, *, deferred: DirectorySyncs | None = None
+    ) -> str:
         """Swap a damaged series' object for a freshly verified one (completing replaces atomically)."""
         return self._upload(staging, relative, overwrite=True)
 

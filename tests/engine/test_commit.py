@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path, PurePosixPath
 
 import anyio
 import pytest
 
+import tcia_fetch.store.destination as destination_module
 from tcia_fetch.engine.commit import GroupCommit, GroupPublisher
-from tcia_fetch.errors import FinalPathExistsError, JournalError
+from tcia_fetch.errors import DestinationError, FinalPathExistsError, JournalError
+from tcia_fetch.store import _fs
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.journal import FileEntry, Journal, SeriesRecord
 
@@ -144,3 +147,87 @@ async def test_a_caller_cancelled_before_its_turn_leaves_nothing_published(tmp_p
     assert not (destination.root / "s1").exists()
     assert staging.exists()
     assert journal.latest() == {}
+
+
+async def test_a_batch_syncs_each_directory_once_after_its_renames_and_before_its_done_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Series renamed into the same parent share its fsync; every rename of the batch is synced
+    before the first done record is written."""
+    destination = Destination(tmp_path / "out")
+    destination.prepare()
+    journal = Journal.open(destination.state_dir, run_id="r")
+    publisher = GroupPublisher(journal)
+    events: list[str] = []
+    real_fsync_directory = _fs.fsync_directory
+    real_extend = journal.extend
+
+    def fsync_directory(path: Path) -> None:
+        events.append(f"sync {path.relative_to(destination.root)}")
+        real_fsync_directory(path)
+
+    def extend(records: list[SeriesRecord]) -> None:
+        events.append("records " + ",".join(sorted({r.status for r in records})))
+        real_extend(records)
+
+    def rename(staging: Path, final: Path) -> None:
+        events.append(f"rename {final.relative_to(destination.root)}")
+        real_rename(staging, final)
+
+    real_rename = destination_module.rename_no_replace
+    monkeypatch.setattr(_fs, "fsync_directory", fsync_directory)
+    monkeypatch.setattr(destination_module, "fsync_directory", fsync_directory)
+    monkeypatch.setattr(destination_module, "rename_no_replace", rename)
+    monkeypatch.setattr(journal, "extend", extend)
+    staged = {index: _staged(destination, index) for index in range(6)}
+
+    async def publish(index: int) -> None:
+        await publisher.publish(
+            _series_record(index, "verified"),
+            _series_record(index, "done"),
+            destination.publish,
+            staged[index],
+            PurePosixPath(f"study{index % 2}/s{index}"),
+        )
+
+    # the lock held: all six queue behind it, and the first to take it flushes them as one batch
+    async with anyio.create_task_group() as group, publisher._lock:
+        for index in range(6):
+            group.start_soon(publish, index)
+        await anyio.wait_all_tasks_blocked()
+    journal.close()
+    assert publisher.flushes == 1
+    syncs = [event for event in events if event.startswith("sync ")]
+    assert sorted(syncs) == sorted(
+        [f"sync study{index % 2}/s{index}" for index in range(6)] + ["sync study0", "sync study1"]
+    )
+    assert events[0] == "records verified"
+    assert events[-1] == "records done"
+    last_rename = max(i for i, event in enumerate(events) if event.startswith("rename "))
+    first_sync = min(i for i, event in enumerate(events) if event.startswith("sync "))
+    assert last_rename < first_sync  # the directories are synced once, after every rename
+    assert Journal.open(destination.state_dir, run_id="check").counts().done == 6
+
+
+async def test_a_failed_directory_sync_leaves_the_batch_verified_not_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the renames cannot be made durable, no series of the batch is recorded done: each caller
+    gets the error, and reconciliation checks the renamed directories on the next run."""
+    destination = Destination(tmp_path / "out")
+    destination.prepare()
+    journal = Journal.open(destination.state_dir, run_id="r")
+    publisher = GroupPublisher(journal)
+
+    def failing(path: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(_fs, "fsync_directory", failing)
+    with pytest.raises(DestinationError, match=r"cannot sync .*Input/output error"):
+        await publisher.publish(
+            _series_record(1, "verified"), _series_record(1, "done"), destination.publish,
+            _staged(destination, 1), PurePosixPath("s1"),
+        )  # fmt: skip
+    journal.close()
+    assert (destination.root / "s1" / "1.dcm").read_bytes() == b"DICM"
+    assert Journal.open(destination.state_dir, run_id="check").latest()["1.2.1"].status == "verified"

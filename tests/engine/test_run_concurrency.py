@@ -9,6 +9,7 @@ import pytest
 
 from tcia_fetch.engine.report import RunEvent
 from tcia_fetch.engine.run import RunOptions, fetch
+from tcia_fetch.store._fs import DirectorySyncs
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.testing import Catalog, FakeNBIA, LoadModel
 
@@ -66,10 +67,12 @@ async def test_the_server_keeps_every_slot_busy_while_finished_series_are_publis
     seen_while_publishing: list[int] = []
     original = Destination.publish
 
-    def slow_publish(self: Destination, staging: Path, relative: PurePosixPath) -> Path:
+    def slow_publish(
+        self: Destination, staging: Path, relative: PurePosixPath, *, deferred: DirectorySyncs | None = None
+    ) -> Path:
         time.sleep(0.05)
         seen_while_publishing.append(fake.state.stats.active_downloads)
-        return original(self, staging, relative)
+        return original(self, staging, relative, deferred=deferred)
 
     monkeypatch.setattr(Destination, "publish", slow_publish)
     async with fake.serve() as server:
