@@ -71,9 +71,6 @@ class DirectorySyncs:
     def add(self, path: Path) -> None:
         self._paths[path] = None
 
-    def __len__(self) -> int:
-        return len(self._paths)
-
     def run(self) -> None:
         """fsync every collected directory once, in the order added; raise on the first failure."""
         paths, self._paths = self._paths, {}
