@@ -1,5 +1,4 @@
-"""Keep the downloader's heap small: few malloc arenas, and freed memory given back before a
-helper process starts.
+"""Keep the downloader's heap small and its start quick: few malloc arenas, imports frozen.
 
 glibc gives each thread that meets a busy arena a new one, up to eight per core, and each arena
 keeps its own freed pages. A run's worker threads (inflate, hashing, file writes) need no more
@@ -8,13 +7,7 @@ Limiting them is the CLI's choice for its own process (``limit_malloc_arenas``),
 library's; measured on the mem64 benchmark (96 series at concurrency 64): the downloader's peak
 fell from 102-105 MB to 97 MB on a 2-core machine. A user's own ``MALLOC_ARENA_MAX`` wins.
 
-At the end of a run the downloader's buffers are free again, but glibc keeps freed heap pages
-mapped: the process stays as large as its peak. A run then starts its Parquet catalog child
-(``engine/run.py``), and on a batch node whose memory limit counts every process of the job
-(a cgroup) the two add up. ``malloc_trim(0)`` hands the free pages back (measured on the mem64
-benchmark, 96 series at concurrency 64: the process tree's peak fell from 176 to 148 MB).
-
-Only glibc has ``malloc_trim``; elsewhere (musl, macOS) this is a no-op.
+Only glibc has ``mallopt``; elsewhere (musl, macOS) ``limit_malloc_arenas`` is a no-op.
 
 A command's imports (aiohttp, pydantic, the engine: some 90,000 tracked objects for ``run``, nearly
 all alive until exit; the garbage among them, about 0.8 MB, stays frozen) are made with the cycle
@@ -32,7 +25,7 @@ import gc
 import os
 from collections.abc import Iterator
 
-__all__ = ["frozen_imports", "limit_malloc_arenas", "release_free_memory"]
+__all__ = ["frozen_imports", "limit_malloc_arenas"]
 
 #: glibc's ``mallopt`` parameter number for the arena limit (malloc.h: ``M_ARENA_MAX``).
 _M_ARENA_MAX = -8
@@ -53,19 +46,6 @@ def limit_malloc_arenas(arenas: int = _ARENAS) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_ARENA_MAX, arenas))
-
-
-def release_free_memory() -> bool:
-    """Collect garbage, then return free heap pages to the OS; True when the C library could."""
-    gc.collect()
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):
-        return False
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    trim(0)
-    return True
 
 
 @contextlib.contextmanager

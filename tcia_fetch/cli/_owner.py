@@ -1,11 +1,10 @@
 """Whether the CLI owns this interpreter (a ``tcia-fetch`` process) or runs inside someone else's.
 
-The console script and ``python -m tcia_fetch`` claim it in ``main()``. Only then may a command
-change process-wide state for its own sake: ``catalog`` loads pyarrow without numpy and picks
-Arrow's allocator through the environment, which saves memory in a process that exits after
-writing two tables, but would break a host process (a notebook, a test worker) that later hands
-numpy arrays to that pyarrow (it crashes). Commands invoked in-process, through the click group,
-leave the interpreter as they found it.
+The console script and ``python -m tcia_fetch`` claim it in ``main()``. Only then may the CLI
+change process-wide state for its own sake: it freezes the objects a command's imports created
+(``_memory.frozen_imports``), which would keep a host process's (a notebook's, a test worker's)
+garbage alive for good. Commands invoked in-process, through the click group, leave the
+interpreter as they found it.
 """
 
 from __future__ import annotations

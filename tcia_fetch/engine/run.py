@@ -19,8 +19,6 @@ import json
 import os
 import secrets
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -35,8 +33,6 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from tcia_fetch._crashpoint import crash_point
 from tcia_fetch._loop import run_sync
-from tcia_fetch._memory import release_free_memory
-from tcia_fetch._parentdeath import child_env
 from tcia_fetch.api.client import NBIAClient
 from tcia_fetch.cluster.address import parse_scheduler
 from tcia_fetch.config import DEFAULT_BASE_URL, ClientSettings, load_client_settings
@@ -47,7 +43,7 @@ from tcia_fetch.engine.report import RunEvent, RunReport, RunStats, SeriesFailur
 from tcia_fetch.engine.retry import RetryPolicy
 from tcia_fetch.engine.space import SpaceGuard, space_refusal_error
 from tcia_fetch.engine.worker import SeriesJob, SeriesWorker, pool_size
-from tcia_fetch.errors import DestinationError, InputError, TciaFetchError, redact_url
+from tcia_fetch.errors import InputError, TciaFetchError, redact_url
 from tcia_fetch.job.jobfile import JobSpec, load_job
 from tcia_fetch.plan.model import PlannedSeries, PlanSummary
 from tcia_fetch.plan.planner import Planner, PlannerOptions
@@ -56,7 +52,7 @@ from tcia_fetch.plan.shard import Shard, parse_shard, split_count, split_rate
 from tcia_fetch.plan.suggest import unmatched_tables
 from tcia_fetch.redaction import scrub
 from tcia_fetch.store.atomic import write_bytes_atomic, write_text_atomic
-from tcia_fetch.store.catalog import CATALOG_NAME, INSTANCES_NAME, catalog_available
+from tcia_fetch.store.catalog import CATALOG_NAME, INSTANCES_NAME, write_destination_catalogs
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.digests import LAST_PLAN_DIGESTS, SortedDigests
 from tcia_fetch.store.home import (
@@ -85,8 +81,6 @@ __all__ = ["RunOptions", "fetch", "plan", "resolve_client_settings", "run"]
 _HEARTBEAT_S = 30.0
 #: How long a finishing run waits for another process's compaction (a shard) before giving up.
 _FINISH_LEASE_WAIT_S = 600.0
-_CATALOG_TIMEOUT_S = 3600.0
-_CATALOG_ERROR_CHARS = 600
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,52 +627,6 @@ async def close_books(
     return books.instances
 
 
-class _CatalogChild:
-    """catalog.parquet and instances.parquet, written by a short-lived ``tcia-fetch catalog DEST``.
-
-    Why a child process: importing pyarrow alone adds about 45 MB of resident memory, which would
-    double the downloader's peak on a shared login node (tests/e2e/test_memory.py). The child reads
-    the journal compacted just before (streamed, bounded memory), writes both tables and exits; it
-    runs while this process holds the compaction lease, so no other writer races it. It is started
-    before metadata.csv is written from the same journal, and waited for after: both only read, so
-    the child's start-up (an interpreter and pyarrow) and its writing overlap the CSV's. Credentials
-    for a bucket reach it through the environment, never its command line.
-    """
-
-    def __init__(self, destination: Destination | BucketDestination) -> None:
-        if isinstance(destination, Destination):
-            self._target = str(destination.root)
-        else:
-            self._target = destination.location.url
-        command = [sys.executable, "-m", "tcia_fetch", "catalog", self._target]
-        release_free_memory()  # the child's memory adds to this process's while it runs
-        try:
-            self._process = subprocess.Popen(  # child_env: the child dies with this process (_parentdeath.py)
-                command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env()
-            )
-        except OSError as exc:
-            raise self._failed(str(exc)) from exc
-
-    def wait(self) -> None:
-        """Wait for the tables; a child that failed or ran past the timeout is a DestinationError."""
-        try:
-            _, stderr = self._process.communicate(timeout=_CATALOG_TIMEOUT_S)
-        except subprocess.TimeoutExpired as exc:
-            self.stop()
-            raise self._failed(str(exc)) from exc
-        if self._process.returncode != 0:
-            raise self._failed(stderr.strip()[-_CATALOG_ERROR_CHARS:])
-
-    def stop(self) -> None:
-        """Kill the child (metadata.csv failed, or the run is being cancelled) and reap it."""
-        if self._process.poll() is None:
-            self._process.kill()
-        self._process.communicate()
-
-    def _failed(self, detail: str) -> DestinationError:
-        return DestinationError(f"cannot write the Parquet catalog of {self._target}: {detail}")
-
-
 class _UidUnion:
     """``uid in digests or uid in few``: a compact set plus the few UIDs reconciliation found."""
 
@@ -740,24 +688,16 @@ class _Books:
                     root=self._destination.root if isinstance(self._destination, Destination) else None,
                 )
 
-        child = None
-        if self._catalog and catalog_available() and not blocked.keys() & {CATALOG_NAME, INSTANCES_NAME}:
+        if write_csv:
+            write_metadata_csv(csv_path, rows())
+            stamp = time.time_ns()  # the snapshot's clock (fine-grained), not the filesystem's
+            os.utime(csv_path, ns=(stamp, stamp))
+        else:
+            for _ in rows():
+                pass
+        if self._catalog and not blocked.keys() & {CATALOG_NAME, INSTANCES_NAME}:
             # the Parquet catalog, derived from the same (compacted) journal, beside metadata.csv
-            child = _CatalogChild(self._destination)
-        try:
-            if write_csv:
-                write_metadata_csv(csv_path, rows())
-                stamp = time.time_ns()  # the snapshot's clock (fine-grained), not the filesystem's
-                os.utime(csv_path, ns=(stamp, stamp))
-            else:
-                for _ in rows():
-                    pass
-        except BaseException:
-            if child is not None:
-                child.stop()
-            raise
-        if child is not None:
-            child.wait()
+            write_destination_catalogs(self._journal.iter_latest("done"), self._destination)
 
     def _csv_is_current(self, csv_path: Path) -> bool:
         snapshot = self._destination.state_dir / SNAPSHOT_NAME

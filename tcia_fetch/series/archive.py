@@ -13,7 +13,8 @@ verified :meth:`TarZstWriter.add_spooled` copies it into the tar in 1 MiB blocks
 spool. At most one member is ever spooled; the archive is written sequentially through a
 zstandard stream writer; nothing is held in memory beyond a block and the compressor's window.
 
-This module and ``store/journal.py`` are the only users of zstandard.
+This module, ``store/journal.py`` and ``store/_parquet.py`` (the catalog's pages) are the only
+users of zstandard.
 """
 
 from __future__ import annotations

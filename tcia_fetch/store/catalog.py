@@ -16,38 +16,37 @@ root, which is also its key under the bucket prefix), ``tcia_files`` (the stored
 ``size``, ``md5``. For ``keep = "zip"``/``"tar.zst"`` the stored file is the series archive (the
 per-instance MD5s are inside a tar.zst's ``MD5SUMS``).
 
-The only module that imports pyarrow (lazily: the CLI does not pay for it). Rows reach Arrow as
-newline-delimited JSON read with the tables' explicit schemas (``pyarrow.json``), not through
-``RecordBatch.from_pylist``: converting Python objects makes pyarrow import pandas to check for
-its types, which doubled the catalog writer's memory (165 MB against 76 MB for 40 series).
+Written by ``store/_parquet.py`` (pure Python and zstandard), in the run's own process: no
+pyarrow, whose import alone costs about 45 MB of resident memory (see that module). Reading the
+tables is the user's business: DuckDB, pandas or pyarrow.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import importlib.util
-import io
 import json
 import os
 import secrets
-import sys
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, BinaryIO, Final
 
+from tcia_fetch._version import __version__
 from tcia_fetch.errors import DestinationError
+from tcia_fetch.store._parquet import Column, ColumnKind, ParquetWriter
+from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.records import SeriesRecord
 
 if TYPE_CHECKING:
-    import pyarrow
+    from tcia_fetch.store.objhome import BucketDestination
 
 __all__ = [
     "CATALOG_NAME",
     "INSTANCES_NAME",
     "METADATA_COLUMNS",
-    "catalog_available",
-    "import_pyarrow_lean",
     "write_catalogs",
+    "write_destination_catalogs",
 ]
 
 CATALOG_NAME: Final = "catalog.parquet"
@@ -57,8 +56,8 @@ _BATCH_BYTES: Final = 2 << 20
 
 
 #: Every ``getSeriesMetadata`` column, in ``SeriesMetadataRow``'s order (its field aliases).
-#: Written out rather than read from the model: this module runs in the catalog child, and the
-#: model would load pydantic there for a list of names (a test keeps the two equal).
+#: Written out rather than read from the model, which this module has no other reason to import
+#: (a test keeps the two equal).
 METADATA_COLUMNS: Final = (
     "SeriesInstanceUID", "StudyInstanceUID", "Collection", "PatientID", "Modality", "ProtocolName",
     "SeriesDate", "SeriesDescription", "BodyPartExamined", "SeriesNumber", "AnnotationsFlag", "Site",
@@ -71,177 +70,97 @@ METADATA_COLUMNS: Final = (
 )  # fmt: skip
 
 
-def catalog_available() -> bool:
-    """Whether pyarrow is installed, without importing it (that alone costs ~45 MB of RSS)."""
-    return importlib.util.find_spec("pyarrow") is not None
+_SERIES_COLUMNS: Final = (
+    *(Column(name, ColumnKind.STRING) for name in METADATA_COLUMNS),
+    Column("tcia_path", ColumnKind.STRING),
+    Column("tcia_files", ColumnKind.STRING_LIST),
+    Column("tcia_instance_count", ColumnKind.INT64),
+    Column("tcia_dicom_bytes", ColumnKind.INT64),
+    Column("tcia_stored_bytes", ColumnKind.INT64),
+    Column("tcia_downloaded_at", ColumnKind.TIMESTAMP_MS_UTC),
+    Column("tcia_sop_class_uid", ColumnKind.STRING),
+    Column("tcia_extra_metadata", ColumnKind.STRING),
+)
+_INSTANCE_COLUMNS: Final = (
+    Column("SeriesInstanceUID", ColumnKind.STRING),
+    Column("file_name", ColumnKind.STRING),
+    Column("path", ColumnKind.STRING),
+    Column("size", ColumnKind.INT64),
+    Column("md5", ColumnKind.STRING),
+)
+_CREATED_BY: Final = f"tcia-fetch version {__version__}"
+_METADATA_NAMES: Final = frozenset(METADATA_COLUMNS)
 
 
-def import_pyarrow_lean() -> None:
-    """Import pyarrow without numpy, for a process that only writes the catalog.
-
-    pyarrow imports numpy whenever it is installed (~11 MB of resident memory), yet since
-    pyarrow 16 it works without it, and these tables never touch a numpy array. Marking numpy
-    unimportable while pyarrow loads keeps it out; an older pyarrow that needs numpy is then
-    imported normally. A process that already has either module is left as it is.
-    """
-    if "numpy" in sys.modules or "pyarrow" in sys.modules:
-        return
-    sys.modules["numpy"] = None  # type: ignore[assignment]  # import numpy -> ImportError
-    try:
-        import pyarrow.json
-        import pyarrow.parquet  # noqa: F401
-    except ImportError:
-        for name in [name for name in sys.modules if name.partition(".")[0] == "pyarrow"]:
-            del sys.modules[name]
-    finally:
-        del sys.modules["numpy"]
-
-
-def _pyarrow() -> Any:
-    try:
-        import pyarrow
-        import pyarrow.json
-        import pyarrow.parquet
-    except ImportError as exc:
-        raise DestinationError(
-            "the Parquet catalog needs the optional dependency pyarrow: pip install 'tcia-fetch[parquet]'"
-        ) from exc
-    return pyarrow
-
-
-def _schemas(pa: Any) -> tuple[pyarrow.Schema, pyarrow.Schema]:
-    series = pa.schema(
-        [
-            *(pa.field(name, pa.string()) for name in METADATA_COLUMNS),
-            pa.field("tcia_path", pa.string()),
-            pa.field("tcia_files", pa.list_(pa.string())),
-            pa.field("tcia_instance_count", pa.int64()),
-            pa.field("tcia_dicom_bytes", pa.int64()),
-            pa.field("tcia_stored_bytes", pa.int64()),
-            pa.field("tcia_downloaded_at", pa.timestamp("s", tz="UTC")),
-            pa.field("tcia_sop_class_uid", pa.string()),
-            pa.field("tcia_extra_metadata", pa.string()),
-        ]
-    )
-    instances = pa.schema(
-        [
-            pa.field("SeriesInstanceUID", pa.string()),
-            pa.field("file_name", pa.string()),
-            pa.field("path", pa.string()),
-            pa.field("size", pa.int64()),
-            pa.field("md5", pa.string()),
-        ]
-    )
-    return series, instances
-
-
-def _series_row(record: SeriesRecord) -> dict[str, object]:
+def _series_row(record: SeriesRecord) -> tuple[object, ...]:
     metadata = dict(record.metadata or {})
     metadata.setdefault("SeriesInstanceUID", record.series_uid)
-    row: dict[str, object] = {
-        name: (None if metadata.get(name) is None else str(metadata[name])) for name in METADATA_COLUMNS
-    }
-    extra = {key: value for key, value in metadata.items() if key not in row}
-    row.update(
-        tcia_path=record.path,
-        tcia_files=[entry.name for entry in record.files],
-        tcia_instance_count=record.instance_count,
-        tcia_dicom_bytes=record.dicom_bytes,
-        tcia_stored_bytes=record.total_file_bytes,
-        tcia_downloaded_at=dt.datetime.fromtimestamp(int(record.at), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        tcia_sop_class_uid=record.sop_class_uid,
-        tcia_extra_metadata=json.dumps(extra, sort_keys=True) if extra else None,
+    known = [None if metadata.get(name) is None else str(metadata[name]) for name in METADATA_COLUMNS]
+    extra = {key: value for key, value in metadata.items() if key not in _METADATA_NAMES}
+    return (
+        *known,
+        record.path,
+        [entry.name for entry in record.files],
+        record.instance_count,
+        record.dicom_bytes,
+        record.total_file_bytes,
+        int(record.at) * 1000,  # whole seconds, as the journal's clock is reported everywhere else
+        record.sop_class_uid,
+        json.dumps(extra, sort_keys=True) if extra else None,
     )
-    return row
 
 
-def _instance_rows(record: SeriesRecord) -> Iterator[dict[str, object]]:
+def _instance_rows(record: SeriesRecord) -> Iterator[tuple[object, ...]]:
     for entry in record.files:
-        yield {
-            "SeriesInstanceUID": record.series_uid,
-            "file_name": entry.name,
-            "path": f"{record.path}/{entry.name}" if record.path else entry.name,
-            "size": entry.size,
-            "md5": entry.md5,
-        }
-
-
-def _pool() -> Any:
-    """The C allocator's pool: Arrow's default (mimalloc) keeps ~20 MB more resident for these
-    small batches (measured: 135 MB against 112 MB for the whole ``tcia-fetch catalog``)."""
-    import pyarrow
-
-    return pyarrow.system_memory_pool()
+        path = f"{record.path}/{entry.name}" if record.path else entry.name
+        yield record.series_uid, entry.name, path, entry.size, entry.md5
 
 
 class _TableSink:
-    """One Parquet table being written: rows are kept as JSON lines (a fraction of what the row
-    dicts take) and handed to Arrow as one batch when ``_BATCH_ROWS`` rows or ``_BATCH_BYTES``
-    of text are waiting, whichever comes first, so memory is bounded however wide the rows are."""
+    """One Parquet table being written: a row group goes out whenever ``_BATCH_ROWS`` rows or
+    ``_BATCH_BYTES`` of encoded values are waiting, whichever comes first, so memory is bounded
+    however many rows the journal holds and however wide they are."""
 
-    def __init__(self, out: Any, schema: pyarrow.Schema) -> None:
-        self._out = out
-        self._schema = schema
-        self._lines: list[str] = []
-        self._bytes = 0
+    def __init__(self, out: BinaryIO, columns: tuple[Column, ...]) -> None:
+        self._writer = ParquetWriter(out, columns, created_by=_CREATED_BY)
 
-    def add(self, row: dict[str, object]) -> None:
-        line = json.dumps(row, separators=(",", ":"))
-        self._lines.append(line)
-        self._bytes += len(line)
-        if len(self._lines) >= _BATCH_ROWS or self._bytes >= _BATCH_BYTES:
-            self.flush()
+    def add(self, row: tuple[object, ...]) -> None:
+        writer = self._writer
+        writer.append(row)
+        if writer.buffered_rows >= _BATCH_ROWS or writer.buffered_bytes >= _BATCH_BYTES:
+            writer.flush()
 
-    def flush(self) -> None:
-        """Append the waiting rows to the file as one row group (nothing when none wait)."""
-        if not self._lines:
-            return
-        import pyarrow.json as pj
-
-        text = "\n".join(self._lines).encode()
-        self._lines.clear()
-        self._bytes = 0
-        options = pj.ParseOptions(explicit_schema=self._schema, unexpected_field_behavior="error")
-        # One thread: Arrow's pool threads each leave a malloc arena behind (~5 MB resident).
-        reading = pj.ReadOptions(use_threads=False)
-        table = pj.read_json(
-            io.BytesIO(text), read_options=reading, parse_options=options, memory_pool=_pool()
-        )
-        del text
-        self._out.write_table(table)
+    def close(self) -> None:
+        """Write the last row group and the footer."""
+        self._writer.close()
 
 
 def write_catalogs(records: Iterable[SeriesRecord], directory: Path) -> tuple[Path, Path]:
-    """Write both tables into ``directory`` (each atomically: temporary file, then rename).
+    """Write both tables into ``directory`` (each atomically: temporary file, fsync, rename).
 
     ``records`` may be any iterable of journal records (only ``done`` ones are written), read
-    once, in order; rows go out in batches of a few thousand.
+    once, in order; rows go out in row groups of a few thousand.
     """
-    pa = _pyarrow()
-    import pyarrow.parquet as pq
-
-    series_schema, instance_schema = _schemas(pa)
     catalog_path = directory / CATALOG_NAME
     instances_path = directory / INSTANCES_NAME
     # Named like store.atomic's temporaries, so startup cleanup removes those of killed writers.
     catalog_tmp = directory / f".{CATALOG_NAME}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
     instances_tmp = directory / f".{INSTANCES_NAME}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
     try:
-        options: dict[str, Any] = {"compression": "zstd", "memory_pool": _pool()}
-        with (
-            pq.ParquetWriter(catalog_tmp, series_schema, **options) as series_out,
-            pq.ParquetWriter(instances_tmp, instance_schema, **options) as instances_out,
-        ):
-            series_sink = _TableSink(series_out, series_schema)
-            instance_sink = _TableSink(instances_out, instance_schema)
+        with open(catalog_tmp, "xb") as series_file, open(instances_tmp, "xb") as instances_file:
+            series_sink = _TableSink(series_file, _SERIES_COLUMNS)
+            instance_sink = _TableSink(instances_file, _INSTANCE_COLUMNS)
             for record in records:
                 if record.status != "done":
                     continue
                 series_sink.add(_series_row(record))
                 for row in _instance_rows(record):
                     instance_sink.add(row)
-            series_sink.flush()
-            instance_sink.flush()
+            series_sink.close()
+            instance_sink.close()
+            # durable before the renames: a crash never leaves a named table without its footer
+            os.fsync(series_file.fileno())
+            os.fsync(instances_file.fileno())
         os.replace(catalog_tmp, catalog_path)
         os.replace(instances_tmp, instances_path)
     except OSError as exc:
@@ -252,3 +171,27 @@ def write_catalogs(records: Iterable[SeriesRecord], directory: Path) -> tuple[Pa
         for leftover in (catalog_tmp, instances_tmp):
             leftover.unlink(missing_ok=True)
     return catalog_path, instances_path
+
+
+def write_destination_catalogs(
+    records: Iterable[SeriesRecord], destination: Destination | BucketDestination
+) -> list[str]:
+    """Write both tables where ``destination`` keeps them; returns where they went.
+
+    A directory gets them in its root. A bucket gets them under its prefix: written to a local
+    scratch directory first, then each uploaded whole (an object appears complete or not at all).
+    Synchronous: call from a thread (a bucket's store runs its requests on its own loop).
+    """
+    if isinstance(destination, Destination):
+        return [str(path) for path in write_catalogs(records, destination.root)]
+    scratch = Path(tempfile.mkdtemp(prefix="tcia-fetch-catalog-"))
+    try:
+        write_catalogs(records, scratch)
+        where = []
+        for name in (CATALOG_NAME, INSTANCES_NAME):
+            key = destination.location.key(name)
+            destination.store.upload_file(key, scratch / name)
+            where.append(f"s3://{destination.store.bucket}/{key}")
+        return where
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

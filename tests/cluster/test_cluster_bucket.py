@@ -69,9 +69,6 @@ def test_a_dask_run_fills_a_bucket_like_one_process_and_a_rerun_fetches_nothing(
     from tcia_fetch.engine.run import RunOptions, fetch
     from tcia_fetch.testing import FakeNBIA
 
-    # The Parquet catalog's child process is not what this test checks (test_s3_destination.py
-    # checks the catalog in a bucket); metadata.csv and the report are.
-    monkeypatch.setattr("tcia_fetch.engine.run.catalog_available", lambda: False)
     catalog = _catalog()
     uids = sorted(series.uid for series in catalog.series)
     job = tmp_path / "job.toml"

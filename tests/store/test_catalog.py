@@ -124,24 +124,50 @@ async def test_a_run_writes_the_catalog_of_what_it_verified(tmp_path: Path) -> N
     assert instances.num_rows == len(uids)
 
 
-def test_writing_the_catalog_never_imports_pandas(tmp_path: Path) -> None:
-    """pyarrow's Python-object conversion imports pandas (about 50 MB in the catalog child): the
-    writer feeds Arrow JSON instead, so a run's catalog child stays lean. In a fresh interpreter,
-    since this one may have imported pandas already."""
+def test_writing_the_catalog_imports_neither_pyarrow_nor_pandas(tmp_path: Path) -> None:
+    """A run writes its catalog in its own process: pyarrow alone would add about 45 MB to it,
+    pandas more. In a fresh interpreter, since this one has imported both already."""
     import subprocess
     import sys
 
     code = (
         "import sys, pathlib\n"
-        "from tests.store.test_catalog import generate\n"
         "from tcia_fetch.store.catalog import write_catalogs\n"
-        f"write_catalogs(generate(50), pathlib.Path({str(tmp_path)!r}))\n"
-        "assert 'pandas' not in sys.modules, 'pandas was imported'\n"
+        "from tcia_fetch.store.records import FileEntry, SeriesRecord\n"
+        "records = [SeriesRecord(series_uid=f'1.2.{i}', status='done', at=1.0, run_id='r', path=f'C/{i}',\n"
+        "           files=(FileEntry('1.dcm', 5, 'a' * 32),), metadata={'Modality': 'CT'})\n"
+        "           for i in range(45)]\n"
+        f"write_catalogs(records, pathlib.Path({str(tmp_path)!r}))\n"
+        "loaded = sorted({'pyarrow', 'pandas', 'numpy'} & set(sys.modules))\n"
+        "assert not loaded, loaded\n"
     )
     root = Path(__file__).parents[2]
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert pq.read_table(tmp_path / CATALOG_NAME).num_rows == 45
+
+
+def test_the_catalog_types_are_what_duckdb_users_query(tmp_path: Path) -> None:
+    write_catalogs(generate(3), tmp_path)
+    described = duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet('{tmp_path / CATALOG_NAME}')").fetchall()
+    types = {name: kind for name, kind, *_ in described}
+    assert types["SeriesInstanceUID"] == "VARCHAR" and types["tcia_files"] == "VARCHAR[]"
+    assert types["tcia_dicom_bytes"] == "BIGINT"
+    assert types["tcia_downloaded_at"] == "TIMESTAMP WITH TIME ZONE"
+    (first,) = duckdb.sql(
+        f"SELECT epoch(tcia_downloaded_at) FROM read_parquet('{tmp_path / CATALOG_NAME}') "
+        "WHERE SeriesInstanceUID = '1.2.3.1'"
+    ).fetchall()
+    assert first == (1_700_000_001,)
+
+
+def test_a_catalog_that_cannot_be_written_says_where_and_leaves_nothing(tmp_path: Path) -> None:
+    from tcia_fetch.errors import DestinationError
+
+    with pytest.raises(DestinationError, match="cannot write the Parquet catalog in") as caught:
+        write_catalogs(generate(3), tmp_path / "missing")
+    assert str(tmp_path / "missing") in caught.value.message
+    assert list(tmp_path.iterdir()) == []
 
 
 def _journaled_destination(dest: Path, count: int) -> Path:
@@ -155,8 +181,8 @@ def _journaled_destination(dest: Path, count: int) -> Path:
 
 
 def test_the_catalog_command_loads_neither_numpy_pandas_nor_the_http_stack(tmp_path: Path) -> None:
-    """The command a run starts as its catalog child (issue 13's 150 MB budget at 600,000
-    series): pyarrow is loaded without numpy, and the CLI loads only the command it runs."""
+    """``tcia-fetch catalog`` on a large destination (issue 13's 150 MB budget at 600,000
+    series): the CLI loads only the command it runs, and the writer needs no pyarrow."""
     import subprocess
     import sys
 
@@ -169,7 +195,7 @@ def test_the_catalog_command_loads_neither_numpy_pandas_nor_the_http_stack(tmp_p
         "    main()\n"
         "except SystemExit as exc:\n"
         "    assert exc.code == 0, exc.code\n"
-        "heavy = {'numpy', 'pandas', 'aiohttp', 'tcia_fetch.engine.run', 'pydantic'}\n"
+        "heavy = {'numpy', 'pandas', 'pyarrow', 'aiohttp', 'tcia_fetch.engine.run', 'pydantic'}\n"
         "loaded = sorted(heavy & set(sys.modules))\n"
         "assert not loaded, loaded\n"
     )
@@ -182,30 +208,7 @@ def test_the_catalog_command_loads_neither_numpy_pandas_nor_the_http_stack(tmp_p
 
 
 def test_the_catalog_columns_are_every_series_metadata_column_in_order() -> None:
-    """The catalog's literal column list (kept so the child never loads pydantic) is the model's."""
+    """The catalog's literal column list (kept so the writer never loads pydantic) is the model's."""
     from tcia_fetch.api.models import SeriesMetadataRow
 
     assert tuple(str(field.alias) for field in SeriesMetadataRow.model_fields.values()) == METADATA_COLUMNS
-
-
-def test_the_catalog_command_run_in_process_leaves_pyarrow_usable_with_numpy(tmp_path: Path) -> None:
-    """Through the click group (a notebook, a test) the command must not load pyarrow without
-    numpy: that pyarrow crashes the host process once it meets numpy (it did, with SIGSEGV)."""
-    import subprocess
-    import sys
-
-    dest = _journaled_destination(tmp_path / "dest", 20)
-    code = (
-        "import sys\n"
-        "from click.testing import CliRunner\n"
-        "from tcia_fetch.cli.main import cli\n"
-        f"result = CliRunner().invoke(cli, ['catalog', {str(dest)!r}])\n"
-        "assert result.exit_code == 0, result.output\n"
-        "import pyarrow.parquet as pq\n"
-        f"frame = pq.read_table({str(dest / CATALOG_NAME)!r}).to_pandas()\n"
-        "assert len(frame) == 18, len(frame)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])

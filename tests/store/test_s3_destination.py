@@ -59,13 +59,6 @@ def catalog() -> Catalog:
 _bucket_counter = iter(range(10_000))
 
 
-@pytest.fixture
-def no_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Skip the Parquet catalog's child process (seconds per run) in tests that do not check it:
-    the catalog in a bucket is checked by the first test of this module."""
-    monkeypatch.setattr("tcia_fetch.engine.run.catalog_available", lambda: False)
-
-
 def write_job(tmp_path: Path, uids: list[str]) -> Path:
     job = tmp_path / "job.toml"
     listed = ", ".join(f'"{uid}"' for uid in uids)
@@ -128,13 +121,12 @@ async def test_tar_zst_series_land_whole_in_the_bucket_with_state_catalog_and_cs
     assert open_uploads(client, bucket) == []  # archives above 8 KiB went up by multipart, all completed
     # A rerun from another machine (a fresh work dir) finds everything done and fetches nothing.
     monkeypatch.setenv("TCIA_FETCH_WORK_DIR", str(tmp_path / "another-machine"))
-    monkeypatch.setattr("tcia_fetch.engine.run.catalog_available", lambda: False)  # checked above
     again = await run_to(tmp_path, catalog, f"s3://{bucket}/tcia", uids)
     assert (again.done, again.skipped, again.failed) == (0, 4, 0)
 
 
 async def test_keep_zip_stores_the_archive_as_served(
-    tmp_path: Path, catalog: Catalog, moto_s3: MotoS3, bucket: str, no_catalog: None
+    tmp_path: Path, catalog: Catalog, moto_s3: MotoS3, bucket: str
 ) -> None:
     uid = catalog.series[0].uid
     report = await run_to(tmp_path, catalog, f"s3://{bucket}", [uid], keep="zip")
@@ -203,7 +195,6 @@ async def test_transient_store_faults_are_retried_and_end_verified(
     bucket: str,
     monkeypatch: pytest.MonkeyPatch,
     fault: Fault,
-    no_catalog: None,
 ) -> None:
     proxy = FaultProxy(moto_s3.endpoint, [fault])
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)

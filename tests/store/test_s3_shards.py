@@ -34,9 +34,6 @@ _names = iter(range(10_000))
 async def test_two_shards_fill_one_bucket_side_by_side_each_with_its_report(
     tmp_path: Path, moto_s3: MotoS3, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The Parquet catalog's child process (seconds per run, three runs here) is not what this
-    # test checks; tests/store/test_s3_destination.py checks the catalog in a bucket.
-    monkeypatch.setattr("tcia_fetch.engine.run.catalog_available", lambda: False)
     catalog = Catalog.generate(
         seed=31, collections=1, patients_per_collection=3, series_per_study=2,
         instances_per_series=(3, 5), instance_bytes=(6_000, 14_000),
