@@ -34,7 +34,7 @@ from tcia_fetch.errors import (
     TLSError,
     UnauthorizedError,
 )
-from tcia_fetch.transport import MAX_CHUNK_SIZE_BYTES, MIN_CHUNK_SIZE_BYTES, Transport
+from tcia_fetch.transport import MAX_CHUNK_SIZE_BYTES, MIN_CHUNK_SIZE_BYTES, Transport, socket_buffers_for
 
 pytestmark = pytest.mark.anyio
 
@@ -237,6 +237,30 @@ async def test_stream_reads_big_body_in_large_chunks(server: TestServer) -> None
     assert sum(len(chunk) for chunk in chunks) == 3 * 1024 * 1024
     assert max(len(chunk) for chunk in chunks) <= MAX_CHUNK_SIZE_BYTES  # the default read size
     assert MIN_CHUNK_SIZE_BYTES == 64 * 1024
+
+
+def test_what_connections_buffer_outside_the_engine_budget_stays_small_at_any_pool_size() -> None:
+    # a socket read waiting in aiohttp's buffer, plus up to twice its read buffer before it pauses
+    for connections in range(1, 200):
+        socket_read, buffer = socket_buffers_for(connections)
+        assert 64 << 10 <= socket_read <= 256 << 10 and 16 << 10 <= buffer <= 64 << 10
+        if connections <= 64 + 4:  # --concurrency 64 plus the query connections
+            assert connections * (socket_read + 2 * buffer) <= 6.5 * 2**20, connections
+    assert socket_buffers_for(12) == (256 << 10, 64 << 10)  # a few streams keep asyncio's reads
+
+
+@pytest.mark.parametrize("connections", [4, 68])
+async def test_a_download_socket_reads_no_more_than_its_share(server: TestServer, connections: int) -> None:
+    # Through asyncio's private ``max_size``: if a Python release renamed it, the bound would
+    # silently vanish (the mem64 benchmark's peak would rise ~5 MB); this test would say so.
+    async with (
+        Transport(max_connections=connections) as transport,
+        transport.stream("GET", str(server.make_url("/big"))) as response,
+    ):
+        connection = response._response.connection
+        assert connection is not None and connection.transport is not None
+        assert connection.transport.max_size == socket_buffers_for(transport.pool_size)[0]  # type: ignore[attr-defined]
+        assert sum([len(chunk) async for chunk in response]) == 3 * 1024 * 1024
 
 
 async def test_slow_live_stream_is_not_a_stall(server: TestServer) -> None:
