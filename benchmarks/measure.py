@@ -109,8 +109,28 @@ def cpu_seconds_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
-def machine_busy_cpu_s() -> float:
-    """CPU seconds the whole machine has spent busy (all CPUs, not idle/iowait) since boot.
+def wait_until_quiet(
+    *, busy_fraction: float = 0.15, window_s: float = 0.5, max_wait_s: float = 30.0
+) -> float:
+    """Wait until the machine is nearly idle (busy CPU over one window under ``busy_fraction`` of
+    one core), at most ``max_wait_s``; returns the seconds waited.
+
+    Removing a scenario's gigabytes of output, or the writeback a contender left behind, goes on
+    in kernel threads after the call returns: measured once, it put 11-16 s of other CPU into the
+    next scenario's first run, whoever ran it.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < max_wait_s:
+        before = machine_busy_cpu_s(count_steal=False)
+        time.sleep(window_s)
+        if machine_busy_cpu_s(count_steal=False) - before < busy_fraction * window_s:
+            break
+    return time.monotonic() - started
+
+
+def machine_busy_cpu_s(*, count_steal: bool = True) -> float:
+    """CPU seconds the whole machine has spent busy (all CPUs, not idle/iowait) since boot;
+    without ``count_steal``, only this machine's own work (a VM's host may take CPU at any time).
 
     Deltas of this, minus the contender's and the server's CPU, show how much *other* work shared the
     machine during a measurement: benchmarks on a shared box are only comparable when that is small.
@@ -121,7 +141,8 @@ def machine_busy_cpu_s() -> float:
     except OSError:
         return 0.0
     # cpu user nice system idle iowait irq softirq steal ...
-    busy = sum(int(value) for index, value in enumerate(fields[1:9]) if index not in (3, 4))
+    skipped = (3, 4) if count_steal else (3, 4, 7)
+    busy = sum(int(value) for index, value in enumerate(fields[1:9]) if index not in skipped)
     return busy / _CLOCK_TICKS
 
 

@@ -247,7 +247,7 @@ def evaluate_targets(scenario: str, medians: dict[str, JsonDict]) -> list[JsonDi
                 "limit = zip bytes / total bandwidth",
             )
         )
-    elif scenario == "mem64":
+    elif scenario in ("mem64", "mem64-tls"):
         rss = get("tcia-fetch@64", "peak_rss_mb")
         targets.append(_target("tcia-fetch@64 peak RSS < 100 MB", rss, check(rss, (rss or 0) < 100), "MiB"))
     elif scenario == "tiny600":

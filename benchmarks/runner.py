@@ -31,7 +31,7 @@ from pathlib import Path
 
 from benchmarks.contenders import Contender, RunContext, TciaFetchContender, make_contender
 from benchmarks.integrity import Oracle, check_output
-from benchmarks.measure import ProcessMeasurement, machine_busy_cpu_s, measure_command
+from benchmarks.measure import ProcessMeasurement, machine_busy_cpu_s, measure_command, wait_until_quiet
 from benchmarks.scenarios import Scenario
 from benchmarks.server import FakeServer, ServerOptions, project_env
 from tcia_fetch.testing import Catalog
@@ -114,6 +114,7 @@ def measure_zip_bytes(options: ServerOptions, uids: list[str], scratch: Path) ->
         max_concurrent_downloads=None,
         query_delay_s=0.0,
         total_rate_bytes_per_s=None,
+        tls=False,
     )
     with FakeServer.start(unthrottled, scratch / "calibration") as server, ThreadPoolExecutor(4) as pool:
         return sum(
@@ -196,12 +197,14 @@ def _run_download(
             cpu_count=os.cpu_count() or 1,
         )
         argv = contender.command(context)
+        # the last run's writeback or deleted output is not this contender's work
+        settle_s = wait_until_quiet()
         server_cpu_before = server.cpu_s()
         machine_before = machine_busy_cpu_s()
         load_before = os.getloadavg()[0]
         measured = measure_command(
             argv,
-            env=project_env(),
+            env=project_env(server.client_env()),
             cwd=work,
             timeout_s=scenario.timeout_s,
             stdout_path=work / "contender.stdout",
@@ -216,6 +219,7 @@ def _run_download(
         **_process_numbers(measured, integrity.verified_bytes),
         "server_cpu_s": round(server_cpu, 3),
         "background_cpu_s": round(max(0.0, background_cpu), 2),
+        "settle_wait_s": round(settle_s, 2),
         "load_avg_1m_before": round(load_before, 2),
         "server": _server_counters(server.stats),
         "integrity": integrity.as_dict(),

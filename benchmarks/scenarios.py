@@ -243,6 +243,26 @@ SCENARIOS: dict[str, Scenario] = {
             timeout_s=300.0,
         ),
         Scenario(
+            name="mem64-tls",
+            description=(
+                "mem64 over HTTPS, as the real archive serves: a TLS connection costs the client a "
+                "read buffer per connection (asyncio's 256 KiB) and the decryption. Peak RSS must "
+                "stay under 100 MB with 64 streams here too."
+            ),
+            server=ServerOptions(
+                seed=74,
+                collections=2,
+                patients_per_collection=12,
+                series_per_study=4,
+                instances_per_series=(9, 11),
+                instance_bytes=(950_000, 1_050_000),
+                tls=True,
+            ),
+            contenders=("tcia-fetch@64",),
+            default_runs=2,
+            timeout_s=300.0,
+        ),
+        Scenario(
             name="tiny600",
             description=(
                 "600 series of 1-3 small instances on loopback, 8 at a time: per-series CPU and "

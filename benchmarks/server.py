@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.measure import cpu_seconds_of
+from tcia_fetch.testing import self_signed_certificate
 
 __all__ = ["FakeServer", "ServerOptions", "project_env"]
 
@@ -71,6 +72,9 @@ class ServerOptions:
     query_delay_s: float = 0.0
     total_rate_bytes_per_s: float | None = None
     pixel_cache_bytes: int = 256 * 1024 * 1024
+    #: Serve HTTPS (a self-signed certificate the contenders trust through SSL_CERT_FILE), as the
+    #: real archive does.
+    tls: bool = False
 
     def catalog_kwargs(self) -> dict[str, object]:
         """The catalog sizing, as ``Catalog.generate`` names it (for the results document)."""
@@ -121,23 +125,33 @@ class ServerOptions:
             "retry_after_s": self.retry_after_s,
             "query_delay_s": self.query_delay_s,
             "total_rate_bytes_per_s": self.total_rate_bytes_per_s,
+            "tls": self.tls,
         }
 
 
 class FakeServer:
     """A running ``python -m tcia_fetch.testing serve`` process. Use :meth:`start`."""
 
-    def __init__(self, process: subprocess.Popen[bytes], port: int, stats_file: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], port: int, stats_file: Path, ca_file: Path | None = None
+    ) -> None:
         self.process = process
         self.port = port
         self.stats_file = stats_file
+        #: The certificate a client must trust (TLS scenarios), else None.
+        self.ca_file = ca_file
         self.stats: dict[str, object] = {}
         self.cpu_s_total = 0.0
 
     @property
     def base_url(self) -> str:
         """The v4 API root, with its trailing slash."""
-        return f"http://127.0.0.1:{self.port}/nbia-api/services/v4/"
+        scheme = "http" if self.ca_file is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}/nbia-api/services/v4/"
+
+    def client_env(self) -> dict[str, str]:
+        """Environment a contender needs to reach this server (its CA, for a TLS scenario)."""
+        return {} if self.ca_file is None else {"SSL_CERT_FILE": str(self.ca_file)}
 
     def cpu_s(self) -> float:
         """CPU seconds the server process has used so far."""
@@ -175,6 +189,10 @@ class FakeServer:
             *options.argv(),
             *extra_argv,
         ]
+        ca_file = None
+        if options.tls:
+            ca_file, key = self_signed_certificate(workdir / "tls")
+            argv += [f"--tls-cert={ca_file}", f"--tls-key={key}"]
         with open(log_file, "wb") as log:
             process = subprocess.Popen(
                 argv, env=project_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=workdir
@@ -190,7 +208,7 @@ class FakeServer:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"fake server did not start within {startup_timeout_s} s")
                 time.sleep(0.02)
-            server = cls(process, int(port_file.read_text().strip()), stats_file)
+            server = cls(process, int(port_file.read_text().strip()), stats_file, ca_file)
             yield server
         finally:
             if server is not None:

@@ -42,6 +42,7 @@ from tcia_fetch.testing._faults import FaultKind, FaultPlan, FaultRule
 from tcia_fetch.testing._lazy import LazyCatalog
 from tcia_fetch.testing._load import LoadModel, ServerStats
 from tcia_fetch.testing._server import FakeNBIA, RequestRecord, RunningServer
+from tcia_fetch.testing._tls import self_signed_certificate
 
 __all__ = [
     "BackgroundServer",
@@ -57,5 +58,6 @@ __all__ = [
     "RunningServer",
     "SeriesEntry",
     "ServerStats",
+    "self_signed_certificate",
     "serve_in_background",
 ]

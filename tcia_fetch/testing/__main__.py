@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -157,8 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="hash every instance before listening, as the real server stores MD5s (for benchmarks)",
     )
+    serve.add_argument("--tls-cert", type=Path, help="serve HTTPS with this PEM certificate, as TCIA does")
+    serve.add_argument("--tls-key", type=Path, help="the certificate's PEM private key (with --tls-cert)")
     serve.add_argument("--log-level", default="INFO")
     return parser
+
+
+def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if args.tls_cert is None and args.tls_key is None:
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise SystemExit("--tls-cert and --tls-key go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    return context
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -224,7 +237,7 @@ async def _serve_catalog(args: argparse.Namespace, catalog: Catalog) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with fake.serve(host=args.host, port=args.port) as server:
+    async with fake.serve(host=args.host, port=args.port, ssl_context=_server_tls(args)) as server:
         logger.info(
             "serving %d series (%d collections) at %s",
             len(catalog),

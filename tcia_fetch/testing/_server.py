@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -245,16 +246,19 @@ class FakeNBIA:
 
     # ---- serving --------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[RunningServer]:
-        """Listen on ``host:port`` (0 = any free port) until the block exits."""
+    async def serve(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> AsyncIterator[RunningServer]:
+        """Listen on ``host:port`` (0 = any free port) until the block exits; over TLS with
+        ``ssl_context`` (a server context holding the certificate), as the real archive serves."""
         await asyncio.get_running_loop().run_in_executor(None, self.catalog.warm)
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port, reuse_address=True)
+            site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
             await site.start()
             bound = runner.addresses[0]
-            server = RunningServer(self, host=str(bound[0]), port=int(bound[1]))
+            server = RunningServer(self, host=str(bound[0]), port=int(bound[1]), tls=ssl_context is not None)
             logger.info("fake NBIA listening on %s", server.root_url)
             yield server
         finally:
@@ -264,16 +268,17 @@ class FakeNBIA:
 class RunningServer:
     """Where a served :class:`FakeNBIA` listens, and its log and counters."""
 
-    def __init__(self, fake: FakeNBIA, *, host: str, port: int) -> None:
+    def __init__(self, fake: FakeNBIA, *, host: str, port: int, tls: bool = False) -> None:
         self.fake = fake
         self.host = host
         self.port = port
+        self.tls = tls
 
     @property
     def root_url(self) -> str:
-        """``http://HOST:PORT/``."""
+        """``http://HOST:PORT/`` (``https`` when served over TLS)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}/"
 
     @property
     def base_url(self) -> str:

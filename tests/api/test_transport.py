@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import shutil
 import socket
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from tcia_fetch.errors import (
     TLSError,
     UnauthorizedError,
 )
+from tcia_fetch.testing import self_signed_certificate
 from tcia_fetch.transport import MAX_CHUNK_SIZE_BYTES, MIN_CHUNK_SIZE_BYTES, Transport, socket_buffers_for
 
 pytestmark = pytest.mark.anyio
@@ -334,30 +333,7 @@ async def test_unresolvable_host_is_name_resolution_error(monkeypatch: pytest.Mo
 
 @pytest.fixture
 def self_signed(tmp_path: Path) -> ssl.SSLContext:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl not available to make a test certificate")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed_certificate(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     return context

@@ -19,7 +19,8 @@ STATE_DIR = ".tcia-fetch"
 
 @contextmanager
 def fake_server_process(tmp_path: Path, args: Sequence[str] = ()) -> Iterator[str]:
-    """Run ``python -m tcia_fetch.testing serve`` on loopback; yield its API root URL."""
+    """Run ``python -m tcia_fetch.testing serve`` on loopback; yield its API root URL (``https``
+    when ``args`` name a certificate)."""
     port_file = tmp_path / "port"
     log_path = tmp_path / "fake-server.log"
     log = log_path.open("wb")
@@ -47,7 +48,8 @@ def fake_server_process(tmp_path: Path, args: Sequence[str] = ()) -> Iterator[st
                 raise TimeoutError("fake server did not start")
             time.sleep(0.05)
         port = int(port_file.read_text().strip())
-        yield f"http://127.0.0.1:{port}/nbia-api/services/v4/"
+        scheme = "https" if any(arg.startswith("--tls-cert") for arg in args) else "http"
+        yield f"{scheme}://127.0.0.1:{port}/nbia-api/services/v4/"
     finally:
         proc.terminate()
         try:
