@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -260,6 +263,55 @@ async def test_a_download_socket_reads_no_more_than_its_share(server: TestServer
         assert connection is not None and connection.transport is not None
         assert connection.transport.max_size == socket_buffers_for(transport.pool_size)[0]  # type: ignore[attr-defined]
         assert sum([len(chunk) async for chunk in response]) == 3 * 1024 * 1024
+
+
+TLS_READS = """
+import anyio, ssl, sys
+from tcia_fetch.testing import Catalog, FakeNBIA
+from tcia_fetch.transport import Transport, socket_buffers_for
+
+async def main():
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(sys.argv[1], sys.argv[2])
+    catalog = Catalog.generate(seed=1, collections=1, patients_per_collection=1, series_per_study=1,
+                               instances_per_series=(3, 3), instance_bytes=(400_000, 400_000))
+    params = {"SeriesInstanceUID": catalog.series[0].uid}
+    async with FakeNBIA(catalog).serve(ssl_context=context) as server:
+        assert server.base_url.startswith("https://")
+        for connections in (4, 68):
+            async with Transport(max_connections=connections) as transport, transport.stream(
+                "GET", server.base_url + "getImage", params=params
+            ) as response:
+                protocol = response._response.connection.transport._ssl_protocol
+                body = sum([len(chunk) async for chunk in response])
+                share = socket_buffers_for(transport.pool_size)[0]
+                print(connections, len(protocol._ssl_buffer), share, body)
+
+anyio.run(main)
+"""
+
+
+def test_a_tls_connection_keeps_buffers_of_its_share_only(tmp_path: Path) -> None:
+    # In a child: the certificate is trusted through SSL_CERT_FILE, read when aiohttp is imported.
+    # Reaches into asyncio's private SSL buffers, as the transport does: if a Python release
+    # renamed them, the bound would silently vanish (mem64 over TLS: 151 MB instead of ~102 MB).
+    cert, key = self_signed_certificate(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", TLS_READS, str(cert), str(key)],
+        env={**os.environ, "SSL_CERT_FILE": str(cert)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line.split() for line in done.stdout.splitlines()]
+    rows = {int(row[0]): [int(value) for value in row[1:]] for row in lines}
+    few_buffer, few_share, few_body = rows[4]
+    many_buffer, many_share, many_body = rows[68]
+    assert few_share == 256 * 1024 and few_buffer == 256 * 1024  # asyncio's own size, untouched
+    assert many_share == 64 * 1024 and many_buffer == many_share
+    assert few_body == many_body > 400_000  # the whole zip (its DICOM deflates)
 
 
 async def test_slow_live_stream_is_not_a_stall(server: TestServer) -> None:
