@@ -485,3 +485,15 @@ def test_where_every_stream_adds_goodput_the_limit_stays_at_the_user_cap() -> No
     assert 2 <= len(trials) <= 4
     gaps = [later - earlier for earlier, later in itertools.pairwise(trials)]
     assert gaps == sorted(gaps)
+
+
+def test_the_no_gain_rule_never_goes_below_the_default_concurrency() -> None:
+    # the default 4 streams, each adding its own 2 MB/s: no trial of fewer at all
+    polite = AimdController(4, initial=4, min_epoch_s=1.0)
+    _run_epochs(polite, lambda streams: 2e6 * streams, epochs=30)
+    assert {limit for _, limit in polite.trace} == {4}
+    # a link full at 3 streams (20 MB/s in all): the limit settles at 4, not where the link is full
+    narrow = AimdController(32, initial=32, min_epoch_s=1.0, probe_after_epochs=4)
+    _run_epochs(narrow, lambda streams: min(7e6 * streams, 20e6), epochs=60)
+    held = _time_at_each_limit(narrow.trace, since=30.0, until=60.0)
+    assert max(held, key=held.__getitem__) == 4 and min(held) >= 4, held
