@@ -252,8 +252,7 @@ def run_finished_size(series: int, temp_dir: Path) -> dict[str, object]:
         results.append(measure(REWRITE, fetch, log=log))
         report = json.loads((out / ".tcia-fetch" / "last-report.json").read_text())
         results.append(measure("status", ["status", str(out), "--format", "json"], log=log))
-        # The Parquet catalog a run writes at its end runs as this child command (its memory is
-        # not in the run's own peak RSS above), so it is measured on its own.
+        # The Parquet catalog on demand (a run writes it in its own process: in its figures above).
         results.append(measure("catalog", ["catalog", str(out)], log=log))
         results.append(
             measure("verify --no-md5", ["verify", str(out), "--no-md5", "--format", "json"], log=log)
