@@ -6,6 +6,7 @@ about 25 minutes on the 2-core reference machine; see ``benchmarks/README.md`` f
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,16 @@ class Scenario:
 
 
 _ALL = ("tcia-fetch", "tcia-utils", "aria2", "curl")
+
+#: mem64's server, served over plain HTTP (mem64) and over TLS (mem64-tls).
+_MEM64_SERVER = ServerOptions(
+    seed=74,
+    collections=2,
+    patients_per_collection=12,
+    series_per_study=4,
+    instances_per_series=(9, 11),
+    instance_bytes=(950_000, 1_050_000),
+)
 
 SCENARIOS: dict[str, Scenario] = {
     scenario.name: scenario
@@ -230,14 +241,7 @@ SCENARIOS: dict[str, Scenario] = {
                 "Concurrency 64 on loopback, no throttling: 96 series of ~10 MB of DICOM each. Peak "
                 "RSS must stay under 100 MB however many streams are open."
             ),
-            server=ServerOptions(
-                seed=74,
-                collections=2,
-                patients_per_collection=12,
-                series_per_study=4,
-                instances_per_series=(9, 11),
-                instance_bytes=(950_000, 1_050_000),
-            ),
+            server=_MEM64_SERVER,
             contenders=("tcia-fetch@64",),
             default_runs=2,
             timeout_s=300.0,
@@ -249,15 +253,7 @@ SCENARIOS: dict[str, Scenario] = {
                 "read buffer per connection (asyncio's 256 KiB) and the decryption. Peak RSS must "
                 "stay under 100 MB with 64 streams here too."
             ),
-            server=ServerOptions(
-                seed=74,
-                collections=2,
-                patients_per_collection=12,
-                series_per_study=4,
-                instances_per_series=(9, 11),
-                instance_bytes=(950_000, 1_050_000),
-                tls=True,
-            ),
+            server=dataclasses.replace(_MEM64_SERVER, tls=True),
             contenders=("tcia-fetch@64",),
             default_runs=2,
             timeout_s=300.0,
