@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 # Where each public name lives. They are imported on first use (PEP 562), not here: importing
 # any ``tcia_fetch.*`` module runs this file first, and the eager imports (aiohttp, pydantic,
 # the engine) cost ~45 MB of RSS and a quarter of a second in processes that need none of
-# them, such as the catalog child a run starts at its end (issue 13's 150 MB budget).
+# them, such as ``tcia-fetch status`` or ``catalog`` (issue 13's 150 MB budget).
 _HOMES: dict[str, str] = {
     "NBIAClient": "tcia_fetch.api.client",
     "ClientSettings": "tcia_fetch.config",

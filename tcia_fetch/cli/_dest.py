@@ -1,8 +1,8 @@
 """Open a destination's recorded state for a command that only reads it (or rewrites derived files).
 
 Shared by ``status``, ``verify`` and ``catalog``. Kept apart from those commands' module on
-purpose: the catalog child a run starts imports this and nothing of the display stack, so it
-starts in less time and memory while the downloader waits for it.
+purpose: ``catalog`` imports this and nothing of the display stack, so it starts in less
+time and memory.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from tcia_fetch.cli._owner import claim_interpreter, owns_interpreter
 from tcia_fetch.errors import EXIT_INTERRUPTED
 
 # Each command's module is imported only when that command runs (or ``--help`` lists them):
-# ``status`` and the catalog child a run starts need neither aiohttp nor the engine, and a
+# ``status`` and ``catalog`` need neither aiohttp nor the engine, and a
 # process that imports them all starts with ~30 MB more resident memory.
 _COMMANDS: dict[str, tuple[str, str]] = {
     "catalog": ("tcia_fetch.cli.catalogcmd", "catalog"),

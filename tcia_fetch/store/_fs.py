@@ -90,10 +90,11 @@ def host_name() -> str:
 def pid_is_alive(pid: int) -> bool:
     """Whether a process with ``pid`` runs on this host (EPERM means it exists but is not ours).
 
-    A zombie is dead: it has exited and only waits for its parent to collect its status. The
-    catalog child of a SIGKILLed run is such a zombie wherever PID 1 does not reap orphans
-    (containers and micro-VMs whose init is a plain service): counting it as alive kept the
-    temporaries it left from ever being removed.
+    A zombie is dead: it has exited and only waits for its parent to collect its status. A
+    writer whose parent was SIGKILLed (such as a run's catalog child, before runs wrote the
+    catalog themselves) stays such a zombie wherever PID 1 does not reap orphans (containers
+    and micro-VMs whose init is a plain service): counting it as alive kept the temporaries it
+    left from ever being removed.
     """
     if pid <= 0:
         return False

@@ -640,7 +640,7 @@ class ThisLoop:
 
 class _LoopThread:
     """A private event loop in a daemon thread, for a store used outside any run (the CLI's
-    ``status``/``verify``, the catalog child, tests). Daemon: a process that forgets to close
+    ``status``/``verify``/``catalog``, tests). Daemon: a process that forgets to close
     its store still exits (a non-daemon loop thread would be joined forever at shutdown)."""
 
     def __init__(self) -> None:

@@ -248,7 +248,7 @@ def test_sigint_stops_promptly_and_rerun_finishes(tmp_path: Path) -> None:
             _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130
         # Prompt means the run does not wait for its downloads; the orderly shutdown after the
-        # signal (report, metadata.csv, the catalog child) is CPU work that took 11 s on a
+        # signal (report, metadata.csv, the catalog) is CPU work that took 11 s on a
         # 2-core machine at load 6-20, so the bound leaves room for that and no more.
         assert time.monotonic() - started < 25
         assert "series" in err and "done" in err  # plain progress lines, since stderr is not a terminal

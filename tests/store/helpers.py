@@ -70,7 +70,7 @@ def dead_pid() -> int:
 def zombie_pid() -> Iterator[int]:
     """The pid of a process that has exited but is not yet reaped (a zombie), reaped on exit.
 
-    What the catalog child of a SIGKILLed run becomes where PID 1 does not reap orphans.
+    What the child of a SIGKILLed process becomes where PID 1 does not reap orphans.
     """
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     try:

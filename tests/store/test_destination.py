@@ -195,8 +195,8 @@ def test_cleanup_removes_dead_owners_and_keeps_live_ones(destination: Destinatio
 
 
 def test_a_zombie_writer_is_dead_and_its_temporaries_are_removed(destination: Destination) -> None:
-    # A SIGKILLed run's catalog child stays a zombie where PID 1 reaps no orphans; the rerun
-    # must still clear the Parquet temporaries it left (a CI crash-campaign failure).
+    # A writer whose parent was SIGKILLed stays a zombie where PID 1 reaps no orphans (a run's
+    # catalog child did, in a CI crash campaign); the rerun must still clear its temporaries.
     with zombie_pid() as pid:
         catalog_tmp = destination.root / f".catalog.parquet.{pid}.0123456789ab.tmp"
         catalog_tmp.write_bytes(b"PAR1")
