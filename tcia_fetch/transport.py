@@ -504,6 +504,7 @@ class Transport:
         self._cross_origin_redirects = cross_origin_redirects
         self._user_agent = user_agent or default_user_agent()
         self._session: aiohttp.ClientSession | None = None
+        self._socket_read_bytes, self._read_buffer_bytes = socket_buffers_for(self.pool_size)
         self._slots = anyio.Semaphore(max_connections)
         self._query_slots = anyio.Semaphore(query_connections)
         self._routes = _EnvironmentRoutes()
@@ -532,7 +533,7 @@ class Transport:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                read_bufsize=socket_buffers_for(self.pool_size)[1],
+                read_bufsize=self._read_buffer_bytes,
                 timeout=timeout,
                 headers={
                     "Accept": "*/*",
@@ -831,7 +832,7 @@ class Transport:
             )
             try:
                 await self._raise_for_status(response, display_url=display_url, series_uid=series_uid)
-                _bound_socket_reads(response, socket_buffers_for(self.pool_size)[0])
+                _bound_socket_reads(response, self._socket_read_bytes)
                 yield StreamingResponse(
                     response,
                     url=display_url,

@@ -63,19 +63,31 @@ class Column(NamedTuple):
 
 
 class ParquetWriter:
-    """Writes one Parquet file to ``out``: :meth:`append` rows, :meth:`flush` a row group
-    whenever :attr:`buffered_bytes` or :attr:`buffered_rows` says so, then :meth:`close` (which
-    flushes and writes the footer; without it the file is not Parquet).
+    """Writes one Parquet file to ``out``: :meth:`append` rows, then :meth:`close` (which writes
+    the last row group and the footer; without it the file is not Parquet).
 
     Each value is encoded into its column's buffer as it is appended, so a row group waiting to
-    be written takes about its encoded size, not a Python object per value. A row refused for a
-    value of the wrong type leaves the writer unusable (its columns would no longer line up).
+    be written takes about its encoded size, not a Python object per value. A row group goes out
+    once ``row_group_rows`` rows or ``row_group_bytes`` of encoded values wait (or at
+    :meth:`flush`), so memory is bounded however many rows come and however wide they are. A
+    row refused for a value of the wrong type leaves the writer unusable (its columns would no
+    longer line up).
     """
 
-    def __init__(self, out: BinaryIO, columns: Sequence[Column], *, created_by: str) -> None:
+    def __init__(
+        self,
+        out: BinaryIO,
+        columns: Sequence[Column],
+        *,
+        created_by: str,
+        row_group_rows: int = 4096,
+        row_group_bytes: int = 2 << 20,
+    ) -> None:
         if not columns or len({column.name for column in columns}) != len(columns):
             raise ValueError("a table needs at least one column and unique column names")
         self._out = out
+        self._row_group_rows = row_group_rows
+        self._row_group_bytes = row_group_bytes
         self._columns = tuple(columns)
         self._buffers = [_ColumnBuffer(column.kind) for column in columns]
         self._created_by = created_by
@@ -103,6 +115,8 @@ class ParquetWriter:
             raise
         self.buffered_rows += 1
         self.buffered_bytes += added
+        if self.buffered_rows >= self._row_group_rows or self.buffered_bytes >= self._row_group_bytes:
+            self.flush()
 
     def flush(self) -> None:
         """Write the rows appended so far as one row group (nothing when there are none)."""

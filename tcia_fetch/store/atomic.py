@@ -20,8 +20,9 @@ import contextlib
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import aiofiles
 import aiofiles.os
@@ -30,6 +31,7 @@ from tcia_fetch.store._fs import fsync_directory, storage_error
 
 __all__ = [
     "PRIVATE_FILE_MODE",
+    "open_atomic_sync",
     "temporary_owner_pid",
     "write_bytes_atomic",
     "write_bytes_atomic_sync",
@@ -68,23 +70,34 @@ def write_chunks_atomic_sync(path: Path, chunks: Iterable[bytes], *, mode: int =
 
     If producing the chunks fails, the temporary file is removed and ``path`` is untouched.
     """
+    with open_atomic_sync(path, mode=mode) as stream:
+        for chunk in chunks:
+            stream.write(chunk)
+
+
+@contextlib.contextmanager
+def open_atomic_sync(
+    path: Path, *, mode: int = PRIVATE_FILE_MODE, action: str = "write"
+) -> Iterator[BinaryIO]:
+    """A new file that replaces ``path`` atomically and durably when the block ends normally.
+
+    For writers that produce a file through a file object (the Parquet catalog writes two tables
+    in one pass over the journal). If the block raises, the temporary file is removed and
+    ``path`` is untouched. An ``OSError`` becomes DiskFullError/DestinationError, its message
+    ``cannot {action} {path}: ...``.
+    """
     temporary = _temporary_sibling(path)
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-        try:
-            for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+        with open(fd, "wb") as stream:
+            yield stream
+            stream.flush()
             os.fsync(fd)
-        finally:
-            os.close(fd)
         os.replace(temporary, path)
         fsync_directory(path.parent)
     except OSError as exc:
         _remove_quietly(temporary)
-        raise storage_error(exc, action="write", path=path) from exc
+        raise storage_error(exc, action=action, path=path) from exc
     except BaseException:
         _remove_quietly(temporary)
         raise

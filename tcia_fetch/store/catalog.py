@@ -24,17 +24,15 @@ tables is the user's business: DuckDB, pandas or pyarrow.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Final
+from typing import TYPE_CHECKING, Final
 
 from tcia_fetch._version import __version__
-from tcia_fetch.errors import DestinationError
 from tcia_fetch.store._parquet import Column, ColumnKind, ParquetWriter
+from tcia_fetch.store.atomic import open_atomic_sync
 from tcia_fetch.store.destination import Destination
 from tcia_fetch.store.records import SeriesRecord
 
@@ -51,8 +49,6 @@ __all__ = [
 
 CATALOG_NAME: Final = "catalog.parquet"
 INSTANCES_NAME: Final = "instances.parquet"
-_BATCH_ROWS: Final = 4096
-_BATCH_BYTES: Final = 2 << 20
 
 
 #: Every ``getSeriesMetadata`` column, in ``SeriesMetadataRow``'s order (its field aliases).
@@ -116,60 +112,31 @@ def _instance_rows(record: SeriesRecord) -> Iterator[tuple[object, ...]]:
         yield record.series_uid, entry.name, path, entry.size, entry.md5
 
 
-class _TableSink:
-    """One Parquet table being written: a row group goes out whenever ``_BATCH_ROWS`` rows or
-    ``_BATCH_BYTES`` of encoded values are waiting, whichever comes first, so memory is bounded
-    however many rows the journal holds and however wide they are."""
-
-    def __init__(self, out: BinaryIO, columns: tuple[Column, ...]) -> None:
-        self._writer = ParquetWriter(out, columns, created_by=_CREATED_BY)
-
-    def add(self, row: tuple[object, ...]) -> None:
-        writer = self._writer
-        writer.append(row)
-        if writer.buffered_rows >= _BATCH_ROWS or writer.buffered_bytes >= _BATCH_BYTES:
-            writer.flush()
-
-    def close(self) -> None:
-        """Write the last row group and the footer."""
-        self._writer.close()
-
-
 def write_catalogs(records: Iterable[SeriesRecord], directory: Path) -> tuple[Path, Path]:
-    """Write both tables into ``directory`` (each atomically: temporary file, fsync, rename).
+    """Write both tables into ``directory``, each atomically (``store.atomic``: temporary file,
+    fsync, rename), in one pass over ``records``.
 
     ``records`` may be any iterable of journal records (only ``done`` ones are written), read
     once, in order; rows go out in row groups of a few thousand.
     """
     catalog_path = directory / CATALOG_NAME
     instances_path = directory / INSTANCES_NAME
-    # Named like store.atomic's temporaries, so startup cleanup removes those of killed writers.
-    catalog_tmp = directory / f".{CATALOG_NAME}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
-    instances_tmp = directory / f".{INSTANCES_NAME}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
-    try:
-        with open(catalog_tmp, "xb") as series_file, open(instances_tmp, "xb") as instances_file:
-            series_sink = _TableSink(series_file, _SERIES_COLUMNS)
-            instance_sink = _TableSink(instances_file, _INSTANCE_COLUMNS)
-            for record in records:
-                if record.status != "done":
-                    continue
-                series_sink.add(_series_row(record))
-                for row in _instance_rows(record):
-                    instance_sink.add(row)
-            series_sink.close()
-            instance_sink.close()
-            # durable before the renames: a crash never leaves a named table without its footer
-            os.fsync(series_file.fileno())
-            os.fsync(instances_file.fileno())
-        os.replace(catalog_tmp, catalog_path)
-        os.replace(instances_tmp, instances_path)
-    except OSError as exc:
-        raise DestinationError(
-            f"cannot write the Parquet catalog in {directory}: {exc.strerror or exc}"
-        ) from exc
-    finally:
-        for leftover in (catalog_tmp, instances_tmp):
-            leftover.unlink(missing_ok=True)
+    action = "write the Parquet catalog in"
+    with (
+        open_atomic_sync(catalog_path, mode=0o644, action=action) as series_file,
+        open_atomic_sync(instances_path, mode=0o644, action=action) as instances_file,
+    ):
+        # row groups of at most 4,096 rows or 2 MiB of encoded values (the writer's defaults)
+        series = ParquetWriter(series_file, _SERIES_COLUMNS, created_by=_CREATED_BY)
+        instances = ParquetWriter(instances_file, _INSTANCE_COLUMNS, created_by=_CREATED_BY)
+        for record in records:
+            if record.status != "done":
+                continue
+            series.append(_series_row(record))
+            for row in _instance_rows(record):
+                instances.append(row)
+        series.close()
+        instances.close()
     return catalog_path, instances_path
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tcia_fetch.errors import DestinationError
-from tcia_fetch.store.atomic import write_bytes_atomic, write_text_atomic, write_text_atomic_sync
+from tcia_fetch.store.atomic import (
+    open_atomic_sync,
+    write_bytes_atomic,
+    write_text_atomic,
+    write_text_atomic_sync,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -52,3 +58,24 @@ async def test_write_refuses_to_follow_a_symlinked_temp_name_and_target_is_repla
     assert outside.read_text() == "precious"
     assert not target.is_symlink()
     assert target.read_text() == "new"
+
+
+async def test_a_file_written_through_a_block_replaces_the_target_only_if_the_block_ends_normally(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "table.parquet"
+    target.write_bytes(b"old")
+    with pytest.raises(TypeError), open_atomic_sync(target, mode=0o644) as stream:
+        stream.write(b"half a table")
+        raise TypeError("a writer refused a row")
+    assert target.read_bytes() == b"old" and _names(tmp_path) == ["table.parquet"]
+    with open_atomic_sync(target, mode=0o644) as stream:
+        stream.write(b"new")
+    assert target.read_bytes() == b"new" and _names(tmp_path) == ["table.parquet"]
+    assert target.stat().st_mode & 0o777 == 0o644 & ~_umask()
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

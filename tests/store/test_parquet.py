@@ -184,3 +184,20 @@ def test_buffered_rows_take_about_their_encoded_size(tmp_path: Path) -> None:
         writer.flush()
         assert (writer.buffered_rows, writer.buffered_bytes) == (0, 0)
         writer.close()
+
+
+@pytest.mark.parametrize(
+    ("limits", "groups"),
+    [({"row_group_rows": 100}, 3), ({"row_group_bytes": 10_000}, 6)],  # 225 encoded bytes a row
+)
+def test_row_groups_go_out_by_rows_or_by_bytes_whichever_comes_first(
+    tmp_path: Path, limits: dict[str, int], groups: int
+) -> None:
+    path = tmp_path / "t.parquet"
+    with open(path, "wb") as out:
+        writer = ParquetWriter(out, COLUMNS, created_by="t", **limits)
+        for index in range(250):
+            writer.append((f"{index:0200d}", index, index, None))
+        writer.close()
+    metadata = pq.ParquetFile(path).metadata
+    assert (metadata.num_rows, metadata.num_row_groups) == (250, groups)
