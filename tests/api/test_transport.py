@@ -265,6 +265,26 @@ async def test_a_download_socket_reads_no_more_than_its_share(server: TestServer
         assert sum([len(chunk) async for chunk in response]) == 3 * 1024 * 1024
 
 
+@pytest.mark.parametrize("connections", [4, 68])
+async def test_waiting_for_a_read_never_grows_what_aiohttp_buffers(
+    server: TestServer, connections: int
+) -> None:
+    # aiohttp raises a connection's buffer to the size of any larger read(n) it is asked for and
+    # keeps it raised: waiting with the engine's read size let each of 64 connections hold ~200 KB
+    # outside the byte budget (mem64 over TLS). The buffer must stay the transport's own choice.
+    async with (
+        Transport(max_connections=connections) as transport,
+        transport.stream("GET", str(server.make_url("/big"))) as response,
+    ):
+        buffer = socket_buffers_for(transport.pool_size)[1]
+        content = response._response.content
+        body = 0
+        async for chunk in response:
+            body += len(chunk)
+            assert content.get_read_buffer_limits() == (buffer, 2 * buffer)
+    assert body == 3 * 1024 * 1024
+
+
 TLS_READS = """
 import anyio, ssl, sys
 from tcia_fetch.testing import Catalog, FakeNBIA
@@ -285,7 +305,7 @@ async def main():
                 protocol = response._response.connection.transport._ssl_protocol
                 body = sum([len(chunk) async for chunk in response])
                 share = socket_buffers_for(transport.pool_size)[0]
-                print(connections, len(protocol._ssl_buffer), share, body)
+                print(connections, len(protocol._ssl_buffer), share, body, protocol._incoming_high_water)
 
 anyio.run(main)
 """
@@ -307,10 +327,12 @@ def test_a_tls_connection_keeps_buffers_of_its_share_only(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line.split() for line in done.stdout.splitlines()]
     rows = {int(row[0]): [int(value) for value in row[1:]] for row in lines}
-    few_buffer, few_share, few_body = rows[4]
-    many_buffer, many_share, many_body = rows[68]
+    few_buffer, few_share, few_body, few_pending = rows[4]
+    many_buffer, many_share, many_body, many_pending = rows[68]
     assert few_share == 256 * 1024 and few_buffer == 256 * 1024  # asyncio's own size, untouched
+    assert few_pending == 256 * 1024  # asyncio's own limit, untouched
     assert many_share == 64 * 1024 and many_buffer == many_share
+    assert many_pending == 16 * 1024  # stops reading at a quarter of its share, undecrypted
     assert few_body == many_body > 400_000  # the whole zip (its DICOM deflates)
 
 
