@@ -106,6 +106,8 @@ _UNBUDGETED_BYTES = 4 << 20
 _MIN_SOCKET_READ_BYTES = 64 << 10
 #: asyncio's own recv() size for a socket transport.
 _MAX_SOCKET_READ_BYTES = 256 << 10
+#: How many recent answers :attr:`Transport.fastest_answer_s` looks back over.
+_ANSWER_WINDOW = 32
 #: The least undecrypted bytes a TLS connection may hold before it stops reading (one record).
 _MIN_TLS_PENDING_BYTES = 16 << 10
 #: Raw bytes per read of a query body (decoded pieces are bounded by the decoder).
@@ -521,11 +523,23 @@ class Transport:
         self._slots = anyio.Semaphore(max_connections)
         self._query_slots = anyio.Semaphore(query_connections)
         self._routes = _EnvironmentRoutes()
+        self._answer_times: deque[float] = deque(maxlen=_ANSWER_WINDOW)
 
     @property
     def pool_size(self) -> int:
         """Connections the pool may hold at once: one per stream slot plus the query headroom."""
         return self._max_connections + self._query_connections
+
+    @property
+    def fastest_answer_s(self) -> float | None:
+        """The shortest time from sending a request to its response headers, over the last 32
+        answers of any status (None before the first).
+
+        At least one round trip to the server: how soon a refusal of a new download can come
+        back, which paces the adaptive limiter's ramp. Recent answers only, so one freak fast
+        answer is forgotten.
+        """
+        return min(self._answer_times) if self._answer_times else None
 
     async def __aenter__(self) -> Self:
         self._open()
@@ -597,9 +611,11 @@ class Transport:
         follow_redirects: bool = True,
     ) -> aiohttp.ClientResponse:
         session = self._open()
+        sent_at = anyio.current_time()
         with map_aiohttp_errors(url=display_url, series_uid=series_uid, phase="request"):
             with anyio.fail_after(self._connect_timeout_s + self._first_byte_timeout_s):
                 response = await self._send(session, method, url, params=params, form=form, headers=headers)
+        self._answer_times.append(anyio.current_time() - sent_at)
         origin = _origin_of(str(response.url))
         hops = 0
         while response.status in _REDIRECT_STATUSES:

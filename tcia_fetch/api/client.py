@@ -167,6 +167,11 @@ class NBIAClient:
         await self._transport.aclose()
 
     @property
+    def fastest_answer_s(self) -> float | None:
+        """The shortest recent time to response headers (:attr:`Transport.fastest_answer_s`)."""
+        return self._transport.fastest_answer_s
+
+    @property
     def api_version(self) -> ApiVersion:
         """``v4`` or a legacy ``v2``/``v1``."""
         return self.settings.version

@@ -270,6 +270,8 @@ class _Runtime:
             download_read_bytes=self._controls.budget.read_bytes,
         )
         await self._client.__aenter__()
+        client = self._client
+        self._controls.limiter.follow_round_trips(lambda: client.fastest_answer_s)
         self._destination = await _open_worker_home(config)
         try:
             # A writer: it appends to its own segment and never compacts (the client does, at the end).

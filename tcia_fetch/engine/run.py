@@ -328,6 +328,7 @@ async def fetch(
         async with NBIAClient(
             settings, download_slots=concurrency, download_read_bytes=controls.budget.read_bytes
         ) as client:
+            limiter.follow_round_trips(lambda: client.fastest_answer_s)
             planner = Planner(
                 client,
                 spec,

@@ -113,6 +113,11 @@ async def _short_content_length(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _late_headers(request: web.Request) -> web.StreamResponse:
+    await asyncio.sleep(0.3)
+    return web.Response(text="late")
+
+
 async def _slow_headers(request: web.Request) -> web.StreamResponse:
     await asyncio.sleep(5)
     return web.Response(text="late")
@@ -143,6 +148,7 @@ ROUTES: dict[str, Handler] = {
     "/cut": _cut,
     "/short": _short_content_length,
     "/slow-headers": _slow_headers,
+    "/late-headers": _late_headers,
 }
 
 
@@ -184,6 +190,20 @@ async def test_query_reads_json_and_sends_default_headers(server: TestServer) ->
     assert response.url.endswith("/json?a=b")
     assert b'"ua": "tcia-fetch/' in echoed.body
     assert b'"auth": null' in echoed.body
+
+
+async def test_the_fastest_recent_answer_is_kept_for_pacing(server: TestServer) -> None:
+    async with _transport() as transport:
+        assert transport.fastest_answer_s is None
+        await transport.request("GET", str(server.make_url("/late-headers")))
+        late = transport.fastest_answer_s
+        assert late is not None and late >= 0.3
+        await transport.request("GET", str(server.make_url("/json")))
+        fast = transport.fastest_answer_s
+        assert fast is not None and fast < late
+        for _ in range(32):  # the window moves on: a late answer alone is what remains
+            await transport.request("GET", str(server.make_url("/late-headers")))
+        assert transport.fastest_answer_s is not None and transport.fastest_answer_s >= 0.3
 
 
 async def test_form_post(server: TestServer) -> None:

@@ -242,6 +242,8 @@ class SimulatedServer:
     clock: FakeClock
     capacity: Callable[[float], int]
     series_s: float = 1.0
+    #: How long a refusal takes to come back (a round trip).
+    refusal_s: float = 0.05
     active: int = 0
     requests: list[tuple[float, bool]] = field(default_factory=list)
 
@@ -249,7 +251,7 @@ class SimulatedServer:
         now = self.clock.monotonic()
         if self.active >= self.capacity(now):
             self.requests.append((now, False))
-            await self.clock.sleep(0.05)
+            await self.clock.sleep(self.refusal_s)
             return False
         self.active += 1
         self.requests.append((now, True))
@@ -283,6 +285,35 @@ async def _run_pool(limiter: AdaptiveLimiter, server: SimulatedServer, *, worker
     async with anyio.create_task_group() as group:
         for _ in range(workers):
             group.start_soon(worker)
+
+
+async def test_the_ramp_is_paced_by_the_servers_answers_and_still_meets_one_refusal() -> None:
+    # A server that answers (and refuses) within 2 ms and takes 24 downloads at once: the ramp
+    # steps every 5 ms instead of 50, reaches the cap ten times sooner, and the refusal of the
+    # 25th start still comes back before the 26th goes out.
+    reached: dict[bool, float] = {}
+    for follow in (False, True):
+        clock = FakeClock()
+        limiter = AdaptiveLimiter(32, clock=clock, min_epoch_s=100.0)
+        if follow:
+            limiter.follow_round_trips(lambda: 0.002)
+        server = SimulatedServer(clock, capacity=lambda now: 24, series_s=5.0, refusal_s=0.002)
+        await _run_pool(limiter, server, workers=32, until=4.0)
+        reached[follow] = next(at for at, limit in limiter.trace if limit >= 24)
+        assert [ok for _, ok in server.requests].count(False) == 1
+        assert limiter.statistics().learned_cap == 24 and limiter.limit == 24
+    assert reached[False] == pytest.approx(21 * 0.05)  # 2 -> 3 at once, then one per step
+    assert reached[True] == pytest.approx(21 * 0.005)
+
+
+def test_a_ramp_step_is_two_round_trips_within_its_bounds() -> None:
+    aimd = AimdController(64, ramp_interval_s=0.05)
+    assert aimd.ramp_step_s() == 0.05  # no answer yet: the longest step
+    for round_trip, step in ((0.0001, 0.005), (0.01, 0.02), (0.2, 0.05)):
+        aimd.observe_round_trip(round_trip)
+        assert aimd.ramp_step_s() == pytest.approx(step)
+    aimd.observe_round_trip(None)
+    assert aimd.ramp_step_s() == 0.05
 
 
 def _limit_at(trace: tuple[tuple[float, int], ...], moment: float) -> int:

@@ -114,3 +114,5 @@ async def test_a_server_cap_is_learned_from_its_first_429s_and_held(tmp_path: Pa
     assert stats.peak_concurrent_downloads == 6, (stats, report.engine)
     assert 1 <= stats.rate_limited_responses <= 4, (stats, report.engine)  # learning + a rare probe
     assert report.engine["limiter"]["learned_cap"] == 6, (stats, report.engine)
+    # The ramp was paced by the server's answers (a loopback round trip), not the fixed 50 ms.
+    assert report.engine["limiter"]["shortest_ramp_step_s"] < 0.05, report.engine
