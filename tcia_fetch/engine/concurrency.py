@@ -215,7 +215,7 @@ class AimdController:
 
     @property
     def ramping(self) -> bool:
-        """True while the limit still rises one slot per ramp interval."""
+        """True while the limit still rises one slot per ramp step."""
         return self._ramping
 
     def epoch_s(self) -> float:
@@ -672,7 +672,8 @@ class AdaptiveLimiter:
         self._round_trip = fastest_answer_s
 
     def _tick(self) -> None:
-        if self._round_trip is not None:
+        # Only a ramp step needs the round trip: no scan of the answers on every slot otherwise.
+        if self._round_trip is not None and self.controller.ramping:
             self.controller.observe_round_trip(self._round_trip())
         self.controller.tick(self._clock.monotonic())
 
