@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -36,7 +37,15 @@ from tcia_fetch.errors import (
     UnauthorizedError,
 )
 from tcia_fetch.testing import self_signed_certificate
-from tcia_fetch.transport import MAX_CHUNK_SIZE_BYTES, MIN_CHUNK_SIZE_BYTES, Transport, socket_buffers_for
+from tcia_fetch.transport import (
+    MAX_CHUNK_SIZE_BYTES,
+    MIN_CHUNK_SIZE_BYTES,
+    QUERY_CONNECTIONS,
+    StreamingResponse,
+    Transport,
+    _StreamBuffers,
+    socket_buffers_for,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -283,6 +292,61 @@ async def test_a_download_socket_reads_no_more_than_its_share(server: TestServer
         assert connection is not None and connection.transport is not None
         assert connection.transport.max_size == socket_buffers_for(transport.pool_size)[0]  # type: ignore[attr-defined]
         assert sum([len(chunk) async for chunk in response]) == 3 * 1024 * 1024
+
+
+def _socket_read_size(response: StreamingResponse) -> int:
+    connection = response._response.connection
+    assert connection is not None and connection.transport is not None
+    size: int = connection.transport.max_size  # type: ignore[attr-defined]
+    return size
+
+
+def test_download_reads_are_sized_from_the_downloads_open_lately() -> None:
+    # A run starts as if every slot streamed; a share grows only once fewer were open for a whole
+    # window (cap24 at -j 64: 24 open, 23 % fewer system calls), and shrinks as soon as more open.
+    buffers = _StreamBuffers(64, QUERY_CONNECTIONS)
+
+    def share(streams: int) -> int:
+        return socket_buffers_for(streams + QUERY_CONNECTIONS)[0]
+
+    assert buffers.current == share(64)
+    for _ in range(24):
+        buffers.opened(now=0.0)
+    buffers.closed(now=0.5)
+    assert buffers.current == share(64)  # the first window still counts every slot
+    buffers.closed(now=1.5)  # a window ended with at most 24 open
+    assert buffers.current == share(24) > share(64)
+    for _ in range(40):
+        buffers.opened(now=1.6)
+    assert buffers.current == share(62) < share(24)  # more open: smaller at once
+    for _ in range(60):
+        buffers.closed(now=2.0)
+    assert buffers.current == share(62)  # the peak of this window
+    buffers.closed(now=2.7)
+    assert buffers.current == share(62)  # ... and of the one before it
+    buffers.closed(now=9.0)  # long idle: the windows in between saw what is open now
+    assert buffers.current == share(1)
+
+
+async def test_an_open_download_applies_a_changed_share_at_its_next_read(server: TestServer) -> None:
+    url = str(server.make_url("/big"))
+    crowded = socket_buffers_for(64 + QUERY_CONNECTIONS)[0]
+    alone = socket_buffers_for(2 + QUERY_CONNECTIONS)[0]
+    assert alone > crowded
+    async with Transport(max_connections=64) as transport, contextlib.AsyncExitStack() as stack:
+        first = await stack.enter_async_context(transport.stream("GET", url))
+        body = len(await anext(first))
+        assert _socket_read_size(first) == crowded  # as if every slot streamed
+        await anyio.sleep(1.1)
+        await stack.enter_async_context(transport.stream("GET", url))  # a window with one open
+        body += len(await anext(first))
+        assert _socket_read_size(first) == alone
+        for _ in range(62):
+            await stack.enter_async_context(transport.stream("GET", url))
+        body += len(await anext(first))
+        assert _socket_read_size(first) == crowded
+        body += sum([len(chunk) async for chunk in first])
+    assert body == 3 * 1024 * 1024
 
 
 @pytest.mark.parametrize("connections", [4, 68])
