@@ -326,8 +326,8 @@ class _StreamBuffers:
 
     :func:`socket_buffers_for` splits :data:`_UNBUDGETED_BYTES` between connections. Sized from
     the pool, a run with ``--concurrency 64`` against a server that admits 24 read 64 KiB at a
-    time on each of its 24 connections where 146 KiB keeps the same bound: cap24 made ~35 % more
-    system calls, and used ~1.4 CPU-seconds more in 10, than with the share of the downloads open.
+    time on each of its 24 connections where 146 KiB keeps the same bound: cap24 made ~30 % more
+    system calls, and used ~0.5 CPU-seconds more in 10, than with the share of the downloads open.
 
     So the share follows the most downloads open over the last one to two seconds, plus the query
     connections. A run starts as if every slot were open: sized from the downloads open, the first
@@ -416,34 +416,18 @@ class StreamingResponse(_DecodedBody):
     own size bound is the extractor's business.
     """
 
-    def __init__(
-        self,
-        response: aiohttp.ClientResponse,
-        *,
-        buffers: _StreamBuffers,
-        url: str,
-        series_uid: str | None,
-        read_bytes: int,
-        buffer_bytes: int,
-        stall_timeout_s: float,
-        decoder: BodyDecoder,
-    ) -> None:
-        super().__init__(
-            response,
-            url=url,
-            series_uid=series_uid,
-            read_bytes=read_bytes,
-            buffer_bytes=buffer_bytes,
-            stall_timeout_s=stall_timeout_s,
-            decoder=decoder,
-        )
+    _buffers: _StreamBuffers | None = None
+    _socket_read_bytes = 0
+
+    def follow(self, buffers: _StreamBuffers) -> None:
+        """Bound the connection's socket reads to ``buffers``' share, now and whenever it changes."""
         self._buffers = buffers
         self._socket_read_bytes = buffers.current
-        _bound_socket_reads(response, self._socket_read_bytes)
+        _bound_socket_reads(self._response, self._socket_read_bytes)
 
     async def _fill(self) -> None:
         # Between reads, on the loop: no read is using the connection's buffers.
-        if self._buffers.current != self._socket_read_bytes:
+        if self._buffers is not None and self._buffers.current != self._socket_read_bytes:
             self._socket_read_bytes = self._buffers.current
             _bound_socket_reads(self._response, self._socket_read_bytes)
         await super()._fill()
@@ -950,9 +934,8 @@ class Transport:
             self._stream_buffers.opened(anyio.current_time())
             try:
                 await self._raise_for_status(response, display_url=display_url, series_uid=series_uid)
-                yield StreamingResponse(
+                body = StreamingResponse(
                     response,
-                    buffers=self._stream_buffers,
                     url=display_url,
                     series_uid=series_uid,
                     read_bytes=self._chunk_size_bytes,
@@ -960,6 +943,8 @@ class Transport:
                     stall_timeout_s=self._stall_timeout_s,
                     decoder=self._decoder(response, url=display_url, limit=None, hint=""),
                 )
+                body.follow(self._stream_buffers)
+                yield body
             finally:
                 self._stream_buffers.closed(anyio.current_time())
                 self._finish(response)
